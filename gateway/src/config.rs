@@ -1,0 +1,514 @@
+//! Configuration: a TOML file, `TELEPATCH_*` environment variables and CLI flags,
+//! validated once into [`Config`] before anything starts (house style 6.5).
+//!
+//! Precedence, highest first: command-line flag, environment variable, file, built-in
+//! default. Every built-in default binds loopback only; an operator opens the gateway to
+//! a network explicitly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api::model::{Route, RouteAction};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::DEFAULT_BLOCK_SAMPLES;
+use crate::engine::call::UplinkCoding;
+use crate::engine::recorder::RecordingFormat;
+
+/// What to do when a call arrives with the UUID of a call that is still connected
+/// (fact sheet §4: UUIDs are not guaranteed unique; §10.11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DuplicatePolicy {
+    /// Refuse the newcomer with a hangup (`00 00 00`); the live call is untouched.
+    #[default]
+    Reject,
+    /// Hang up the live call and admit the newcomer (a reconnect after a network blip).
+    Replace,
+}
+
+/// The rate replies to Asterisk are sent at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyRate {
+    /// The caller's own rate, learnt from its first audio message (fact sheet §7: keep
+    /// one rate per connection). If no audio arrives within `reply_rate_wait_ms`, 8 kHz.
+    #[default]
+    Caller,
+    /// Always this rate in hertz (one of the AudioSocket rates).
+    #[serde(untagged)]
+    Fixed(u32),
+}
+
+/// The AudioSocket listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AudioSocketConfig {
+    /// Address to listen on for Asterisk's connections.
+    pub listen: SocketAddr,
+    /// Most calls at once; connections beyond it are closed with a hangup.
+    pub max_calls: usize,
+    /// How long a new connection may take to send its ID message.
+    pub id_timeout_ms: u64,
+    /// Largest audio message accepted, in milliseconds at its kind's rate (§10.7).
+    pub max_message_ms: u32,
+    /// Duplicate-UUID policy.
+    pub duplicate_uuid: DuplicatePolicy,
+    /// Rate of the audio sent back to Asterisk.
+    pub reply_rate: ReplyRate,
+    /// How long to wait for the caller's first audio to learn its rate.
+    pub reply_rate_wait_ms: u64,
+    /// Duration of each reply frame (Asterisk's own frames are 20 ms).
+    pub frame_ms: u32,
+    /// What kind 0x10 carries: `slin` (always with the dialplan app), `ulaw` or `alaw`
+    /// (channel driver with `c(ulaw)` / `c(alaw)`, fact sheet §9.2).
+    pub uplink_coding: UplinkCoding,
+    /// Jitter margin of the uplink ring beyond one frame, in milliseconds.
+    pub uplink_buffer_ms: u32,
+    /// Give up on a connection whose writes block for this long (Asterisk stopped reading).
+    pub write_timeout_ms: u64,
+}
+
+impl Default for AudioSocketConfig {
+    fn default() -> Self {
+        AudioSocketConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            max_calls: 500,
+            id_timeout_ms: 2_000,
+            max_message_ms: 1_000,
+            duplicate_uuid: DuplicatePolicy::Reject,
+            reply_rate: ReplyRate::Caller,
+            reply_rate_wait_ms: 300,
+            frame_ms: 20,
+            uplink_coding: UplinkCoding::Slin,
+            uplink_buffer_ms: 20,
+            write_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// The patchbay engine.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Samples per block at 48 kHz (48 = 1 ms).
+    pub block_samples: usize,
+    /// Members a conference can hold.
+    pub conference_members: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { block_samples: DEFAULT_BLOCK_SAMPLES, conference_members: 16 }
+    }
+}
+
+/// Calls no route claims wait here.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LobbyConfig {
+    /// A WAV file looped to every caller in the lobby; silence if unset.
+    pub hold_music: Option<PathBuf>,
+    /// Gain of the hold music in dB.
+    pub hold_gain_db: f32,
+}
+
+/// Where recordings go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingsConfig {
+    /// Directory for relative recording paths.
+    pub dir: PathBuf,
+    /// Sample format.
+    pub format: RecordingFormat,
+}
+
+impl Default for RecordingsConfig {
+    fn default() -> Self {
+        RecordingsConfig { dir: PathBuf::from("recordings"), format: RecordingFormat::S16 }
+    }
+}
+
+/// A player that exists from start-up (a studio's jingle, a second hold music).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlayerConfig {
+    /// Node name (`player:<name>`).
+    pub name: String,
+    /// The WAV file.
+    pub file: PathBuf,
+    /// Loop forever.
+    #[serde(default, rename = "loop")]
+    pub looped: bool,
+    /// Gain in dB.
+    #[serde(default)]
+    pub gain_db: f32,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `telepatch=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// AudioSocket listener and call handling.
+    pub audiosocket: AudioSocketConfig,
+    /// Patchbay engine.
+    pub engine: EngineConfig,
+    /// Lobby.
+    pub lobby: LobbyConfig,
+    /// Recordings.
+    pub recordings: RecordingsConfig,
+    /// Players created at start-up.
+    pub players: Vec<PlayerConfig>,
+    /// Static routes.
+    pub routes: Vec<Route>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// One problem found while loading or validating the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Where: a dotted path such as `audiosocket.max_calls` or `routes[2]`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// The values are inconsistent or out of range.
+    #[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {}: {}", p.field, p.message)).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// Every problem found.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+/// Overrides from the command line and environment (clap fills these).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `audiosocket.listen`.
+    pub listen: Option<SocketAddr>,
+    /// `audiosocket.max_calls`.
+    pub max_calls: Option<usize>,
+    /// `lobby.hold_music`.
+    pub hold_music: Option<PathBuf>,
+    /// `recordings.dir`.
+    pub recordings_dir: Option<PathBuf>,
+    /// `log.level`.
+    pub log_level: Option<String>,
+    /// `log.format`.
+    pub log_format: Option<LogFormat>,
+}
+
+const AUDIOSOCKET_RATES: [u32; 9] = [8_000, 12_000, 16_000, 24_000, 32_000, 44_100, 48_000, 96_000, 192_000];
+
+impl Config {
+    /// Reads `path` (if given) over the defaults, applies `overrides` and validates.
+    /// Relative paths in a file are taken relative to the file's directory.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let mut config = Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                })?;
+                if let Some(base) = path.parent() {
+                    config.resolve_paths(base);
+                }
+                config
+            }
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no validation).
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(hold) = self.lobby.hold_music.as_mut() {
+            resolve(hold);
+        }
+        resolve(&mut self.recordings.dir);
+        for player in &mut self.players {
+            resolve(&mut player.file);
+        }
+        for route in &mut self.routes {
+            for action in &mut route.actions {
+                if let RouteAction::Play { file, .. } = action
+                    && Path::new(file.as_str()).is_relative()
+                {
+                    *file = base.join(file.as_str()).display().to_string();
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(listen) = o.listen {
+            self.audiosocket.listen = listen;
+        }
+        if let Some(max) = o.max_calls {
+            self.audiosocket.max_calls = max;
+        }
+        if let Some(hold) = &o.hold_music {
+            self.lobby.hold_music = Some(hold.clone());
+        }
+        if let Some(dir) = &o.recordings_dir {
+            self.recordings.dir = dir.clone();
+        }
+        if let Some(level) = &o.log_level {
+            self.log.level = level.clone();
+        }
+        if let Some(format) = o.log_format {
+            self.log.format = format;
+        }
+    }
+
+    /// Checks every value; reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(ConfigProblem { field: field.to_owned(), message });
+        };
+        let a = &self.audiosocket;
+        if a.max_calls == 0 || a.max_calls > 20_000 {
+            problem("audiosocket.max_calls", format!("{} is out of range (1..=20000)", a.max_calls));
+        }
+        if !(100..=60_000).contains(&a.id_timeout_ms) {
+            problem("audiosocket.id_timeout_ms", format!("{} is out of range (100..=60000)", a.id_timeout_ms));
+        }
+        if !(20..=4_000).contains(&a.max_message_ms) {
+            problem("audiosocket.max_message_ms", format!("{} is out of range (20..=4000)", a.max_message_ms));
+        }
+        if let ReplyRate::Fixed(hz) = a.reply_rate
+            && !AUDIOSOCKET_RATES.contains(&hz)
+        {
+            problem(
+                "audiosocket.reply_rate",
+                format!("{hz} is not an AudioSocket rate (\"caller\" or one of {AUDIOSOCKET_RATES:?})"),
+            );
+        }
+        if a.reply_rate_wait_ms > 1_500 {
+            problem(
+                "audiosocket.reply_rate_wait_ms",
+                format!("{} is too long: the dialplan app hangs up after 2 s of silence", a.reply_rate_wait_ms),
+            );
+        }
+        if !matches!(a.frame_ms, 10 | 20) {
+            problem("audiosocket.frame_ms", format!("{} must be 10 or 20", a.frame_ms));
+        }
+        if !(5..=200).contains(&a.uplink_buffer_ms) {
+            problem("audiosocket.uplink_buffer_ms", format!("{} is out of range (5..=200)", a.uplink_buffer_ms));
+        }
+        if !(100..=30_000).contains(&a.write_timeout_ms) {
+            problem("audiosocket.write_timeout_ms", format!("{} is out of range (100..=30000)", a.write_timeout_ms));
+        }
+        if !(16..=480).contains(&self.engine.block_samples) || 48_000 % self.engine.block_samples != 0 {
+            problem(
+                "engine.block_samples",
+                format!("{} must divide 48000 and be 16..=480 (48 = 1 ms)", self.engine.block_samples),
+            );
+        }
+        if !(2..=256).contains(&self.engine.conference_members) {
+            problem(
+                "engine.conference_members",
+                format!("{} is out of range (2..=256)", self.engine.conference_members),
+            );
+        }
+        if !(-96.0..=24.0).contains(&self.lobby.hold_gain_db) {
+            problem("lobby.hold_gain_db", format!("{} is out of range (-96..=24)", self.lobby.hold_gain_db));
+        }
+        if let Some(hold) = &self.lobby.hold_music
+            && !hold.is_file()
+        {
+            problem("lobby.hold_music", format!("{} is not a readable file", hold.display()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, player) in self.players.iter().enumerate() {
+            let field = format!("players[{i}]");
+            if let Err(e) = api::model::NodeRef::new(api::model::NodeKind::Player, &player.name) {
+                problem(&field, e.to_string());
+            }
+            if player.name == crate::service::HOLD_PLAYER {
+                problem(&field, format!("the name {:?} is reserved for the lobby's hold music", player.name));
+            }
+            if !names.insert(player.name.clone()) {
+                problem(&field, format!("duplicate player name {:?}", player.name));
+            }
+            if !player.file.is_file() {
+                problem(&field, format!("{} is not a readable file", player.file.display()));
+            }
+        }
+        let mut route_names = std::collections::HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let field = format!("routes[{i}]");
+            if let Err(e) = route.validate() {
+                problem(&field, e.to_string());
+            }
+            if !route_names.insert(route.name.clone()) {
+                problem(&field, format!("duplicate route name {:?}", route.name));
+            }
+            for action in &route.actions {
+                if let RouteAction::Play { file, .. } = action
+                    && !Path::new(file).is_file()
+                {
+                    problem(&field, format!("play file {file} is not a readable file"));
+                }
+            }
+        }
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            problem("log.level", format!("{:?} is not a valid log filter", self.log.level));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { problems }) }
+    }
+
+    /// The ID deadline.
+    pub fn id_timeout(&self) -> Duration {
+        Duration::from_millis(self.audiosocket.id_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bind_loopback_and_validate() {
+        let config = Config::default();
+        assert!(config.audiosocket.listen.ip().is_loopback());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn parses_a_full_file() {
+        let text = r#"
+            [audiosocket]
+            listen = "127.0.0.1:19092"
+            max_calls = 10
+            reply_rate = 16000
+            uplink_coding = "ulaw"
+            duplicate_uuid = "replace"
+
+            [engine]
+            conference_members = 4
+
+            [[routes]]
+            name = "desk"
+            priority = 5
+            match = { uuid_prefix = "0000" }
+            actions = [
+              { action = "record", path = "{uuid}.wav", channels = "both" },
+              { action = "conference", name = "desk" },
+            ]
+
+            [[routes]]
+            name = "everyone-else"
+            match = "default"
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.audiosocket.reply_rate, ReplyRate::Fixed(16_000));
+        assert_eq!(config.audiosocket.uplink_coding, UplinkCoding::Ulaw);
+        assert_eq!(config.audiosocket.duplicate_uuid, DuplicatePolicy::Replace);
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.routes[1].matcher, api::model::RouteMatch::Default);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_location() {
+        let err = Config::from_toml("[audiosocket]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.contains("listen_addr"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let mut config = Config::default();
+        config.audiosocket.max_calls = 0;
+        config.audiosocket.reply_rate = ReplyRate::Fixed(11_025);
+        config.engine.block_samples = 7;
+        config.lobby.hold_music = Some(PathBuf::from("/nonexistent/hold.wav"));
+        let Err(ConfigError::Invalid { problems }) = config.validate() else {
+            panic!("expected problems");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["audiosocket.max_calls", "audiosocket.reply_rate", "engine.block_samples", "lobby.hold_music"]
+        );
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("telepatch.toml");
+        std::fs::write(&path, "[audiosocket]\nlisten = \"127.0.0.1:1000\"\nmax_calls = 3\n").unwrap();
+        let overrides = Overrides { max_calls: Some(7), ..Overrides::default() };
+        let config = Config::load(Some(&path), &overrides).unwrap();
+        assert_eq!(config.audiosocket.listen.port(), 1000);
+        assert_eq!(config.audiosocket.max_calls, 7);
+        assert_eq!(config.recordings.dir, dir.path().join("recordings"));
+    }
+}

@@ -1,0 +1,125 @@
+//! The `telepatch` command: thin glue from configuration to a running gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gateway::config::{Config, LogFormat, Overrides};
+
+/// telepatch: patch Asterisk AudioSocket calls into a 48 kHz patchbay.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (built-in defaults when omitted; they bind loopback only).
+    #[arg(long, short, global = true, env = "TELEPATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// AudioSocket listen address (overrides `audiosocket.listen`).
+    #[arg(long, global = true, env = "TELEPATCH_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Most concurrent calls (overrides `audiosocket.max_calls`).
+    #[arg(long, global = true, env = "TELEPATCH_MAX_CALLS")]
+    max_calls: Option<usize>,
+    /// WAV file looped to callers in the lobby (overrides `lobby.hold_music`).
+    #[arg(long, global = true, env = "TELEPATCH_HOLD_MUSIC")]
+    hold_music: Option<PathBuf>,
+    /// Directory for recordings (overrides `recordings.dir`).
+    #[arg(long, global = true, env = "TELEPATCH_RECORDINGS_DIR")]
+    recordings_dir: Option<PathBuf>,
+    /// Log filter such as `info` or `telepatch=debug` (overrides `log.level`).
+    #[arg(long, global = true, env = "TELEPATCH_LOG")]
+    log_level: Option<String>,
+    /// Log format (overrides `log.format`).
+    #[arg(long, global = true, env = "TELEPATCH_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway until SIGINT or SIGTERM.
+    Serve,
+    /// Validate the configuration, print the effective settings and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        max_calls: cli.max_calls,
+        hold_music: cli.hold_music.clone(),
+        recordings_dir: cli.recordings_dir.clone(),
+        log_level: cli.log_level.clone(),
+        log_format: cli.log_format.map(|f| match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }),
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("telepatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            match toml::to_string_pretty(&config) {
+                Ok(text) => println!("# configuration is valid; effective settings:\n{text}"),
+                Err(e) => println!("configuration is valid (cannot print it: {e})"),
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Serve => match serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("telepatch: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let running = gateway::app::start(config).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down: hanging up every call");
+        running.shutdown().await?;
+        tracing::info!("shutdown complete");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,907 @@
+//! The gateway service: calls, routes, the lobby and the patchbay, tied together.
+//!
+//! [`Gateway`] is what the network drivers and (later) the REST API talk to. It owns
+//! the engine thread, the disk writer, the topology (behind one mutex that is only held
+//! for short synchronous changes, never across an await) and the registry of live
+//! calls, and it publishes [`Event`]s. It knows nothing about sockets: a session hands
+//! it a UUID and gets back the call's media halves.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use api::model::{NodeKind, NodeRef, PortRef, RecordChannels, Route, RouteAction, select_route};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{Config, DuplicatePolicy};
+use crate::engine::call::{CallBuffering, CallNode, CallStats, Downlink, Uplink, call_media, ports};
+use crate::engine::conference::ConferenceNode;
+use crate::engine::driver::EngineThread;
+use crate::engine::player::{Clip, PlayerNode, PlayerState, load_clip};
+use crate::engine::recorder::{DiskWriter, RecorderStats};
+use crate::engine::{BUS_RATE, Engine, EngineStats, Retired, db_to_gain};
+use crate::patchbay::{NodeSpec, PatchEntry, PatchRole, Patchbay, PatchbayError};
+
+/// Name of the lobby's hold-music player (`player:hold`).
+pub const HOLD_PLAYER: &str = "hold";
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    /// Nothing claims it: it hears the hold music (or silence).
+    Lobby,
+    /// Patched to something.
+    Patched,
+    /// Hanging up.
+    Ending,
+}
+
+impl CallState {
+    fn from_u8(value: u8) -> CallState {
+        match value {
+            0 => CallState::Lobby,
+            1 => CallState::Patched,
+            _ => CallState::Ending,
+        }
+    }
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum EndReason {
+    /// Asterisk closed the connection (the caller hung up, §8).
+    Caller,
+    /// The gateway hung up: API request, shutdown, or a newer call with the same UUID.
+    Gateway {
+        /// Why.
+        why: String,
+    },
+    /// The stream broke: protocol error, I/O error, Asterisk stopped reading.
+    Error {
+        /// What happened.
+        error: String,
+    },
+}
+
+/// A live call as the control plane sees it.
+#[derive(Debug)]
+pub struct CallHandle {
+    /// The AudioSocket UUID.
+    pub id: Uuid,
+    /// Its node.
+    pub node: NodeRef,
+    /// Asterisk's address.
+    pub peer: SocketAddr,
+    /// Wall-clock start (for records).
+    pub started_at: SystemTime,
+    started: Instant,
+    /// Media counters.
+    pub stats: Arc<CallStats>,
+    /// Cancelled when the gateway wants the call to end; the session then sends
+    /// `00 00 00` and closes.
+    pub hangup: CancellationToken,
+    hangup_reason: Mutex<Option<String>>,
+    caller_rate: AtomicU32,
+    state: AtomicU8,
+    /// The route applied when it connected.
+    pub route: Option<String>,
+}
+
+impl CallHandle {
+    /// Current state.
+    pub fn state(&self) -> CallState {
+        CallState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    fn set_state(&self, state: CallState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The caller's rate in Hz, 0 until its first audio message.
+    pub fn caller_rate(&self) -> u32 {
+        self.caller_rate.load(Ordering::Relaxed)
+    }
+
+    /// Records the caller's rate (the session calls this on audio).
+    pub fn set_caller_rate(&self, hz: u32) {
+        self.caller_rate.store(hz, Ordering::Relaxed);
+    }
+
+    /// Time since the call connected.
+    pub fn duration(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Asks the session to hang up with `why`.
+    pub fn request_hangup(&self, why: &str) {
+        if let Ok(mut reason) = self.hangup_reason.lock()
+            && reason.is_none()
+        {
+            *reason = Some(why.to_owned());
+        }
+        self.set_state(CallState::Ending);
+        self.hangup.cancel();
+    }
+
+    /// Why the gateway asked for a hangup, if it did.
+    pub fn hangup_reason(&self) -> Option<String> {
+        self.hangup_reason.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+/// Something that happened, for logs, the event stream and tests.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Event {
+    /// A call connected and was identified.
+    CallStarted {
+        /// Its UUID.
+        call: Uuid,
+        /// Asterisk's address.
+        peer: SocketAddr,
+        /// The route applied, if any.
+        route: Option<String>,
+    },
+    /// A call's state changed (lobby <-> patched).
+    CallState {
+        /// Its UUID.
+        call: Uuid,
+        /// The new state.
+        state: CallState,
+    },
+    /// A call ended.
+    CallEnded {
+        /// Its UUID.
+        call: Uuid,
+        /// Why.
+        reason: EndReason,
+        /// How long it lasted, in milliseconds.
+        duration_ms: u64,
+    },
+    /// A DTMF digit arrived.
+    Dtmf {
+        /// The call.
+        call: Uuid,
+        /// The digit.
+        digit: char,
+    },
+    /// A patch was made.
+    PatchCreated {
+        /// The patch.
+        patch: PatchEntry,
+    },
+    /// A patch was removed.
+    PatchRemoved {
+        /// Its id.
+        id: u64,
+    },
+    /// A recording was closed.
+    RecordingFinished {
+        /// The file.
+        path: PathBuf,
+        /// Frames written.
+        frames: u64,
+        /// Why it is incomplete, if it is.
+        error: Option<String>,
+    },
+}
+
+/// Why a call was not admitted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdmitError {
+    /// A call with this UUID is live and the policy is `reject`.
+    #[error("a call with UUID {id} is already connected (duplicate_uuid = \"reject\")")]
+    Duplicate {
+        /// The UUID.
+        id: Uuid,
+    },
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// The call's media path could not be built.
+    #[error("cannot build the call's media path: {0}")]
+    Media(String),
+    /// The patchbay refused the node.
+    #[error(transparent)]
+    Patchbay(#[from] PatchbayError),
+}
+
+/// What a session gets when its call is admitted.
+pub struct AdmittedCall {
+    /// The control plane's handle.
+    pub handle: Arc<CallHandle>,
+    /// The uplink producer (the session's reader feeds it).
+    pub uplink: Uplink,
+    /// The downlink consumer (the session's writer drains it).
+    pub downlink: Downlink,
+}
+
+/// Topology guarded by one mutex: the patchbay and conference membership.
+struct Topology {
+    patchbay: Patchbay,
+    /// Conference name -> member slots (the call in each, if any) and whether the
+    /// conference was created on demand (and so is removed when it empties).
+    conferences: HashMap<String, ConferenceMembers>,
+    recorder_stats: HashMap<NodeRef, (PathBuf, Arc<RecorderStats>)>,
+    player_states: HashMap<NodeRef, (PathBuf, Arc<PlayerState>)>,
+}
+
+struct ConferenceMembers {
+    members: Vec<Option<NodeRef>>,
+    on_demand: bool,
+}
+
+/// The gateway. See the module documentation.
+pub struct Gateway {
+    config: Config,
+    block: usize,
+    topology: Mutex<Topology>,
+    calls: Mutex<HashMap<Uuid, Arc<CallHandle>>>,
+    routes: RwLock<Vec<Route>>,
+    clips: Mutex<HashMap<PathBuf, Clip>>,
+    disk: Mutex<Option<DiskWriter>>,
+    engine_thread: Mutex<Option<EngineThread>>,
+    engine_stats: Arc<EngineStats>,
+    events: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug; the data is still the best
+    // we have, so keep going rather than cascading the panic into every call.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Gateway {
+    /// Starts the engine and disk threads and creates the configured players.
+    pub fn start(config: Config) -> anyhow::Result<Arc<Gateway>> {
+        let block = config.engine.block_samples;
+        let (command_tx, command_rx) = mpsc::channel();
+        let (retired_tx, retired_rx) = mpsc::channel::<Retired>();
+        // Everything the engine lets go of is dropped here, off the media thread.
+        std::thread::Builder::new()
+            .name("telepatch-reaper".into())
+            .spawn(move || for _ in retired_rx {})?;
+        let engine = Engine::new(
+            block,
+            config.audiosocket.max_calls * 3 + 64,
+            command_rx,
+            retired_tx,
+        );
+        let engine_stats = engine.stats();
+        let block_duration = Duration::from_nanos(block as u64 * 1_000_000_000 / u64::from(BUS_RATE.hz()));
+        let engine_thread = EngineThread::spawn(engine, block_duration)?;
+        let (events, _) = broadcast::channel(4096);
+        let gateway = Arc::new(Gateway {
+            block,
+            topology: Mutex::new(Topology {
+                patchbay: Patchbay::new(block, command_tx),
+                conferences: HashMap::new(),
+                recorder_stats: HashMap::new(),
+                player_states: HashMap::new(),
+            }),
+            calls: Mutex::new(HashMap::new()),
+            routes: RwLock::new(config.routes.clone()),
+            clips: Mutex::new(HashMap::new()),
+            disk: Mutex::new(Some(DiskWriter::start()?)),
+            engine_thread: Mutex::new(Some(engine_thread)),
+            engine_stats,
+            events,
+            shutdown: CancellationToken::new(),
+            config,
+        });
+
+        if let Some(hold) = gateway.config.lobby.hold_music.clone() {
+            let gain = gateway.config.lobby.hold_gain_db;
+            gateway.add_player(HOLD_PLAYER, &hold, true, gain)?;
+        }
+        for player in gateway.config.players.clone() {
+            gateway.add_player(&player.name, &player.file, player.looped, player.gain_db)?;
+        }
+        Ok(gateway)
+    }
+
+    /// The configuration the gateway runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Cancelled when shutdown begins.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Subscribes to events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Engine counters.
+    pub fn engine_stats(&self) -> Arc<EngineStats> {
+        Arc::clone(&self.engine_stats)
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscribers is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// A decoded clip, from the cache or the file (blocking I/O on first use).
+    pub fn clip(&self, path: &Path) -> anyhow::Result<Clip> {
+        if let Some(clip) = lock(&self.clips).get(path) {
+            return Ok(Arc::clone(clip));
+        }
+        let clip = load_clip(path)?;
+        lock(&self.clips).insert(path.to_path_buf(), Arc::clone(&clip));
+        Ok(clip)
+    }
+
+    /// Creates a standing player node `player:<name>`.
+    pub fn add_player(&self, name: &str, file: &Path, looped: bool, gain_db: f32) -> anyhow::Result<()> {
+        let clip = self.clip(file)?;
+        let node = NodeRef::new(NodeKind::Player, name)?;
+        let state = Arc::new(PlayerState::default());
+        let player = PlayerNode::new(clip, looped, db_to_gain(gain_db), Arc::clone(&state));
+        let mut topology = lock(&self.topology);
+        topology.patchbay.add_node(
+            NodeSpec { node: node.clone(), outputs: vec!["out".into()], inputs: vec![], owner: None },
+            Box::new(player),
+        )?;
+        topology.player_states.insert(node, (file.to_path_buf(), state));
+        Ok(())
+    }
+
+    /// Admits a call that sent its ID: builds its media path and node. The caller then
+    /// applies routes with [`Gateway::route_call`].
+    pub fn admit_call(&self, id: Uuid, peer: SocketAddr) -> Result<AdmittedCall, AdmitError> {
+        if self.shutdown.is_cancelled() {
+            return Err(AdmitError::ShuttingDown);
+        }
+        let node_ref = NodeRef::call(id);
+        let existing = lock(&self.calls).get(&id).cloned();
+        if let Some(existing) = existing {
+            match self.config.audiosocket.duplicate_uuid {
+                DuplicatePolicy::Reject => return Err(AdmitError::Duplicate { id }),
+                DuplicatePolicy::Replace => {
+                    existing.request_hangup("replaced by a new connection with the same UUID");
+                    self.release_call(&existing);
+                }
+            }
+        }
+
+        let a = &self.config.audiosocket;
+        let buffering = CallBuffering {
+            uplink_margin_samples: BUS_RATE.samples_in_ms(a.uplink_buffer_ms),
+            ..CallBuffering::default()
+        };
+        let stats = Arc::new(CallStats::default());
+        let (uplink, node, downlink) = call_media(
+            codecs::rate::SampleRate::HZ_8000,
+            a.frame_ms,
+            buffering,
+            Arc::clone(&stats),
+        )
+        .map_err(|e| AdmitError::Media(e.to_string()))?;
+        let node: CallNode = node.with_block(self.block);
+
+        lock(&self.topology).patchbay.add_node(
+            NodeSpec {
+                node: node_ref.clone(),
+                outputs: ports::OUTPUTS.iter().map(|s| s.to_string()).collect(),
+                inputs: ports::INPUTS.iter().map(|s| s.to_string()).collect(),
+                owner: None,
+            },
+            Box::new(node),
+        )?;
+
+        let route = select_route(&self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner), &id)
+            .map(|r| r.name.clone());
+        let handle = Arc::new(CallHandle {
+            id,
+            node: node_ref,
+            peer,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            stats,
+            hangup: self.shutdown.child_token(),
+            hangup_reason: Mutex::new(None),
+            caller_rate: AtomicU32::new(0),
+            state: AtomicU8::new(CallState::Lobby as u8),
+            route: route.clone(),
+        });
+        lock(&self.calls).insert(id, Arc::clone(&handle));
+        self.emit(Event::CallStarted { call: id, peer, route });
+        Ok(AdmittedCall { handle, uplink, downlink })
+    }
+
+    /// Applies the call's route (if any), then puts it in the lobby if nothing claims it.
+    /// Loads clips on a blocking thread; failures of single actions are logged and the
+    /// rest of the route still applies.
+    pub async fn route_call(self: &Arc<Self>, handle: &Arc<CallHandle>) {
+        let route = {
+            let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            select_route(&routes, &handle.id).cloned()
+        };
+        if let Some(route) = route {
+            // Decode any clips first, off the async runtime's threads.
+            let files: Vec<PathBuf> = route
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    RouteAction::Play { file, .. } => Some(PathBuf::from(file)),
+                    _ => None,
+                })
+                .collect();
+            let clips = if files.is_empty() {
+                Vec::new()
+            } else {
+                let gateway = Arc::clone(self);
+                tokio::task::spawn_blocking(move || {
+                    files
+                        .into_iter()
+                        .map(|f| {
+                            let clip = gateway.clip(&f);
+                            (f, clip)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default()
+            };
+            let clips: HashMap<PathBuf, anyhow::Result<Clip>> = clips.into_iter().collect();
+            for (index, action) in route.actions.iter().enumerate() {
+                if let Err(e) = self.apply_action(handle, index, action, &clips) {
+                    tracing::warn!(route = %route.name, action = index, error = %e, "route action failed");
+                }
+            }
+        }
+        self.refresh_lobby(&[handle.node.clone()]);
+    }
+
+    fn apply_action(
+        &self,
+        handle: &CallHandle,
+        index: usize,
+        action: &RouteAction,
+        clips: &HashMap<PathBuf, anyhow::Result<Clip>>,
+    ) -> anyhow::Result<()> {
+        let call = &handle.node;
+        match action {
+            RouteAction::Record { path, channels } => {
+                let path = self.recording_path(path, handle);
+                let stereo = *channels == RecordChannels::Both;
+                let recorder = NodeRef::new(NodeKind::Recorder, &format!("rec-{}-{index}", handle.id))?;
+                let disk = lock(&self.disk);
+                let disk = disk.as_ref().ok_or(anyhow::anyhow!("the recording writer has stopped"))?;
+                let (node, stats, done) = disk.open(
+                    &path,
+                    if stereo { 2 } else { 1 },
+                    self.config.recordings.format,
+                    self.block,
+                )?;
+                let inputs = if stereo { vec!["in1".into(), "in2".into()] } else { vec!["in".into()] };
+                let mut topology = lock(&self.topology);
+                topology.patchbay.add_node(
+                    NodeSpec { node: recorder.clone(), outputs: vec![], inputs, owner: Some(call.clone()) },
+                    Box::new(node),
+                )?;
+                topology.recorder_stats.insert(recorder.clone(), (path.clone(), stats));
+                let first = if stereo { "in1" } else { "in" };
+                let voice = topology.patchbay.connect(
+                    call.port("voice"),
+                    recorder.port(first),
+                    0.0,
+                    PatchRole::Monitor,
+                    Some(call.clone()),
+                )?;
+                self.emit(Event::PatchCreated { patch: voice });
+                if stereo {
+                    let heard = topology.patchbay.connect(
+                        call.port("heard"),
+                        recorder.port("in2"),
+                        0.0,
+                        PatchRole::Monitor,
+                        Some(call.clone()),
+                    )?;
+                    self.emit(Event::PatchCreated { patch: heard });
+                }
+                drop(topology);
+                self.watch_recording(done);
+                tracing::info!(path = %path.display(), "recording started");
+            }
+            RouteAction::Play { file, looped, gain_db } => {
+                let clip = match clips.get(Path::new(file)) {
+                    Some(Ok(clip)) => Arc::clone(clip),
+                    Some(Err(e)) => anyhow::bail!("cannot play {file}: {e}"),
+                    None => anyhow::bail!("clip {file} was not loaded"),
+                };
+                let player = NodeRef::new(NodeKind::Player, &format!("play-{}-{index}", handle.id))?;
+                let state = Arc::new(PlayerState::default());
+                let node = PlayerNode::new(clip, *looped, db_to_gain(*gain_db), Arc::clone(&state));
+                let mut topology = lock(&self.topology);
+                topology.patchbay.add_node(
+                    NodeSpec { node: player.clone(), outputs: vec!["out".into()], inputs: vec![], owner: Some(call.clone()) },
+                    Box::new(node),
+                )?;
+                topology.player_states.insert(player.clone(), (PathBuf::from(file), state));
+                let patch = topology.patchbay.connect(
+                    player.port("out"),
+                    call.port("ear"),
+                    0.0,
+                    PatchRole::Normal,
+                    Some(call.clone()),
+                )?;
+                drop(topology);
+                self.emit(Event::PatchCreated { patch });
+            }
+            RouteAction::Patch { voice_to, ear_from, gain_db } => {
+                let mut topology = lock(&self.topology);
+                let mut made = Vec::new();
+                let mut failures = Vec::new();
+                for sink in voice_to {
+                    match topology.patchbay.connect(call.port("voice"), sink.clone(), *gain_db, PatchRole::Normal, Some(call.clone())) {
+                        Ok(p) => made.push(p),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                for source in ear_from {
+                    match topology.patchbay.connect(source.clone(), call.port("ear"), *gain_db, PatchRole::Normal, Some(call.clone())) {
+                        Ok(p) => made.push(p),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                let affected = affected_calls(&made);
+                drop(topology);
+                for patch in made {
+                    self.emit(Event::PatchCreated { patch });
+                }
+                self.refresh_lobby(&affected);
+                if !failures.is_empty() {
+                    anyhow::bail!("{}", failures.join("; "));
+                }
+            }
+            RouteAction::Conference { name } => {
+                self.join_conference(call, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn recording_path(&self, template: &str, handle: &CallHandle) -> PathBuf {
+        let start = format_utc(handle.started_at);
+        let expanded = template
+            .replace("{uuid}", &handle.id.to_string())
+            .replace("{start}", &start);
+        let path = PathBuf::from(expanded);
+        if path.is_relative() { self.config.recordings.dir.join(path) } else { path }
+    }
+
+    fn watch_recording(&self, done: tokio::sync::oneshot::Receiver<crate::engine::recorder::RecordingSummary>) {
+        let events = self.events.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Ok(summary) = done.await {
+                    let _ = events.send(Event::RecordingFinished {
+                        path: summary.path,
+                        frames: summary.frames,
+                        error: summary.error,
+                    });
+                }
+            });
+        }
+    }
+
+    /// Puts `call` into conference `name`, creating it on demand.
+    pub fn join_conference(&self, call: &NodeRef, name: &str) -> anyhow::Result<()> {
+        let conference = NodeRef::new(NodeKind::Conference, name)?;
+        let capacity = self.config.engine.conference_members;
+        let mut topology = lock(&self.topology);
+        if !topology.conferences.contains_key(name) {
+            let outputs = (1..=capacity).map(|k| format!("out{k}")).collect();
+            let inputs = (1..=capacity).map(|k| format!("in{k}")).collect();
+            topology.patchbay.add_node(
+                NodeSpec { node: conference.clone(), outputs, inputs, owner: None },
+                Box::new(ConferenceNode::new(capacity, self.block)),
+            )?;
+            topology.conferences.insert(
+                name.to_owned(),
+                ConferenceMembers { members: vec![None; capacity], on_demand: true },
+            );
+        }
+        let members = topology
+            .conferences
+            .get_mut(name)
+            .ok_or_else(|| anyhow::anyhow!("conference {name} vanished"))?;
+        let Some(seat) = members.members.iter().position(Option::is_none) else {
+            anyhow::bail!("conference {name} is full ({capacity} members)");
+        };
+        members.members[seat] = Some(call.clone());
+        let k = seat + 1;
+        let voice = topology.patchbay.connect(
+            call.port("voice"),
+            conference.port(&format!("in{k}")),
+            0.0,
+            PatchRole::Normal,
+            Some(call.clone()),
+        )?;
+        let ear = topology.patchbay.connect(
+            conference.port(&format!("out{k}")),
+            call.port("ear"),
+            0.0,
+            PatchRole::Normal,
+            Some(call.clone()),
+        )?;
+        drop(topology);
+        self.emit(Event::PatchCreated { patch: voice });
+        self.emit(Event::PatchCreated { patch: ear });
+        self.refresh_lobby(std::slice::from_ref(call));
+        tracing::info!(conference = name, seat = k, "joined conference");
+        Ok(())
+    }
+
+    /// Brings each call's lobby patch in line with its other patches: a call with no
+    /// deliberate patch hears the hold music; one with any loses it.
+    pub fn refresh_lobby(&self, calls: &[NodeRef]) {
+        let hold = NodeRef::new(NodeKind::Player, HOLD_PLAYER).ok();
+        let mut changes = Vec::new();
+        {
+            let mut topology = lock(&self.topology);
+            let has_hold = hold.as_ref().is_some_and(|h| topology.patchbay.node(h).is_some());
+            for call in calls {
+                if call.kind() != NodeKind::Call || topology.patchbay.node(call).is_none() {
+                    continue;
+                }
+                let deliberate = topology
+                    .patchbay
+                    .patches_of(call)
+                    .any(|p| p.role == PatchRole::Normal);
+                let lobby_patch = topology
+                    .patchbay
+                    .patches_of(call)
+                    .find(|p| p.role == PatchRole::Lobby)
+                    .map(|p| p.id);
+                match (deliberate, lobby_patch, &hold) {
+                    (true, Some(id), _) => {
+                        if topology.patchbay.disconnect(id).is_ok() {
+                            changes.push((call.clone(), CallState::Patched, Some(Event::PatchRemoved { id })));
+                        }
+                    }
+                    (true, None, _) => changes.push((call.clone(), CallState::Patched, None)),
+                    (false, None, Some(hold)) if has_hold => {
+                        match topology.patchbay.connect(hold.port("out"), call.port("ear"), 0.0, PatchRole::Lobby, Some(call.clone())) {
+                            Ok(patch) => changes.push((call.clone(), CallState::Lobby, Some(Event::PatchCreated { patch }))),
+                            Err(e) => tracing::warn!(error = %e, "cannot patch hold music"),
+                        }
+                    }
+                    (false, _, _) => changes.push((call.clone(), CallState::Lobby, None)),
+                }
+            }
+        }
+        let calls = lock(&self.calls).clone();
+        for (node, state, event) in changes {
+            if let Some(event) = event {
+                self.emit(event);
+            }
+            if let Some(handle) = Uuid::parse_str(node.name()).ok().and_then(|id| calls.get(&id))
+                && handle.state() != CallState::Ending
+                && handle.state() != state
+            {
+                handle.set_state(state);
+                self.emit(Event::CallState { call: handle.id, state });
+            }
+        }
+    }
+
+    /// Records a DTMF digit from a call.
+    pub fn dtmf(&self, call: Uuid, digit: char) {
+        self.emit(Event::Dtmf { call, digit });
+    }
+
+    /// Asks a live call to hang up (`00 00 00`, so the dialplan continues). Returns
+    /// false if no such call is live.
+    pub fn hangup(&self, id: &Uuid, why: &str) -> bool {
+        match lock(&self.calls).get(id) {
+            Some(handle) => {
+                handle.request_hangup(why);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Live calls.
+    pub fn calls(&self) -> Vec<Arc<CallHandle>> {
+        let mut calls: Vec<_> = lock(&self.calls).values().cloned().collect();
+        calls.sort_by_key(|c| c.started);
+        calls
+    }
+
+    /// Removes a call's nodes and patches; the session calls this when it ends.
+    pub fn end_call(&self, handle: &Arc<CallHandle>, reason: EndReason) {
+        let removed_from_registry = {
+            let mut calls = lock(&self.calls);
+            match calls.get(&handle.id) {
+                Some(current) if Arc::ptr_eq(current, handle) => calls.remove(&handle.id).is_some(),
+                _ => false,
+            }
+        };
+        if removed_from_registry {
+            self.release_call(handle);
+        }
+        let s = &handle.stats;
+        tracing::info!(
+            reason = ?reason,
+            duration_ms = handle.duration().as_millis() as u64,
+            frames_in = s.frames_in.load(Ordering::Relaxed),
+            frames_out = s.frames_out.load(Ordering::Relaxed),
+            uplink_gaps = s.uplink_gaps.load(Ordering::Relaxed),
+            downlink_underruns = s.downlink_underruns.load(Ordering::Relaxed),
+            uplink_discarded = s.uplink_discarded_samples.load(Ordering::Relaxed),
+            uplink_correction_ppm = s.uplink_correction_ppm.load(Ordering::Relaxed) as i64,
+            max_jitter_us = s.max_jitter_us.load(Ordering::Relaxed),
+            "call ended"
+        );
+        self.emit(Event::CallEnded {
+            call: handle.id,
+            reason,
+            duration_ms: u64::try_from(handle.duration().as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+
+    /// Takes the call's node and everything it owns out of the patchbay.
+    fn release_call(&self, handle: &CallHandle) {
+        lock(&self.calls).retain(|_, c| !std::ptr::eq(Arc::as_ptr(c), handle));
+        let call = &handle.node;
+        let mut removed = Vec::new();
+        let mut emptied = Vec::new();
+        {
+            let mut topology = lock(&self.topology);
+            match topology.patchbay.remove_owned(call) {
+                Ok((patches, nodes)) => {
+                    removed.extend(patches);
+                    for node in nodes {
+                        topology.recorder_stats.remove(&node);
+                        topology.player_states.remove(&node);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot release the call's nodes"),
+            }
+            match topology.patchbay.remove_node(call) {
+                Ok(patches) => removed.extend(patches),
+                Err(PatchbayError::UnknownNode { .. }) => {}
+                Err(e) => tracing::error!(error = %e, "cannot remove the call node"),
+            }
+            for (name, conference) in topology.conferences.iter_mut() {
+                for member in conference.members.iter_mut() {
+                    if member.as_ref() == Some(call) {
+                        *member = None;
+                    }
+                }
+                if conference.on_demand && conference.members.iter().all(Option::is_none) {
+                    emptied.push(name.clone());
+                }
+            }
+            for name in &emptied {
+                topology.conferences.remove(name);
+                if let Ok(node) = NodeRef::new(NodeKind::Conference, name)
+                    && let Ok(patches) = topology.patchbay.remove_node(&node)
+                {
+                    removed.extend(patches);
+                }
+            }
+        }
+        let affected: Vec<NodeRef> = affected_calls(&removed).into_iter().filter(|c| c != call).collect();
+        for patch in &removed {
+            self.emit(Event::PatchRemoved { id: patch.id });
+        }
+        self.refresh_lobby(&affected);
+    }
+
+    /// Ports of every node and the patches between them (for the API and tests).
+    pub fn topology_snapshot(&self) -> (Vec<crate::patchbay::NodeEntry>, Vec<PatchEntry>) {
+        let topology = lock(&self.topology);
+        (
+            topology.patchbay.nodes().into_iter().cloned().collect(),
+            topology.patchbay.patches().cloned().collect(),
+        )
+    }
+
+    /// Connects two ports on behalf of an operator (lobby rules apply).
+    pub fn connect(&self, source: PortRef, sink: PortRef, gain_db: f32) -> Result<PatchEntry, PatchbayError> {
+        let patch = lock(&self.topology)
+            .patchbay
+            .connect(source, sink, gain_db, PatchRole::Normal, None)?;
+        self.emit(Event::PatchCreated { patch: patch.clone() });
+        self.refresh_lobby(&affected_calls(std::slice::from_ref(&patch)));
+        Ok(patch)
+    }
+
+    /// Removes a patch on behalf of an operator.
+    pub fn disconnect(&self, id: u64) -> Result<PatchEntry, PatchbayError> {
+        let patch = lock(&self.topology).patchbay.disconnect(id)?;
+        self.emit(Event::PatchRemoved { id });
+        self.refresh_lobby(&affected_calls(std::slice::from_ref(&patch)));
+        Ok(patch)
+    }
+
+    /// Graceful shutdown, part one: every call is asked to hang up. The listener waits
+    /// for the sessions, then calls [`Gateway::finish`].
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+        for call in self.calls() {
+            call.request_hangup("gateway shutting down");
+        }
+    }
+
+    /// Graceful shutdown, part two (after every session ended): stops the engine and
+    /// finalizes every recording. Blocking.
+    pub fn finish(&self) {
+        if let Some(engine) = lock(&self.engine_thread).take() {
+            engine.stop();
+        }
+        if let Some(disk) = lock(&self.disk).take() {
+            disk.shutdown();
+        }
+    }
+}
+
+fn affected_calls(patches: &[PatchEntry]) -> Vec<NodeRef> {
+    let mut calls: Vec<NodeRef> = patches
+        .iter()
+        .flat_map(|p| [p.source.node(), p.sink.node()])
+        .filter(|n| n.kind() == NodeKind::Call)
+        .cloned()
+        .collect();
+    calls.sort();
+    calls.dedup();
+    calls
+}
+
+/// `YYYYmmddTHHMMSSZ` for a wall-clock time (recording names).
+fn format_utc(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_timestamps() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_763_700_000);
+        assert_eq!(format_utc(t), "20251121T044000Z");
+        assert_eq!(format_utc(SystemTime::UNIX_EPOCH), "19700101T000000Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(format_utc(leap), "20000229T000000Z");
+    }
+}

@@ -1,0 +1,203 @@
+//! Shared harness of the end-to-end tests: runs the real `telepatch` binary on
+//! loopback with a config written for the test, and measures what callers hear.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use codecs::measure::{SineFit, fit_sine};
+use codecs::rate::SampleRate;
+
+/// The path of a file in `tests/data`.
+pub fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(name)
+}
+
+/// A running `telepatch serve` process.
+pub struct GatewayProcess {
+    child: Child,
+    /// Its AudioSocket address (port chosen by the OS).
+    pub addr: SocketAddr,
+    /// Scratch directory holding the config and recordings.
+    pub dir: tempfile::TempDir,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl GatewayProcess {
+    /// Starts the gateway with `config` (TOML) and waits until it listens.
+    pub fn start(config: &str) -> GatewayProcess {
+        Self::start_with_args(config, &[])
+    }
+
+    /// Same, with extra command-line flags.
+    pub fn start_with_args(config: &str, args: &[&str]) -> GatewayProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("telepatch.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_telepatch"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--listen", "127.0.0.1:0", "--log-level", "info,telepatch=debug,gateway=debug"])
+            .arg("--recordings-dir")
+            .arg(dir.path().join("recordings"))
+            .args(args)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("TELEPATCH_CONFIG")
+            .spawn()
+            .expect("start telepatch");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("TELEPATCH_TEST_ECHO").is_some() {
+                    eprintln!("[gateway] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut process = GatewayProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), dir, logs };
+        let line = process
+            .wait_log("AudioSocket listener ready", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("gateway did not start; logs:\n{}", process.logs().join("\n")));
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .expect("addr in the ready line");
+        process.addr = addr.parse().unwrap();
+        process
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> Option<String> {
+        self.wait_log_count(needle, 1, limit)
+    }
+
+    /// Waits for a log line containing every one of `needles`.
+    pub fn wait_log_all(&self, needles: &[&str], limit: Duration) -> Option<String> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.logs().into_iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return Some(line);
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns the last.
+    pub fn wait_log_count(&self, needle: &str, count: usize, limit: Duration) -> Option<String> {
+        let until = Instant::now() + limit;
+        loop {
+            let matching: Vec<String> =
+                self.logs().into_iter().filter(|l| l.contains(needle)).collect();
+            if matching.len() >= count {
+                return matching.last().cloned();
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The recordings directory.
+    pub fn recordings(&self) -> PathBuf {
+        self.dir.path().join("recordings")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < until, "gateway did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a WAV file as f32 channels (full scale 1.0) and its rate.
+pub fn read_wav(path: &Path) -> (Vec<Vec<f32>>, u32) {
+    let mut reader = hound::WavReader::open(path).unwrap();
+    let spec = reader.spec();
+    let channels = usize::from(spec.channels);
+    let samples: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().map(Result::unwrap).collect(),
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader.samples::<i32>().map(|s| s.unwrap() as f32 * scale).collect()
+        }
+    };
+    let mut split = vec![Vec::with_capacity(samples.len() / channels); channels];
+    for frame in samples.chunks(channels) {
+        for (c, s) in frame.iter().enumerate() {
+            split[c].push(*s);
+        }
+    }
+    (split, spec.sample_rate)
+}
+
+/// Waits until a finalized WAV appears at `path` (the gateway logs it).
+pub fn wait_recording(gateway: &GatewayProcess, path: &Path) {
+    let needle = format!("recording finalized path={}", path.display());
+    gateway
+        .wait_log(&needle, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no {needle:?}; logs:\n{}", gateway.logs().join("\n")));
+}
+
+/// First and last index where the 5 ms envelope of `x` exceeds `threshold`.
+pub fn active_span(x: &[f32], rate: u32, threshold: f32) -> Option<(usize, usize)> {
+    let window = (rate / 200) as usize;
+    let loud = |i: usize| x[i..(i + window).min(x.len())].iter().any(|s| s.abs() > threshold);
+    let first = (0..x.len()).step_by(window / 4).find(|&i| loud(i))?;
+    let last = (0..x.len()).rev().step_by(window / 4).find(|&i| loud(i.saturating_sub(window)))?;
+    Some((first, last))
+}
+
+/// Fits a sine to the steady part of `x` (skipping `skip_s` at each end).
+pub fn steady_fit(x: &[f32], rate: u32, skip_s: f64) -> SineFit {
+    let skip = (skip_s * f64::from(rate)) as usize;
+    assert!(x.len() > 2 * skip + rate as usize / 10, "too little audio: {} samples", x.len());
+    fit_sine(&x[skip..x.len() - skip], SampleRate::new(rate).unwrap()).expect("a tone")
+}
+
+/// Power (dBFS, as a sine's peak level) of the component at `hz`.
+pub fn tone_level_dbfs(x: &[f32], rate: u32, hz: f64) -> f64 {
+    codecs::measure::fit_sine_at(x, SampleRate::new(rate).unwrap(), hz)
+        .map(|f| f.amplitude_dbfs)
+        .unwrap_or(-200.0)
+}
+
+/// A fresh random call UUID.
+pub fn uuid() -> uuid::Uuid {
+    uuid::Uuid::new_v4()
+}
