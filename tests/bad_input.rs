@@ -33,7 +33,9 @@ fn id_message(id: uuid::Uuid) -> Vec<u8> {
 fn audio_message() -> Vec<u8> {
     let mut bytes = vec![0x10, 0x01, 0x40];
     for n in 0..160 {
-        let s = (0.25 * (2.0 * std::f64::consts::PI * 1000.0 * f64::from(n) / 8000.0).sin() * 32767.0) as i16;
+        let s = (0.25
+            * (2.0 * std::f64::consts::PI * 1000.0 * f64::from(n) / 8000.0).sin()
+            * 32767.0) as i16;
         bytes.extend_from_slice(&s.to_le_bytes());
     }
     bytes
@@ -67,20 +69,26 @@ async fn bad_connections_are_closed_cleanly_without_disturbing_a_healthy_call() 
             .duration(Duration::from_secs(8))
             .run(),
     );
-    gateway.wait_log("recording started", Duration::from_secs(5)).unwrap();
+    gateway
+        .wait_log("recording started", Duration::from_secs(5))
+        .unwrap();
 
     // Audio before the ID: a protocol violation (§10.5).
     let mut s = connect(&gateway).await;
     s.write_all(&audio_message()).await.unwrap();
     read_to_close(&mut s).await;
-    gateway.wait_log("arrived before the ID", Duration::from_secs(3)).expect("log for audio before ID");
+    gateway
+        .wait_log("arrived before the ID", Duration::from_secs(3))
+        .expect("log for audio before ID");
 
     // A bogus length: 65535 bytes of 8 kHz audio is over 4 s, beyond the 1 s limit (§10.7).
     let mut s = connect(&gateway).await;
     s.write_all(&id_message(uuid())).await.unwrap();
     s.write_all(&[0x10, 0xff, 0xff, 0x00]).await.unwrap();
     read_to_close(&mut s).await;
-    gateway.wait_log("protocol error; closing the call", Duration::from_secs(3)).expect("log for bogus length");
+    gateway
+        .wait_log("protocol error; closing the call", Duration::from_secs(3))
+        .expect("log for bogus length");
 
     // Zero-length audio and an unknown kind are skipped; the call goes on (§10.3, §10.4).
     let mut s = connect(&gateway).await;
@@ -92,12 +100,23 @@ async fn bad_connections_are_closed_cleanly_without_disturbing_a_healthy_call() 
         s.write_all(&audio_message()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    gateway.wait_log("zero-length audio message skipped", Duration::from_secs(3)).expect("log for empty audio");
-    gateway.wait_log("message of unknown kind skipped", Duration::from_secs(3)).expect("log for unknown kind");
+    gateway
+        .wait_log("zero-length audio message skipped", Duration::from_secs(3))
+        .expect("log for empty audio");
+    gateway
+        .wait_log("message of unknown kind skipped", Duration::from_secs(3))
+        .expect("log for unknown kind");
     // Still alive: the gateway keeps sending audio frames.
     let mut buf = [0u8; 3];
-    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await.unwrap().unwrap();
-    assert!((0x10..=0x18).contains(&buf[0]), "gateway sends audio, got kind {:#x}", buf[0]);
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        (0x10..=0x18).contains(&buf[0]),
+        "gateway sends audio, got kind {:#x}",
+        buf[0]
+    );
     drop(s);
 
     // A truncated message, then EOF (§10.12).
@@ -106,7 +125,12 @@ async fn bad_connections_are_closed_cleanly_without_disturbing_a_healthy_call() 
     s.write_all(&audio_message()[..100]).await.unwrap();
     s.shutdown().await.unwrap();
     read_to_close(&mut s).await;
-    gateway.wait_log("stream ended in the middle of a message", Duration::from_secs(3)).expect("log for truncation");
+    gateway
+        .wait_log(
+            "stream ended in the middle of a message",
+            Duration::from_secs(3),
+        )
+        .expect("log for truncation");
 
     // An abrupt reset mid-call.
     let s = connect(&gateway).await;
@@ -119,7 +143,10 @@ async fn bad_connections_are_closed_cleanly_without_disturbing_a_healthy_call() 
         s.set_zero_linger().unwrap();
     }
     gateway
-        .wait_log_all(&["call ended", &reset_id.to_string()], Duration::from_secs(3))
+        .wait_log_all(
+            &["call ended", &reset_id.to_string()],
+            Duration::from_secs(3),
+        )
         .expect("reset call ended");
 
     // 200 connections opened and dropped without a byte (unanswered channels, §4).
@@ -129,7 +156,11 @@ async fn bad_connections_are_closed_cleanly_without_disturbing_a_healthy_call() 
     }
     drop(dropped);
     gateway
-        .wait_log_count("connection closed before sending an ID", 200, Duration::from_secs(10))
+        .wait_log_count(
+            "connection closed before sending an ID",
+            200,
+            Duration::from_secs(10),
+        )
         .expect("200 early closes logged");
 
     // Slowloris: one byte per second never completes the ID in time (§10.5).
@@ -142,7 +173,9 @@ async fn bad_connections_are_closed_cleanly_without_disturbing_a_healthy_call() 
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     read_to_close(&mut s).await;
-    gateway.wait_log("no ID message in time", Duration::from_secs(3)).expect("log for slowloris");
+    gateway
+        .wait_log("no ID message in time", Duration::from_secs(3))
+        .expect("log for slowloris");
 
     // The healthy call saw none of it: its recording is one unbroken tone.
     let report = healthy.await.unwrap().unwrap();
@@ -154,11 +187,17 @@ async fn bad_connections_are_closed_cleanly_without_disturbing_a_healthy_call() 
     let voice = &channels[0];
     let (first, last) = active_span(voice, rate, 0.05).unwrap();
     let seconds = (last - first) as f64 / f64::from(rate);
-    assert!((seconds - 8.0).abs() <= 0.02, "healthy tone lasts {seconds:.3} s");
+    assert!(
+        (seconds - 8.0).abs() <= 0.02,
+        "healthy tone lasts {seconds:.3} s"
+    );
     // No gap: every 5 ms window of the tone has the tone's RMS level (AES17 dBFS).
     for window in voice[first + 480..last - 480].chunks(240) {
         let level = rms_dbfs(window);
-        assert!((level + 6.0).abs() < 0.5, "a 5 ms window of the healthy call is at {level:.1} dBFS");
+        assert!(
+            (level + 6.0).abs() < 0.5,
+            "a 5 ms window of the healthy call is at {level:.1} dBFS"
+        );
     }
     let fit = steady_fit(&voice[first..last], rate, 0.1);
     assert!(fit.snr_db > 70.0, "healthy call SNR {:.1} dB", fit.snr_db);
@@ -173,11 +212,23 @@ async fn a_second_id_and_invalid_dtmf_are_reported_and_ignored() {
     s.write_all(&id_message(uuid())).await.unwrap();
     s.write_all(&[0x03, 0x00, 0x01, b'x']).await.unwrap();
     s.write_all(&[0x03, 0x00, 0x01, b'#']).await.unwrap();
-    gateway.wait_log("second ID message ignored", Duration::from_secs(3)).unwrap();
-    gateway.wait_log("invalid DTMF message skipped", Duration::from_secs(3)).unwrap();
-    let dtmf = gateway.wait_log("DTMF digit=#", Duration::from_secs(3)).unwrap();
-    assert!(dtmf.contains(&first.to_string()), "the call keeps its first UUID: {dtmf}");
+    gateway
+        .wait_log("second ID message ignored", Duration::from_secs(3))
+        .unwrap();
+    gateway
+        .wait_log("invalid DTMF message skipped", Duration::from_secs(3))
+        .unwrap();
+    let dtmf = gateway
+        .wait_log("DTMF digit=#", Duration::from_secs(3))
+        .unwrap();
+    assert!(
+        dtmf.contains(&first.to_string()),
+        "the call keeps its first UUID: {dtmf}"
+    );
     let mut buf = [0u8; 3];
-    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(buf[0], 0x10);
 }

@@ -16,7 +16,11 @@ fn heard(report: &CallReport, from_s: f64) -> (&[f32], u32) {
     let rate = report.received_rate.expect("caller received audio").hz();
     let start = (from_s * f64::from(rate)) as usize;
     let end = report.received.len().saturating_sub(rate as usize * 3 / 10);
-    assert!(end > start + rate as usize, "too little audio heard: {} samples", report.received.len());
+    assert!(
+        end > start + rate as usize,
+        "too little audio heard: {} samples",
+        report.received.len()
+    );
     (&report.received[start..end], rate)
 }
 
@@ -25,10 +29,18 @@ fn assert_hears(report: &CallReport, own: f64, others: &[f64], from_s: f64) {
     let (audio, rate) = heard(report, from_s);
     for &hz in others {
         let level = tone_level_dbfs(audio, rate, hz);
-        assert!((level + 6.0).abs() < 1.0, "{}: hears {hz} Hz at {level:.1} dBFS, expected -6", report.uuid);
+        assert!(
+            (level + 6.0).abs() < 1.0,
+            "{}: hears {hz} Hz at {level:.1} dBFS, expected -6",
+            report.uuid
+        );
     }
     let own_level = tone_level_dbfs(audio, rate, own);
-    assert!(own_level < -60.0, "{}: hears its own {own} Hz tone at {own_level:.1} dBFS", report.uuid);
+    assert!(
+        own_level < -60.0,
+        "{}: hears its own {own} Hz tone at {own_level:.1} dBFS",
+        report.uuid
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +63,9 @@ actions = [{{ action = "patch", voice_to = ["call:{b}.ear"], ear_from = ["call:{
             .run(),
     );
     // B must be connected before A's route refers to it.
-    gateway.wait_log(&format!("uuid={b}"), Duration::from_secs(5)).unwrap();
+    gateway
+        .wait_log(&format!("uuid={b}"), Duration::from_secs(5))
+        .unwrap();
     let report_a = FakeCall::new(gateway.addr, a)
         .source(Source::tone(1000.0, -6.0))
         .duration(Duration::from_secs(3))
@@ -66,7 +80,10 @@ actions = [{{ action = "patch", voice_to = ["call:{b}.ear"], ear_from = ["call:{
     let b_while_a = &b_audio[..(rate as usize * 2).min(b_audio.len())];
     let level = tone_level_dbfs(b_while_a, rate, 1000.0);
     assert!((level + 6.0).abs() < 1.0, "B hears A at {level:.1} dBFS");
-    assert!(tone_level_dbfs(b_while_a, rate, 600.0) < -60.0, "B hears itself");
+    assert!(
+        tone_level_dbfs(b_while_a, rate, 600.0) < -60.0,
+        "B hears itself"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,12 +113,24 @@ actions = [{ action = "conference", name = "desk" }]
         .collect();
     for (i, report) in reports.iter().enumerate() {
         assert_eq!(report.end, CallEnd::Completed);
-        let others: Vec<f64> = tones.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, t)| *t).collect();
+        let others: Vec<f64> = tones
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, t)| *t)
+            .collect();
         assert_hears(report, tones[i], &others, 0.5);
     }
     // The conference existed only while it had members.
     gateway
         .wait_log_count("call ended", 3, Duration::from_secs(5))
         .expect("three calls ended");
-    assert!(gateway.logs().iter().filter(|l| l.contains("joined conference")).count() == 3);
+    assert!(
+        gateway
+            .logs()
+            .iter()
+            .filter(|l| l.contains("joined conference"))
+            .count()
+            == 3
+    );
 }

@@ -19,16 +19,28 @@ fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
 }
 
 fn check_cadence(report: &CallReport, seconds: f64) {
-    let gaps: Vec<f64> = report.inter_arrival().map(|d| d.as_secs_f64() * 1000.0).collect();
+    let gaps: Vec<f64> = report
+        .inter_arrival()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
     let frames = report.frames.len() as f64;
     // The first frames wait for the reply rate (up to 300 ms); then 50 per second.
-    assert!(frames > (seconds - 0.4) * 50.0 - 3.0 && frames <= seconds * 50.0 + 3.0, "{frames} frames in {seconds} s");
+    assert!(
+        frames > (seconds - 0.4) * 50.0 - 3.0 && frames <= seconds * 50.0 + 3.0,
+        "{frames} frames in {seconds} s"
+    );
     let median = percentile(gaps.clone(), 0.5);
     let p99 = percentile(gaps.clone(), 0.99);
     let bursts = gaps.iter().filter(|g| **g < 5.0).count();
-    assert!((18.0..=22.0).contains(&median), "median inter-arrival {median:.2} ms");
+    assert!(
+        (18.0..=22.0).contains(&median),
+        "median inter-arrival {median:.2} ms"
+    );
     assert!(p99 < 45.0, "p99 inter-arrival {p99:.2} ms");
-    assert!(bursts <= 2, "{bursts} frames arrived less than 5 ms after the previous one");
+    assert!(
+        bursts <= 2,
+        "{bursts} frames arrived less than 5 ms after the previous one"
+    );
     assert!(report.violations.is_empty(), "{:?}", report.violations);
 }
 
@@ -50,12 +62,19 @@ async fn unpatched_callers_get_continuous_paced_silence_at_their_own_rate() {
         .duration(Duration::from_secs(4))
         .run();
     let (narrow, wide, idle) = tokio::join!(narrow, wide, idle);
-    for (report, rate) in [(narrow.unwrap(), 8_000), (wide.unwrap(), 16_000), (idle.unwrap(), 8_000)] {
+    for (report, rate) in [
+        (narrow.unwrap(), 8_000),
+        (wide.unwrap(), 16_000),
+        (idle.unwrap(), 8_000),
+    ] {
         assert_eq!(report.end, CallEnd::Completed);
         assert_eq!(report.received_rate.map(SampleRate::hz), Some(rate));
         assert_eq!(report.rate_changes, 0, "one rate per connection");
         check_cadence(&report, 4.0);
-        assert!(report.received.iter().all(|s| *s == 0.0), "nothing is patched: silence");
+        assert!(
+            report.received.iter().all(|s| *s == 0.0),
+            "nothing is patched: silence"
+        );
     }
 }
 
@@ -77,13 +96,20 @@ actions = [{{ action = "play", file = "{prompt}" }}]
     );
     let gateway = GatewayProcess::start(&config);
     let welcome_id = uuid::Uuid::parse_str("aaaa0000-0000-4000-8000-000000000001").unwrap();
-    let lobby = FakeCall::new(gateway.addr, uuid()).duration(Duration::from_secs(3)).run();
-    let welcomed = FakeCall::new(gateway.addr, welcome_id).duration(Duration::from_secs(4)).run();
+    let lobby = FakeCall::new(gateway.addr, uuid())
+        .duration(Duration::from_secs(3))
+        .run();
+    let welcomed = FakeCall::new(gateway.addr, welcome_id)
+        .duration(Duration::from_secs(4))
+        .run();
     let (lobby, welcomed) = tokio::join!(lobby, welcomed);
     let (lobby, welcomed) = (lobby.unwrap(), welcomed.unwrap());
 
     let hold_level = rms_dbfs(&lobby.received[4_000..]);
-    assert!(hold_level > -40.0, "lobby caller hears {hold_level:.1} dBFS");
+    assert!(
+        hold_level > -40.0,
+        "lobby caller hears {hold_level:.1} dBFS"
+    );
     check_cadence(&lobby, 3.0);
 
     // The welcomed caller hears the prompt itself: find it in what was heard and check
@@ -92,7 +118,8 @@ actions = [{{ action = "play", file = "{prompt}" }}]
     assert_eq!(rate, 8_000);
     let reference = &reference[0];
     let heard = &welcomed.received;
-    let delay = estimate_delay(&reference[..16_000], &heard[..24_000], 8_000).expect("prompt found");
+    let delay =
+        estimate_delay(&reference[..16_000], &heard[..24_000], 8_000).expect("prompt found");
     let lag = delay.samples.round() as usize;
     // Compare the prompt with what was heard in 0.5 s segments. Each segment may sit a
     // sample either side of the overall alignment: two passes through the resamplers
@@ -109,16 +136,26 @@ actions = [{{ action = "play", file = "{prompt}" }}]
         let best = (lag.saturating_sub(2)..=lag + 2)
             .map(|l| {
                 let y = &heard[start + l..start + l + 4_000];
-                let dot: f64 = x.iter().zip(y).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                let dot: f64 = x
+                    .iter()
+                    .zip(y)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
                 dot / (energy(x) * energy(y)).sqrt()
             })
             .fold(f64::MIN, f64::max);
-        assert!(best > 0.9, "segment at {start}: heard audio correlates {best:.3} with the prompt");
+        assert!(
+            best > 0.9,
+            "segment at {start}: heard audio correlates {best:.3} with the prompt"
+        );
         segments += 1;
     }
     assert!(segments >= 4, "only {segments} speech segments compared");
     let y = &heard[lag..lag + n];
     let level_error = rms_dbfs(y) - rms_dbfs(&reference[..n]);
-    assert!(level_error.abs() < 1.0, "prompt heard {level_error:+.2} dB off its file level");
+    assert!(
+        level_error.abs() < 1.0,
+        "prompt heard {level_error:+.2} dB off its file level"
+    );
     assert!(lag < 8_000 / 5, "prompt starts {lag} samples late");
 }

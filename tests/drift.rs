@@ -26,8 +26,13 @@ struct Outcome {
 /// of virtual time, through the real uplink and call node.
 fn simulate(drift_ppm: f64, minutes: u64) -> Outcome {
     let stats = Arc::new(CallStats::default());
-    let (mut uplink, node, _downlink) =
-        call_media(SampleRate::HZ_8000, 20, CallBuffering::default(), Arc::clone(&stats)).unwrap();
+    let (mut uplink, node, _downlink) = call_media(
+        SampleRate::HZ_8000,
+        20,
+        CallBuffering::default(),
+        Arc::clone(&stats),
+    )
+    .unwrap();
     let mut node = node.with_block(BLOCK);
     let mut outputs = vec![0.0f32; 2 * BLOCK];
     let inputs = vec![0.0f32; BLOCK];
@@ -76,7 +81,10 @@ fn simulate(drift_ppm: f64, minutes: u64) -> Outcome {
 fn check(drift_ppm: f64) {
     let outcome = simulate(drift_ppm, 10);
     assert_eq!(outcome.gaps, 0, "{drift_ppm:+} ppm: the uplink ran dry");
-    assert_eq!(outcome.overflow, 0, "{drift_ppm:+} ppm: the uplink overflowed");
+    assert_eq!(
+        outcome.overflow, 0,
+        "{drift_ppm:+} ppm: the uplink overflowed"
+    );
     let (lo, hi) = outcome.fill_ms_after_settling;
     // The ring oscillates by one 20 ms frame around a target of 20 ms margin; the
     // controller's dead band adds at most a few ms either way. Bounded delay: it never
@@ -92,8 +100,16 @@ fn check(drift_ppm: f64) {
     // The tone is intact: on our clock it is the caller's 1 kHz scaled by its clock error.
     let fit = fit_sine(&outcome.tail, SampleRate::HZ_48000).unwrap();
     let expected = 1000.0 * (1.0 + drift_ppm * 1e-6);
-    assert!((fit.frequency_hz - expected).abs() < 0.3, "{drift_ppm:+} ppm: {:.3} Hz", fit.frequency_hz);
-    assert!(fit.snr_db > 60.0, "{drift_ppm:+} ppm: SNR {:.1} dB", fit.snr_db);
+    assert!(
+        (fit.frequency_hz - expected).abs() < 0.3,
+        "{drift_ppm:+} ppm: {:.3} Hz",
+        fit.frequency_hz
+    );
+    assert!(
+        fit.snr_db > 60.0,
+        "{drift_ppm:+} ppm: SNR {:.1} dB",
+        fit.snr_db
+    );
 }
 
 #[test]
@@ -112,7 +128,11 @@ fn agreeing_clocks_leave_the_ratio_practically_nominal() {
     assert_eq!(outcome.gaps, 0);
     // Start-up can leave the fill a little outside the dead band; what the integrator
     // keeps from that leaks away.
-    assert!(outcome.final_ppm.abs() < 0.01, "correction {} ppm", outcome.final_ppm);
+    assert!(
+        outcome.final_ppm.abs() < 0.01,
+        "correction {} ppm",
+        outcome.final_ppm
+    );
     let fit = fit_sine(&outcome.tail, SampleRate::HZ_48000).unwrap();
     assert!(fit.snr_db > 80.0, "SNR {:.1} dB", fit.snr_db);
 }

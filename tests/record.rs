@@ -33,9 +33,21 @@ fn check_recording(gateway: &GatewayProcess, id: uuid::Uuid, min_snr_db: f64) ->
         "tone lasts {tone_seconds:.4} s, expected 3 s within one 20 ms frame"
     );
     let fit = steady_fit(&voice[first..last], rate, 0.1);
-    assert!((fit.frequency_hz - 1000.0).abs() < 0.5, "frequency {:.3} Hz", fit.frequency_hz);
-    assert!((fit.amplitude_dbfs + 6.0).abs() < 0.3, "level {:.2} dBFS", fit.amplitude_dbfs);
-    assert!(fit.snr_db >= min_snr_db, "SNR {:.1} dB < {min_snr_db} dB", fit.snr_db);
+    assert!(
+        (fit.frequency_hz - 1000.0).abs() < 0.5,
+        "frequency {:.3} Hz",
+        fit.frequency_hz
+    );
+    assert!(
+        (fit.amplitude_dbfs + 6.0).abs() < 0.3,
+        "level {:.2} dBFS",
+        fit.amplitude_dbfs
+    );
+    assert!(
+        fit.snr_db >= min_snr_db,
+        "SNR {:.1} dB < {min_snr_db} dB",
+        fit.snr_db
+    );
     fit.snr_db
 }
 

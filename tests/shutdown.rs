@@ -31,7 +31,9 @@ actions = [{ action = "record", path = "{uuid}.wav" }]
             )
         })
         .collect();
-    gateway.wait_log_count("recording started", 2, Duration::from_secs(5)).unwrap();
+    gateway
+        .wait_log_count("recording started", 2, Duration::from_secs(5))
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let exited_cleanly = tokio::task::spawn_blocking(move || {
         let ok = gateway.terminate();
@@ -47,29 +49,52 @@ actions = [{ action = "record", path = "{uuid}.wav" }]
         assert_eq!(report.end, CallEnd::ServerHangup);
         assert!(report.violations.is_empty());
     }
-    assert!(gateway.logs().iter().any(|l| l.contains("shutdown complete")));
+    assert!(
+        gateway
+            .logs()
+            .iter()
+            .any(|l| l.contains("shutdown complete"))
+    );
     for id in ids {
         let path = gateway.recordings().join(format!("{id}.wav"));
         let (channels, rate) = read_wav(&path);
         let (first, last) = active_span(&channels[0], rate, 0.05).unwrap();
         let seconds = (last - first) as f64 / f64::from(rate);
-        assert!(seconds > 1.9, "recording of {id} holds {seconds:.2} s of tone");
+        assert!(
+            seconds > 1.9,
+            "recording of {id} holds {seconds:.2} s of tone"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_the_cap_are_refused_with_a_hangup() {
     let gateway = GatewayProcess::start_with_args("", &["--max-calls", "2"]);
-    let long = |id| FakeCall::new(gateway.addr, id).duration(Duration::from_secs(3)).run();
+    let long = |id| {
+        FakeCall::new(gateway.addr, id)
+            .duration(Duration::from_secs(3))
+            .run()
+    };
     let first = tokio::spawn(long(uuid()));
     let second = tokio::spawn(long(uuid()));
-    gateway.wait_log_count("call connected", 2, Duration::from_secs(5)).unwrap();
+    gateway
+        .wait_log_count("call connected", 2, Duration::from_secs(5))
+        .unwrap();
     let refused_id = uuid();
-    let refused = FakeCall::new(gateway.addr, refused_id).duration(Duration::from_secs(3)).run().await.unwrap();
+    let refused = FakeCall::new(gateway.addr, refused_id)
+        .duration(Duration::from_secs(3))
+        .run()
+        .await
+        .unwrap();
     assert_eq!(refused.end, CallEnd::ServerHangup);
     assert!(refused.hangup_received);
-    let line = gateway.wait_log("call cap reached", Duration::from_secs(2)).unwrap();
-    assert!(line.contains(&refused_id.to_string()), "the refusal names the call: {line}");
+    let line = gateway
+        .wait_log("call cap reached", Duration::from_secs(2))
+        .unwrap();
+    assert!(
+        line.contains(&refused_id.to_string()),
+        "the refusal names the call: {line}"
+    );
     assert_eq!(first.await.unwrap().unwrap().end, CallEnd::Completed);
     assert_eq!(second.await.unwrap().unwrap().end, CallEnd::Completed);
 }
@@ -78,17 +103,41 @@ async fn calls_beyond_the_cap_are_refused_with_a_hangup() {
 async fn duplicate_uuids_are_rejected_or_replace_the_old_call_by_policy() {
     let id = uuid();
     let reject = GatewayProcess::start("");
-    let original = tokio::spawn(FakeCall::new(reject.addr, id).duration(Duration::from_secs(2)).run());
-    reject.wait_log("call connected", Duration::from_secs(5)).unwrap();
-    let duplicate = FakeCall::new(reject.addr, id).duration(Duration::from_secs(2)).run().await.unwrap();
+    let original = tokio::spawn(
+        FakeCall::new(reject.addr, id)
+            .duration(Duration::from_secs(2))
+            .run(),
+    );
+    reject
+        .wait_log("call connected", Duration::from_secs(5))
+        .unwrap();
+    let duplicate = FakeCall::new(reject.addr, id)
+        .duration(Duration::from_secs(2))
+        .run()
+        .await
+        .unwrap();
     assert_eq!(duplicate.end, CallEnd::ServerHangup);
-    assert!(reject.wait_log("already connected", Duration::from_secs(2)).is_some());
+    assert!(
+        reject
+            .wait_log("already connected", Duration::from_secs(2))
+            .is_some()
+    );
     assert_eq!(original.await.unwrap().unwrap().end, CallEnd::Completed);
 
     let replace = GatewayProcess::start("[audiosocket]\nduplicate_uuid = \"replace\"\n");
-    let original = tokio::spawn(FakeCall::new(replace.addr, id).duration(Duration::from_secs(3)).run());
-    replace.wait_log("call connected", Duration::from_secs(5)).unwrap();
-    let newcomer = FakeCall::new(replace.addr, id).duration(Duration::from_secs(1)).run().await.unwrap();
+    let original = tokio::spawn(
+        FakeCall::new(replace.addr, id)
+            .duration(Duration::from_secs(3))
+            .run(),
+    );
+    replace
+        .wait_log("call connected", Duration::from_secs(5))
+        .unwrap();
+    let newcomer = FakeCall::new(replace.addr, id)
+        .duration(Duration::from_secs(1))
+        .run()
+        .await
+        .unwrap();
     assert_eq!(newcomer.end, CallEnd::Completed);
     assert_eq!(original.await.unwrap().unwrap().end, CallEnd::ServerHangup);
 }

@@ -6,3 +6,4 @@
 //! so routes read from a config file today and from the database later behave the same.
 
 pub mod model;
+pub mod store;

@@ -98,7 +98,11 @@ impl NodeRef {
     /// Validates a name for a kind. Calls must be named by a UUID (stored lowercase
     /// hyphenated); other nodes by 1-64 characters of `[A-Za-z0-9_-]`.
     pub fn new(kind: NodeKind, name: &str) -> Result<NodeRef, ModelError> {
-        let invalid = |reason| ModelError::InvalidName { kind, name: name.to_owned(), reason };
+        let invalid = |reason| ModelError::InvalidName {
+            kind,
+            name: name.to_owned(),
+            reason,
+        };
         if kind == NodeKind::Call {
             let uuid = Uuid::parse_str(name).map_err(|_| invalid("a call is named by its UUID"))?;
             return Ok(NodeRef::call(uuid));
@@ -106,15 +110,24 @@ impl NodeRef {
         if name.is_empty() || name.len() > MAX_NAME_LEN {
             return Err(invalid("must be 1 to 64 characters long"));
         }
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(invalid("only letters, digits, '-' and '_' are allowed"));
         }
-        Ok(NodeRef { kind, name: name.to_owned() })
+        Ok(NodeRef {
+            kind,
+            name: name.to_owned(),
+        })
     }
 
     /// The node of the call with this UUID.
     pub fn call(uuid: Uuid) -> NodeRef {
-        NodeRef { kind: NodeKind::Call, name: uuid.hyphenated().to_string() }
+        NodeRef {
+            kind: NodeKind::Call,
+            name: uuid.hyphenated().to_string(),
+        }
     }
 
     /// The node's kind.
@@ -129,7 +142,10 @@ impl NodeRef {
 
     /// A port of this node.
     pub fn port(&self, port: &str) -> PortRef {
-        PortRef { node: self.clone(), port: port.to_owned() }
+        PortRef {
+            node: self.clone(),
+            port: port.to_owned(),
+        }
     }
 }
 
@@ -145,7 +161,9 @@ fn parse_kind(text: &str) -> Result<NodeKind, ModelError> {
         "player" => Ok(NodeKind::Player),
         "recorder" => Ok(NodeKind::Recorder),
         "conference" => Ok(NodeKind::Conference),
-        other => Err(ModelError::UnknownKind { kind: other.to_owned() }),
+        other => Err(ModelError::UnknownKind {
+            kind: other.to_owned(),
+        }),
     }
 }
 
@@ -199,7 +217,10 @@ impl FromStr for PortRef {
         if port.is_empty() || !port.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(malformed());
         }
-        Ok(PortRef { node: node.parse()?, port: port.to_owned() })
+        Ok(PortRef {
+            node: node.parse()?,
+            port: port.to_owned(),
+        })
     }
 }
 
@@ -241,7 +262,9 @@ impl RouteMatch {
             RouteMatch::Uuid(expected) => expected == uuid,
             RouteMatch::UuidPrefix(prefix) => {
                 let mut buffer = Uuid::encode_buffer();
-                uuid.hyphenated().encode_lower(&mut buffer).starts_with(prefix.as_str())
+                uuid.hyphenated()
+                    .encode_lower(&mut buffer)
+                    .starts_with(prefix.as_str())
             }
             RouteMatch::Default => true,
         }
@@ -337,14 +360,19 @@ pub struct Route {
 impl Route {
     /// Checks what serde cannot: names, prefixes, conference names.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let invalid = |reason: String| ModelError::InvalidRoute { route: self.name.clone(), reason };
+        let invalid = |reason: String| ModelError::InvalidRoute {
+            route: self.name.clone(),
+            reason,
+        };
         if self.name.is_empty() || self.name.len() > MAX_NAME_LEN {
             return Err(invalid("the name must be 1 to 64 characters long".into()));
         }
         if let RouteMatch::UuidPrefix(prefix) = &self.matcher
             && (prefix.is_empty()
                 || prefix.len() > 36
-                || !prefix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-'))
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'-'))
         {
             return Err(invalid(format!(
                 "uuid_prefix {prefix:?} must be 1-36 characters of lowercase hex digits and '-'"
@@ -361,9 +389,13 @@ impl Route {
                 RouteAction::Play { gain_db, .. } | RouteAction::Patch { gain_db, .. }
                     if !gain_db.is_finite() || !(-96.0..=24.0).contains(gain_db) =>
                 {
-                    return Err(invalid(format!("gain_db {gain_db} must be between -96 and +24")));
+                    return Err(invalid(format!(
+                        "gain_db {gain_db} must be between -96 and +24"
+                    )));
                 }
-                RouteAction::Patch { voice_to, ear_from, .. } if voice_to.is_empty() && ear_from.is_empty() => {
+                RouteAction::Patch {
+                    voice_to, ear_from, ..
+                } if voice_to.is_empty() && ear_from.is_empty() => {
                     return Err(invalid("patch needs voice_to or ear_from".into()));
                 }
                 RouteAction::Conference { name } => {
@@ -409,19 +441,43 @@ mod tests {
             let port: PortRef = text.parse().unwrap();
             assert_eq!(port.to_string(), text);
         }
-        let port: PortRef = "call:40325EC2-5EFD-4BD3-805F-53576E581D13.ear".parse().unwrap();
-        assert_eq!(port.node().name(), UUID, "call names are normalised to lowercase");
+        let port: PortRef = "call:40325EC2-5EFD-4BD3-805F-53576E581D13.ear"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            port.node().name(),
+            UUID,
+            "call names are normalised to lowercase"
+        );
     }
 
     #[test]
     fn bad_refs_say_what_is_wrong() {
-        assert!(matches!("hold.out".parse::<PortRef>(), Err(ModelError::Malformed { .. })));
-        assert!(matches!("speaker:x.out".parse::<PortRef>(), Err(ModelError::UnknownKind { .. })));
-        assert!(matches!("call:not-a-uuid.voice".parse::<PortRef>(), Err(ModelError::InvalidName { .. })));
-        assert!(matches!("player:a b.out".parse::<PortRef>(), Err(ModelError::InvalidName { .. })));
-        assert!(matches!("player:hold.".parse::<PortRef>(), Err(ModelError::Malformed { .. })));
+        assert!(matches!(
+            "hold.out".parse::<PortRef>(),
+            Err(ModelError::Malformed { .. })
+        ));
+        assert!(matches!(
+            "speaker:x.out".parse::<PortRef>(),
+            Err(ModelError::UnknownKind { .. })
+        ));
+        assert!(matches!(
+            "call:not-a-uuid.voice".parse::<PortRef>(),
+            Err(ModelError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            "player:a b.out".parse::<PortRef>(),
+            Err(ModelError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            "player:hold.".parse::<PortRef>(),
+            Err(ModelError::Malformed { .. })
+        ));
         let long = format!("player:{}.out", "x".repeat(65));
-        assert!(matches!(long.parse::<PortRef>(), Err(ModelError::InvalidName { .. })));
+        assert!(matches!(
+            long.parse::<PortRef>(),
+            Err(ModelError::InvalidName { .. })
+        ));
     }
 
     #[test]
@@ -435,7 +491,12 @@ mod tests {
     }
 
     fn route(name: &str, priority: i32, matcher: RouteMatch) -> Route {
-        Route { name: name.into(), priority, matcher, actions: vec![] }
+        Route {
+            name: name.into(),
+            priority,
+            matcher,
+            actions: vec![],
+        }
     }
 
     #[test]
@@ -444,15 +505,31 @@ mod tests {
         let routes = vec![
             route("default", 0, RouteMatch::Default),
             route("prefix", 0, RouteMatch::UuidPrefix("4032".into())),
-            route("longer-prefix", 0, RouteMatch::UuidPrefix("40325ec2".into())),
+            route(
+                "longer-prefix",
+                0,
+                RouteMatch::UuidPrefix("40325ec2".into()),
+            ),
             route("other", 0, RouteMatch::Uuid(Uuid::nil())),
         ];
-        assert_eq!(select_route(&routes, &uuid).map(|r| r.name.as_str()), Some("longer-prefix"));
+        assert_eq!(
+            select_route(&routes, &uuid).map(|r| r.name.as_str()),
+            Some("longer-prefix")
+        );
         let mut urgent = routes.clone();
         urgent.push(route("urgent-default", 5, RouteMatch::Default));
-        assert_eq!(select_route(&urgent, &uuid).map(|r| r.name.as_str()), Some("urgent-default"));
-        let twins = vec![route("first", 0, RouteMatch::Default), route("second", 0, RouteMatch::Default)];
-        assert_eq!(select_route(&twins, &uuid).map(|r| r.name.as_str()), Some("first"));
+        assert_eq!(
+            select_route(&urgent, &uuid).map(|r| r.name.as_str()),
+            Some("urgent-default")
+        );
+        let twins = vec![
+            route("first", 0, RouteMatch::Default),
+            route("second", 0, RouteMatch::Default),
+        ];
+        assert_eq!(
+            select_route(&twins, &uuid).map(|r| r.name.as_str()),
+            Some("first")
+        );
         assert_eq!(select_route(&routes[3..], &uuid), None);
     }
 
@@ -472,7 +549,11 @@ mod tests {
         assert_eq!(route.actions.len(), 4);
         assert_eq!(
             route.actions[1],
-            RouteAction::Play { file: "welcome.wav".into(), looped: false, gain_db: 0.0 }
+            RouteAction::Play {
+                file: "welcome.wav".into(),
+                looped: false,
+                gain_db: 0.0
+            }
         );
     }
 
@@ -481,11 +562,21 @@ mod tests {
         let mut bad = route("x", 0, RouteMatch::UuidPrefix("XYZ".into()));
         assert!(bad.validate().is_err());
         bad.matcher = RouteMatch::Default;
-        bad.actions = vec![RouteAction::Patch { voice_to: vec![], ear_from: vec![], gain_db: 0.0 }];
+        bad.actions = vec![RouteAction::Patch {
+            voice_to: vec![],
+            ear_from: vec![],
+            gain_db: 0.0,
+        }];
         assert!(bad.validate().is_err());
-        bad.actions = vec![RouteAction::Conference { name: "no spaces".into() }];
+        bad.actions = vec![RouteAction::Conference {
+            name: "no spaces".into(),
+        }];
         assert!(bad.validate().is_err());
-        bad.actions = vec![RouteAction::Play { file: "a.wav".into(), looped: true, gain_db: 90.0 }];
+        bad.actions = vec![RouteAction::Play {
+            file: "a.wav".into(),
+            looped: true,
+            gain_db: 90.0,
+        }];
         assert!(bad.validate().is_err());
         let unknown = r#"{"name":"x","match":"default","actions":[{"action":"explode"}]}"#;
         assert!(serde_json::from_str::<Route>(unknown).is_err());

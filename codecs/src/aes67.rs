@@ -11,7 +11,8 @@
 //!   with its PTP-derived media clock now and then and calls [`Packetizer::resync`] only
 //!   past a threshold (aes67.md §5).
 //! * Sequence numbers start at a random value the caller picks (aes67.md §2), as does the
-//!   SSRC; this module has no randomness source.
+//!   SSRC; this module has no randomness source. The marker bit is always 0, as ffmpeg
+//!   writes it; receivers ignore it (aes67.md §2).
 //!
 //! Nothing on the per-packet or per-block path allocates: buffers are sized in `new`.
 

@@ -4,16 +4,16 @@
 //! function takes its input as slices and writes into caller-owned buffers, so the
 //! same code runs on the media path, in tests on virtual time and under the fuzzer.
 
-pub mod rate;
-pub mod pcm;
-pub mod resample;
-pub mod measure;
-pub mod jam;
-pub mod base91;
-pub mod aodns;
-pub mod opus;
-pub mod rtp;
 pub mod aes67;
-pub mod sdp;
-pub mod sap;
+pub mod aodns;
+pub mod base91;
+pub mod jam;
+pub mod measure;
+pub mod opus;
+pub mod pcm;
 pub mod ptp;
+pub mod rate;
+pub mod resample;
+pub mod rtp;
+pub mod sap;
+pub mod sdp;

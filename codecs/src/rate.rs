@@ -43,7 +43,9 @@ impl SampleRate {
         if !(Self::MIN_HZ..=Self::MAX_HZ).contains(&hz) {
             return Err(UnsupportedRate { hz });
         }
-        NonZeroU32::new(hz).map(SampleRate).ok_or(UnsupportedRate { hz })
+        NonZeroU32::new(hz)
+            .map(SampleRate)
+            .ok_or(UnsupportedRate { hz })
     }
 
     /// The rate in hertz.
@@ -70,14 +72,15 @@ impl fmt::Display for SampleRate {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn accepts_telephony_and_bus_rates() {
-        for hz in [8_000, 12_000, 16_000, 24_000, 32_000, 44_100, 48_000, 96_000, 192_000] {
+        for hz in [
+            8_000, 12_000, 16_000, 24_000, 32_000, 44_100, 48_000, 96_000, 192_000,
+        ] {
             assert_eq!(SampleRate::new(hz).map(SampleRate::hz), Ok(hz));
         }
     }
@@ -86,12 +89,18 @@ mod tests {
     fn rejects_out_of_range() {
         assert_eq!(SampleRate::new(0), Err(UnsupportedRate { hz: 0 }));
         assert_eq!(SampleRate::new(7_999), Err(UnsupportedRate { hz: 7_999 }));
-        assert_eq!(SampleRate::new(192_001), Err(UnsupportedRate { hz: 192_001 }));
+        assert_eq!(
+            SampleRate::new(192_001),
+            Err(UnsupportedRate { hz: 192_001 })
+        );
     }
 
     #[test]
     fn counts_samples_per_interval() {
         assert_eq!(SampleRate::HZ_8000.samples_in_ms(20), 160);
-        assert_eq!(SampleRate::new(44_100).map(|r| r.samples_in_ms(20)), Ok(882));
+        assert_eq!(
+            SampleRate::new(44_100).map(|r| r.samples_in_ms(20)),
+            Ok(882)
+        );
     }
 }

@@ -49,7 +49,12 @@ fn build(calls: usize) -> Bench {
         .collect();
     tx.send(Command::SetPatches(patches)).unwrap();
     engine.process_block();
-    Bench { engine, uplinks, downlinks, _retired: retired_rx }
+    Bench {
+        engine,
+        uplinks,
+        downlinks,
+        _retired: retired_rx,
+    }
 }
 
 fn engine_block(c: &mut Criterion) {
@@ -65,7 +70,12 @@ fn engine_block(c: &mut Criterion) {
                 }
             }
         }
-        let Bench { engine, uplinks, downlinks, .. } = &mut bench;
+        let Bench {
+            engine,
+            uplinks,
+            downlinks,
+            ..
+        } = &mut bench;
         group.bench_function(format!("{calls}_calls"), |b| {
             b.iter_batched(
                 || {

@@ -28,7 +28,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(|e| anyhow::anyhow!("cannot listen for AudioSocket on {listen}: {e}"))?;
     let audiosocket_addr = tcp.local_addr()?;
     let listener = tokio::spawn(listener::serve(Arc::clone(&gateway), tcp));
-    Ok(Running { gateway, audiosocket_addr, listener })
+    Ok(Running {
+        gateway,
+        audiosocket_addr,
+        listener,
+    })
 }
 
 impl Running {

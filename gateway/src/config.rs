@@ -100,7 +100,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { block_samples: DEFAULT_BLOCK_SAMPLES, conference_members: 16 }
+        EngineConfig {
+            block_samples: DEFAULT_BLOCK_SAMPLES,
+            conference_members: 16,
+        }
     }
 }
 
@@ -126,7 +129,10 @@ pub struct RecordingsConfig {
 
 impl Default for RecordingsConfig {
     fn default() -> Self {
-        RecordingsConfig { dir: PathBuf::from("recordings"), format: RecordingFormat::S16 }
+        RecordingsConfig {
+            dir: PathBuf::from("recordings"),
+            format: RecordingFormat::S16,
+        }
     }
 }
 
@@ -169,7 +175,10 @@ pub enum LogFormat {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -248,7 +257,9 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
-const AUDIOSOCKET_RATES: [u32; 9] = [8_000, 12_000, 16_000, 24_000, 32_000, 44_100, 48_000, 96_000, 192_000];
+const AUDIOSOCKET_RATES: [u32; 9] = [
+    8_000, 12_000, 16_000, 24_000, 32_000, 44_100, 48_000, 96_000, 192_000,
+];
 
 impl Config {
     /// Reads `path` (if given) over the defaults, applies `overrides` and validates.
@@ -261,10 +272,11 @@ impl Config {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                let mut config = Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    message,
-                })?;
+                let mut config =
+                    Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+                        path: path.to_path_buf(),
+                        message,
+                    })?;
                 if let Some(base) = path.parent() {
                     config.resolve_paths(base);
                 }
@@ -330,60 +342,100 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let mut problem = |field: &str, message: String| {
-            problems.push(ConfigProblem { field: field.to_owned(), message });
+            problems.push(ConfigProblem {
+                field: field.to_owned(),
+                message,
+            });
         };
         let a = &self.audiosocket;
         if a.max_calls == 0 || a.max_calls > 20_000 {
-            problem("audiosocket.max_calls", format!("{} is out of range (1..=20000)", a.max_calls));
+            problem(
+                "audiosocket.max_calls",
+                format!("{} is out of range (1..=20000)", a.max_calls),
+            );
         }
         if !(100..=60_000).contains(&a.id_timeout_ms) {
-            problem("audiosocket.id_timeout_ms", format!("{} is out of range (100..=60000)", a.id_timeout_ms));
+            problem(
+                "audiosocket.id_timeout_ms",
+                format!("{} is out of range (100..=60000)", a.id_timeout_ms),
+            );
         }
         if !(20..=4_000).contains(&a.max_message_ms) {
-            problem("audiosocket.max_message_ms", format!("{} is out of range (20..=4000)", a.max_message_ms));
+            problem(
+                "audiosocket.max_message_ms",
+                format!("{} is out of range (20..=4000)", a.max_message_ms),
+            );
         }
         if let ReplyRate::Fixed(hz) = a.reply_rate
             && !AUDIOSOCKET_RATES.contains(&hz)
         {
             problem(
                 "audiosocket.reply_rate",
-                format!("{hz} is not an AudioSocket rate (\"caller\" or one of {AUDIOSOCKET_RATES:?})"),
+                format!(
+                    "{hz} is not an AudioSocket rate (\"caller\" or one of {AUDIOSOCKET_RATES:?})"
+                ),
             );
         }
         if a.reply_rate_wait_ms > 1_500 {
             problem(
                 "audiosocket.reply_rate_wait_ms",
-                format!("{} is too long: the dialplan app hangs up after 2 s of silence", a.reply_rate_wait_ms),
+                format!(
+                    "{} is too long: the dialplan app hangs up after 2 s of silence",
+                    a.reply_rate_wait_ms
+                ),
             );
         }
         if !matches!(a.frame_ms, 10 | 20) {
-            problem("audiosocket.frame_ms", format!("{} must be 10 or 20", a.frame_ms));
+            problem(
+                "audiosocket.frame_ms",
+                format!("{} must be 10 or 20", a.frame_ms),
+            );
         }
         if !(5..=200).contains(&a.uplink_buffer_ms) {
-            problem("audiosocket.uplink_buffer_ms", format!("{} is out of range (5..=200)", a.uplink_buffer_ms));
+            problem(
+                "audiosocket.uplink_buffer_ms",
+                format!("{} is out of range (5..=200)", a.uplink_buffer_ms),
+            );
         }
         if !(100..=30_000).contains(&a.write_timeout_ms) {
-            problem("audiosocket.write_timeout_ms", format!("{} is out of range (100..=30000)", a.write_timeout_ms));
+            problem(
+                "audiosocket.write_timeout_ms",
+                format!("{} is out of range (100..=30000)", a.write_timeout_ms),
+            );
         }
-        if !(16..=480).contains(&self.engine.block_samples) || 48_000 % self.engine.block_samples != 0 {
+        if !(16..=480).contains(&self.engine.block_samples)
+            || 48_000 % self.engine.block_samples != 0
+        {
             problem(
                 "engine.block_samples",
-                format!("{} must divide 48000 and be 16..=480 (48 = 1 ms)", self.engine.block_samples),
+                format!(
+                    "{} must divide 48000 and be 16..=480 (48 = 1 ms)",
+                    self.engine.block_samples
+                ),
             );
         }
         if !(2..=256).contains(&self.engine.conference_members) {
             problem(
                 "engine.conference_members",
-                format!("{} is out of range (2..=256)", self.engine.conference_members),
+                format!(
+                    "{} is out of range (2..=256)",
+                    self.engine.conference_members
+                ),
             );
         }
         if !(-96.0..=24.0).contains(&self.lobby.hold_gain_db) {
-            problem("lobby.hold_gain_db", format!("{} is out of range (-96..=24)", self.lobby.hold_gain_db));
+            problem(
+                "lobby.hold_gain_db",
+                format!("{} is out of range (-96..=24)", self.lobby.hold_gain_db),
+            );
         }
         if let Some(hold) = &self.lobby.hold_music
             && !hold.is_file()
         {
-            problem("lobby.hold_music", format!("{} is not a readable file", hold.display()));
+            problem(
+                "lobby.hold_music",
+                format!("{} is not a readable file", hold.display()),
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (i, player) in self.players.iter().enumerate() {
@@ -392,13 +444,22 @@ impl Config {
                 problem(&field, e.to_string());
             }
             if player.name == crate::service::HOLD_PLAYER {
-                problem(&field, format!("the name {:?} is reserved for the lobby's hold music", player.name));
+                problem(
+                    &field,
+                    format!(
+                        "the name {:?} is reserved for the lobby's hold music",
+                        player.name
+                    ),
+                );
             }
             if !names.insert(player.name.clone()) {
                 problem(&field, format!("duplicate player name {:?}", player.name));
             }
             if !player.file.is_file() {
-                problem(&field, format!("{} is not a readable file", player.file.display()));
+                problem(
+                    &field,
+                    format!("{} is not a readable file", player.file.display()),
+                );
             }
         }
         let mut route_names = std::collections::HashSet::new();
@@ -418,10 +479,22 @@ impl Config {
                 }
             }
         }
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
-            problem("log.level", format!("{:?} is not a valid log filter", self.log.level));
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            problem(
+                "log.level",
+                format!("{:?} is not a valid log filter", self.log.level),
+            );
         }
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { problems }) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
     }
 
     /// The ID deadline.
@@ -496,7 +569,12 @@ mod tests {
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
-            vec!["audiosocket.max_calls", "audiosocket.reply_rate", "engine.block_samples", "lobby.hold_music"]
+            vec![
+                "audiosocket.max_calls",
+                "audiosocket.reply_rate",
+                "engine.block_samples",
+                "lobby.hold_music"
+            ]
         );
     }
 
@@ -504,8 +582,15 @@ mod tests {
     fn overrides_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("telepatch.toml");
-        std::fs::write(&path, "[audiosocket]\nlisten = \"127.0.0.1:1000\"\nmax_calls = 3\n").unwrap();
-        let overrides = Overrides { max_calls: Some(7), ..Overrides::default() };
+        std::fs::write(
+            &path,
+            "[audiosocket]\nlisten = \"127.0.0.1:1000\"\nmax_calls = 3\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            max_calls: Some(7),
+            ..Overrides::default()
+        };
         let config = Config::load(Some(&path), &overrides).unwrap();
         assert_eq!(config.audiosocket.listen.port(), 1000);
         assert_eq!(config.audiosocket.max_calls, 7);

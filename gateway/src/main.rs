@@ -103,7 +103,9 @@ fn init_logging(config: &Config) {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let running = gateway::app::start(config).await?;
         wait_for_signal().await?;

@@ -292,7 +292,10 @@ impl Patchbay {
     }
 
     /// Removes every patch and node owned by `owner`; returns what was removed.
-    pub fn remove_owned(&mut self, owner: &NodeRef) -> Result<(Vec<PatchEntry>, Vec<NodeRef>), PatchbayError> {
+    pub fn remove_owned(
+        &mut self,
+        owner: &NodeRef,
+    ) -> Result<(Vec<PatchEntry>, Vec<NodeRef>), PatchbayError> {
         let mut patches = self.take_patches(|p| p.owner.as_ref() == Some(owner));
         self.publish_patches()?;
         let owned_nodes: Vec<NodeRef> = self
@@ -330,7 +333,10 @@ impl Patchbay {
     }
 
     /// Patches that read from or feed `node`.
-    pub fn patches_of<'a>(&'a self, node: &'a NodeRef) -> impl Iterator<Item = &'a PatchEntry> + 'a {
+    pub fn patches_of<'a>(
+        &'a self,
+        node: &'a NodeRef,
+    ) -> impl Iterator<Item = &'a PatchEntry> + 'a {
         self.patches
             .values()
             .filter(move |p| p.source.node() == node || p.sink.node() == node)
@@ -348,14 +354,18 @@ impl Patchbay {
             .filter(|p| doomed(p))
             .map(|p| p.id)
             .collect();
-        ids.iter().filter_map(|id| self.patches.remove(id)).collect()
+        ids.iter()
+            .filter_map(|id| self.patches.remove(id))
+            .collect()
     }
 
     fn resolve(&self, port: &PortRef, wanted: Direction) -> Result<(Slot, u16), PatchbayError> {
         let entry = self
             .nodes
             .get(port.node())
-            .ok_or_else(|| PatchbayError::UnknownNode { node: port.node().clone() })?;
+            .ok_or_else(|| PatchbayError::UnknownNode {
+                node: port.node().clone(),
+            })?;
         let (names, other) = match wanted {
             Direction::Output => (&entry.outputs, &entry.inputs),
             Direction::Input => (&entry.inputs, &entry.outputs),
@@ -452,34 +462,76 @@ mod tests {
     #[test]
     fn connects_outputs_to_inputs_and_refuses_the_rest() {
         let (mut bay, _rx) = patchbay();
-        bay.add_node(spec("player:hold", &["out"], &[]), Box::new(Silent)).unwrap();
-        bay.add_node(spec("recorder:show", &[], &["in"]), Box::new(Silent)).unwrap();
+        bay.add_node(spec("player:hold", &["out"], &[]), Box::new(Silent))
+            .unwrap();
+        bay.add_node(spec("recorder:show", &[], &["in"]), Box::new(Silent))
+            .unwrap();
 
         let patch = bay
-            .connect(port("player:hold.out"), port("recorder:show.in"), -6.0, PatchRole::Normal, None)
+            .connect(
+                port("player:hold.out"),
+                port("recorder:show.in"),
+                -6.0,
+                PatchRole::Normal,
+                None,
+            )
             .unwrap();
         assert_eq!(patch.resolved.source_slot, 0);
         assert_eq!(patch.resolved.sink_slot, 1);
         assert!((patch.resolved.gain - 0.501).abs() < 0.001);
 
         assert!(matches!(
-            bay.connect(port("player:hold.out"), port("recorder:show.in"), 0.0, PatchRole::Normal, None),
+            bay.connect(
+                port("player:hold.out"),
+                port("recorder:show.in"),
+                0.0,
+                PatchRole::Normal,
+                None
+            ),
             Err(PatchbayError::DuplicatePatch { id: 1, .. })
         ));
         assert!(matches!(
-            bay.connect(port("recorder:show.in"), port("player:hold.out"), 0.0, PatchRole::Normal, None),
-            Err(PatchbayError::WrongDirection { actual: "input", expected: "output", .. })
+            bay.connect(
+                port("recorder:show.in"),
+                port("player:hold.out"),
+                0.0,
+                PatchRole::Normal,
+                None
+            ),
+            Err(PatchbayError::WrongDirection {
+                actual: "input",
+                expected: "output",
+                ..
+            })
         ));
         assert!(matches!(
-            bay.connect(port("player:hold.left"), port("recorder:show.in"), 0.0, PatchRole::Normal, None),
+            bay.connect(
+                port("player:hold.left"),
+                port("recorder:show.in"),
+                0.0,
+                PatchRole::Normal,
+                None
+            ),
             Err(PatchbayError::UnknownPort { .. })
         ));
         assert!(matches!(
-            bay.connect(port("player:nope.out"), port("recorder:show.in"), 0.0, PatchRole::Normal, None),
+            bay.connect(
+                port("player:nope.out"),
+                port("recorder:show.in"),
+                0.0,
+                PatchRole::Normal,
+                None
+            ),
             Err(PatchbayError::UnknownNode { .. })
         ));
         assert!(matches!(
-            bay.connect(port("player:hold.out"), port("recorder:show.in"), f32::NAN, PatchRole::Normal, None),
+            bay.connect(
+                port("player:hold.out"),
+                port("recorder:show.in"),
+                f32::NAN,
+                PatchRole::Normal,
+                None
+            ),
             Err(PatchbayError::InvalidGain { .. })
         ));
         assert!(matches!(
@@ -491,10 +543,18 @@ mod tests {
     #[test]
     fn removing_a_node_removes_its_patches_first_and_recycles_its_slot() {
         let (mut bay, rx) = patchbay();
-        bay.add_node(spec("player:a", &["out"], &[]), Box::new(Silent)).unwrap();
-        bay.add_node(spec("recorder:b", &[], &["in"]), Box::new(Silent)).unwrap();
-        bay.connect(port("player:a.out"), port("recorder:b.in"), 0.0, PatchRole::Normal, None)
+        bay.add_node(spec("player:a", &["out"], &[]), Box::new(Silent))
             .unwrap();
+        bay.add_node(spec("recorder:b", &[], &["in"]), Box::new(Silent))
+            .unwrap();
+        bay.connect(
+            port("player:a.out"),
+            port("recorder:b.in"),
+            0.0,
+            PatchRole::Normal,
+            None,
+        )
+        .unwrap();
         let removed = bay.remove_node(&"player:a".parse().unwrap()).unwrap();
         assert_eq!(removed.len(), 1);
         assert_eq!(bay.patches().count(), 0);
@@ -508,9 +568,13 @@ mod tests {
                 Command::SetPatches(t) => format!("patches {}", t.len()),
             })
             .collect();
-        assert_eq!(commands, vec!["insert", "insert", "patches 1", "patches 0", "remove 0"]);
+        assert_eq!(
+            commands,
+            vec!["insert", "insert", "patches 1", "patches 0", "remove 0"]
+        );
 
-        bay.add_node(spec("player:c", &["out"], &[]), Box::new(Silent)).unwrap();
+        bay.add_node(spec("player:c", &["out"], &[]), Box::new(Silent))
+            .unwrap();
         assert_eq!(bay.node(&"player:c".parse().unwrap()).unwrap().slot, 0);
     }
 
@@ -518,16 +582,32 @@ mod tests {
     fn owned_patches_and_nodes_go_with_their_owner() {
         let (mut bay, _rx) = patchbay();
         let call: NodeRef = "call:40325ec2-5efd-4bd3-805f-53576e581d13".parse().unwrap();
-        bay.add_node(spec(&call.to_string(), &["voice", "heard"], &["ear"]), Box::new(Silent))
-            .unwrap();
+        bay.add_node(
+            spec(&call.to_string(), &["voice", "heard"], &["ear"]),
+            Box::new(Silent),
+        )
+        .unwrap();
         let mut rec = spec("recorder:r1", &[], &["in"]);
         rec.owner = Some(call.clone());
         bay.add_node(rec, Box::new(Silent)).unwrap();
-        bay.add_node(spec("player:hold", &["out"], &[]), Box::new(Silent)).unwrap();
-        bay.connect(call.port("voice"), port("recorder:r1.in"), 0.0, PatchRole::Monitor, Some(call.clone()))
+        bay.add_node(spec("player:hold", &["out"], &[]), Box::new(Silent))
             .unwrap();
-        bay.connect(port("player:hold.out"), call.port("ear"), 0.0, PatchRole::Lobby, Some(call.clone()))
-            .unwrap();
+        bay.connect(
+            call.port("voice"),
+            port("recorder:r1.in"),
+            0.0,
+            PatchRole::Monitor,
+            Some(call.clone()),
+        )
+        .unwrap();
+        bay.connect(
+            port("player:hold.out"),
+            call.port("ear"),
+            0.0,
+            PatchRole::Lobby,
+            Some(call.clone()),
+        )
+        .unwrap();
         let (patches, nodes) = bay.remove_owned(&call).unwrap();
         assert_eq!(patches.len(), 2);
         assert_eq!(nodes, vec!["recorder:r1".parse().unwrap()]);
@@ -539,7 +619,8 @@ mod tests {
         let (mut bay, rx) = patchbay();
         drop(rx);
         assert_eq!(
-            bay.add_node(spec("player:a", &["out"], &[]), Box::new(Silent)).err(),
+            bay.add_node(spec("player:a", &["out"], &[]), Box::new(Silent))
+                .err(),
             Some(PatchbayError::EngineStopped)
         );
         let _unused: Option<Retired> = None;

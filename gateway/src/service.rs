@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{Config, DuplicatePolicy};
-use crate::engine::call::{CallBuffering, CallNode, CallStats, Downlink, Uplink, call_media, ports};
+use crate::engine::call::{
+    CallBuffering, CallNode, CallStats, Downlink, Uplink, call_media, ports,
+};
 use crate::engine::conference::ConferenceNode;
 use crate::engine::driver::EngineThread;
 use crate::engine::player::{Clip, PlayerNode, PlayerState, load_clip};
@@ -258,7 +260,9 @@ pub struct Gateway {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks is a bug; the data is still the best
     // we have, so keep going rather than cascading the panic into every call.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Gateway {
@@ -278,7 +282,8 @@ impl Gateway {
             retired_tx,
         );
         let engine_stats = engine.stats();
-        let block_duration = Duration::from_nanos(block as u64 * 1_000_000_000 / u64::from(BUS_RATE.hz()));
+        let block_duration =
+            Duration::from_nanos(block as u64 * 1_000_000_000 / u64::from(BUS_RATE.hz()));
         let engine_thread = EngineThread::spawn(engine, block_duration)?;
         let (events, _) = broadcast::channel(4096);
         let gateway = Arc::new(Gateway {
@@ -346,17 +351,30 @@ impl Gateway {
     }
 
     /// Creates a standing player node `player:<name>`.
-    pub fn add_player(&self, name: &str, file: &Path, looped: bool, gain_db: f32) -> anyhow::Result<()> {
+    pub fn add_player(
+        &self,
+        name: &str,
+        file: &Path,
+        looped: bool,
+        gain_db: f32,
+    ) -> anyhow::Result<()> {
         let clip = self.clip(file)?;
         let node = NodeRef::new(NodeKind::Player, name)?;
         let state = Arc::new(PlayerState::default());
         let player = PlayerNode::new(clip, looped, db_to_gain(gain_db), Arc::clone(&state));
         let mut topology = lock(&self.topology);
         topology.patchbay.add_node(
-            NodeSpec { node: node.clone(), outputs: vec!["out".into()], inputs: vec![], owner: None },
+            NodeSpec {
+                node: node.clone(),
+                outputs: vec!["out".into()],
+                inputs: vec![],
+                owner: None,
+            },
             Box::new(player),
         )?;
-        topology.player_states.insert(node, (file.to_path_buf(), state));
+        topology
+            .player_states
+            .insert(node, (file.to_path_buf(), state));
         Ok(())
     }
 
@@ -403,8 +421,14 @@ impl Gateway {
             Box::new(node),
         )?;
 
-        let route = select_route(&self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner), &id)
-            .map(|r| r.name.clone());
+        let route = select_route(
+            &self
+                .routes
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            &id,
+        )
+        .map(|r| r.name.clone());
         let handle = Arc::new(CallHandle {
             id,
             node: node_ref,
@@ -419,8 +443,16 @@ impl Gateway {
             route: route.clone(),
         });
         lock(&self.calls).insert(id, Arc::clone(&handle));
-        self.emit(Event::CallStarted { call: id, peer, route });
-        Ok(AdmittedCall { handle, uplink, downlink })
+        self.emit(Event::CallStarted {
+            call: id,
+            peer,
+            route,
+        });
+        Ok(AdmittedCall {
+            handle,
+            uplink,
+            downlink,
+        })
     }
 
     /// Applies the call's route (if any), then puts it in the lobby if nothing claims it.
@@ -428,7 +460,10 @@ impl Gateway {
     /// rest of the route still applies.
     pub async fn route_call(self: &Arc<Self>, handle: &Arc<CallHandle>) {
         let route = {
-            let routes = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let routes = self
+                .routes
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             select_route(&routes, &handle.id).cloned()
         };
         if let Some(route) = route {
@@ -479,22 +514,36 @@ impl Gateway {
             RouteAction::Record { path, channels } => {
                 let path = self.recording_path(path, handle);
                 let stereo = *channels == RecordChannels::Both;
-                let recorder = NodeRef::new(NodeKind::Recorder, &format!("rec-{}-{index}", handle.id))?;
+                let recorder =
+                    NodeRef::new(NodeKind::Recorder, &format!("rec-{}-{index}", handle.id))?;
                 let disk = lock(&self.disk);
-                let disk = disk.as_ref().ok_or(anyhow::anyhow!("the recording writer has stopped"))?;
+                let disk = disk
+                    .as_ref()
+                    .ok_or(anyhow::anyhow!("the recording writer has stopped"))?;
                 let (node, stats, done) = disk.open(
                     &path,
                     if stereo { 2 } else { 1 },
                     self.config.recordings.format,
                     self.block,
                 )?;
-                let inputs = if stereo { vec!["in1".into(), "in2".into()] } else { vec!["in".into()] };
+                let inputs = if stereo {
+                    vec!["in1".into(), "in2".into()]
+                } else {
+                    vec!["in".into()]
+                };
                 let mut topology = lock(&self.topology);
                 topology.patchbay.add_node(
-                    NodeSpec { node: recorder.clone(), outputs: vec![], inputs, owner: Some(call.clone()) },
+                    NodeSpec {
+                        node: recorder.clone(),
+                        outputs: vec![],
+                        inputs,
+                        owner: Some(call.clone()),
+                    },
                     Box::new(node),
                 )?;
-                topology.recorder_stats.insert(recorder.clone(), (path.clone(), stats));
+                topology
+                    .recorder_stats
+                    .insert(recorder.clone(), (path.clone(), stats));
                 let first = if stereo { "in1" } else { "in" };
                 let voice = topology.patchbay.connect(
                     call.port("voice"),
@@ -518,21 +567,33 @@ impl Gateway {
                 self.watch_recording(done);
                 tracing::info!(path = %path.display(), "recording started");
             }
-            RouteAction::Play { file, looped, gain_db } => {
+            RouteAction::Play {
+                file,
+                looped,
+                gain_db,
+            } => {
                 let clip = match clips.get(Path::new(file)) {
                     Some(Ok(clip)) => Arc::clone(clip),
                     Some(Err(e)) => anyhow::bail!("cannot play {file}: {e}"),
                     None => anyhow::bail!("clip {file} was not loaded"),
                 };
-                let player = NodeRef::new(NodeKind::Player, &format!("play-{}-{index}", handle.id))?;
+                let player =
+                    NodeRef::new(NodeKind::Player, &format!("play-{}-{index}", handle.id))?;
                 let state = Arc::new(PlayerState::default());
                 let node = PlayerNode::new(clip, *looped, db_to_gain(*gain_db), Arc::clone(&state));
                 let mut topology = lock(&self.topology);
                 topology.patchbay.add_node(
-                    NodeSpec { node: player.clone(), outputs: vec!["out".into()], inputs: vec![], owner: Some(call.clone()) },
+                    NodeSpec {
+                        node: player.clone(),
+                        outputs: vec!["out".into()],
+                        inputs: vec![],
+                        owner: Some(call.clone()),
+                    },
                     Box::new(node),
                 )?;
-                topology.player_states.insert(player.clone(), (PathBuf::from(file), state));
+                topology
+                    .player_states
+                    .insert(player.clone(), (PathBuf::from(file), state));
                 let patch = topology.patchbay.connect(
                     player.port("out"),
                     call.port("ear"),
@@ -543,18 +604,34 @@ impl Gateway {
                 drop(topology);
                 self.emit(Event::PatchCreated { patch });
             }
-            RouteAction::Patch { voice_to, ear_from, gain_db } => {
+            RouteAction::Patch {
+                voice_to,
+                ear_from,
+                gain_db,
+            } => {
                 let mut topology = lock(&self.topology);
                 let mut made = Vec::new();
                 let mut failures = Vec::new();
                 for sink in voice_to {
-                    match topology.patchbay.connect(call.port("voice"), sink.clone(), *gain_db, PatchRole::Normal, Some(call.clone())) {
+                    match topology.patchbay.connect(
+                        call.port("voice"),
+                        sink.clone(),
+                        *gain_db,
+                        PatchRole::Normal,
+                        Some(call.clone()),
+                    ) {
                         Ok(p) => made.push(p),
                         Err(e) => failures.push(e.to_string()),
                     }
                 }
                 for source in ear_from {
-                    match topology.patchbay.connect(source.clone(), call.port("ear"), *gain_db, PatchRole::Normal, Some(call.clone())) {
+                    match topology.patchbay.connect(
+                        source.clone(),
+                        call.port("ear"),
+                        *gain_db,
+                        PatchRole::Normal,
+                        Some(call.clone()),
+                    ) {
                         Ok(p) => made.push(p),
                         Err(e) => failures.push(e.to_string()),
                     }
@@ -582,10 +659,17 @@ impl Gateway {
             .replace("{uuid}", &handle.id.to_string())
             .replace("{start}", &start);
         let path = PathBuf::from(expanded);
-        if path.is_relative() { self.config.recordings.dir.join(path) } else { path }
+        if path.is_relative() {
+            self.config.recordings.dir.join(path)
+        } else {
+            path
+        }
     }
 
-    fn watch_recording(&self, done: tokio::sync::oneshot::Receiver<crate::engine::recorder::RecordingSummary>) {
+    fn watch_recording(
+        &self,
+        done: tokio::sync::oneshot::Receiver<crate::engine::recorder::RecordingSummary>,
+    ) {
         let events = self.events.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -609,12 +693,20 @@ impl Gateway {
             let outputs = (1..=capacity).map(|k| format!("out{k}")).collect();
             let inputs = (1..=capacity).map(|k| format!("in{k}")).collect();
             topology.patchbay.add_node(
-                NodeSpec { node: conference.clone(), outputs, inputs, owner: None },
+                NodeSpec {
+                    node: conference.clone(),
+                    outputs,
+                    inputs,
+                    owner: None,
+                },
                 Box::new(ConferenceNode::new(capacity, self.block)),
             )?;
             topology.conferences.insert(
                 name.to_owned(),
-                ConferenceMembers { members: vec![None; capacity], on_demand: true },
+                ConferenceMembers {
+                    members: vec![None; capacity],
+                    on_demand: true,
+                },
             );
         }
         let members = topology
@@ -655,7 +747,9 @@ impl Gateway {
         let mut changes = Vec::new();
         {
             let mut topology = lock(&self.topology);
-            let has_hold = hold.as_ref().is_some_and(|h| topology.patchbay.node(h).is_some());
+            let has_hold = hold
+                .as_ref()
+                .is_some_and(|h| topology.patchbay.node(h).is_some());
             for call in calls {
                 if call.kind() != NodeKind::Call || topology.patchbay.node(call).is_none() {
                     continue;
@@ -672,13 +766,27 @@ impl Gateway {
                 match (deliberate, lobby_patch, &hold) {
                     (true, Some(id), _) => {
                         if topology.patchbay.disconnect(id).is_ok() {
-                            changes.push((call.clone(), CallState::Patched, Some(Event::PatchRemoved { id })));
+                            changes.push((
+                                call.clone(),
+                                CallState::Patched,
+                                Some(Event::PatchRemoved { id }),
+                            ));
                         }
                     }
                     (true, None, _) => changes.push((call.clone(), CallState::Patched, None)),
                     (false, None, Some(hold)) if has_hold => {
-                        match topology.patchbay.connect(hold.port("out"), call.port("ear"), 0.0, PatchRole::Lobby, Some(call.clone())) {
-                            Ok(patch) => changes.push((call.clone(), CallState::Lobby, Some(Event::PatchCreated { patch }))),
+                        match topology.patchbay.connect(
+                            hold.port("out"),
+                            call.port("ear"),
+                            0.0,
+                            PatchRole::Lobby,
+                            Some(call.clone()),
+                        ) {
+                            Ok(patch) => changes.push((
+                                call.clone(),
+                                CallState::Lobby,
+                                Some(Event::PatchCreated { patch }),
+                            )),
                             Err(e) => tracing::warn!(error = %e, "cannot patch hold music"),
                         }
                     }
@@ -691,12 +799,17 @@ impl Gateway {
             if let Some(event) = event {
                 self.emit(event);
             }
-            if let Some(handle) = Uuid::parse_str(node.name()).ok().and_then(|id| calls.get(&id))
+            if let Some(handle) = Uuid::parse_str(node.name())
+                .ok()
+                .and_then(|id| calls.get(&id))
                 && handle.state() != CallState::Ending
                 && handle.state() != state
             {
                 handle.set_state(state);
-                self.emit(Event::CallState { call: handle.id, state });
+                self.emit(Event::CallState {
+                    call: handle.id,
+                    state,
+                });
             }
         }
     }
@@ -799,7 +912,10 @@ impl Gateway {
                 }
             }
         }
-        let affected: Vec<NodeRef> = affected_calls(&removed).into_iter().filter(|c| c != call).collect();
+        let affected: Vec<NodeRef> = affected_calls(&removed)
+            .into_iter()
+            .filter(|c| c != call)
+            .collect();
         for patch in &removed {
             self.emit(Event::PatchRemoved { id: patch.id });
         }
@@ -816,11 +932,22 @@ impl Gateway {
     }
 
     /// Connects two ports on behalf of an operator (lobby rules apply).
-    pub fn connect(&self, source: PortRef, sink: PortRef, gain_db: f32) -> Result<PatchEntry, PatchbayError> {
-        let patch = lock(&self.topology)
-            .patchbay
-            .connect(source, sink, gain_db, PatchRole::Normal, None)?;
-        self.emit(Event::PatchCreated { patch: patch.clone() });
+    pub fn connect(
+        &self,
+        source: PortRef,
+        sink: PortRef,
+        gain_db: f32,
+    ) -> Result<PatchEntry, PatchbayError> {
+        let patch = lock(&self.topology).patchbay.connect(
+            source,
+            sink,
+            gain_db,
+            PatchRole::Normal,
+            None,
+        )?;
+        self.emit(Event::PatchCreated {
+            patch: patch.clone(),
+        });
         self.refresh_lobby(&affected_calls(std::slice::from_ref(&patch)));
         Ok(patch)
     }
@@ -875,7 +1002,12 @@ fn format_utc(time: SystemTime) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant).

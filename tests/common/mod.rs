@@ -14,7 +14,9 @@ use codecs::rate::SampleRate;
 
 /// The path of a file in `tests/data`.
 pub fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/data")
+        .join(name)
 }
 
 /// A running `telepatch serve` process.
@@ -41,7 +43,12 @@ impl GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_telepatch"))
             .arg("--config")
             .arg(&config_path)
-            .args(["--listen", "127.0.0.1:0", "--log-level", "info,telepatch=debug,gateway=debug"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "info,telepatch=debug,gateway=debug",
+            ])
             .arg("--recordings-dir")
             .arg(dir.path().join("recordings"))
             .args(args)
@@ -62,10 +69,20 @@ impl GatewayProcess {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut process = GatewayProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), dir, logs };
+        let mut process = GatewayProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            logs,
+        };
         let line = process
             .wait_log("AudioSocket listener ready", Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("gateway did not start; logs:\n{}", process.logs().join("\n")));
+            .unwrap_or_else(|| {
+                panic!(
+                    "gateway did not start; logs:\n{}",
+                    process.logs().join("\n")
+                )
+            });
         let addr = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("addr="))
@@ -88,7 +105,11 @@ impl GatewayProcess {
     pub fn wait_log_all(&self, needles: &[&str], limit: Duration) -> Option<String> {
         let until = Instant::now() + limit;
         loop {
-            if let Some(line) = self.logs().into_iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+            if let Some(line) = self
+                .logs()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
                 return Some(line);
             }
             if Instant::now() > until {
@@ -102,8 +123,11 @@ impl GatewayProcess {
     pub fn wait_log_count(&self, needle: &str, count: usize, limit: Duration) -> Option<String> {
         let until = Instant::now() + limit;
         loop {
-            let matching: Vec<String> =
-                self.logs().into_iter().filter(|l| l.contains(needle)).collect();
+            let matching: Vec<String> = self
+                .logs()
+                .into_iter()
+                .filter(|l| l.contains(needle))
+                .collect();
             if matching.len() >= count {
                 return matching.last().cloned();
             }
@@ -154,7 +178,10 @@ pub fn read_wav(path: &Path) -> (Vec<Vec<f32>>, u32) {
         hound::SampleFormat::Float => reader.samples::<f32>().map(Result::unwrap).collect(),
         hound::SampleFormat::Int => {
             let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader.samples::<i32>().map(|s| s.unwrap() as f32 * scale).collect()
+            reader
+                .samples::<i32>()
+                .map(|s| s.unwrap() as f32 * scale)
+                .collect()
         }
     };
     let mut split = vec![Vec::with_capacity(samples.len() / channels); channels];
@@ -177,16 +204,27 @@ pub fn wait_recording(gateway: &GatewayProcess, path: &Path) {
 /// First and last index where the 5 ms envelope of `x` exceeds `threshold`.
 pub fn active_span(x: &[f32], rate: u32, threshold: f32) -> Option<(usize, usize)> {
     let window = (rate / 200) as usize;
-    let loud = |i: usize| x[i..(i + window).min(x.len())].iter().any(|s| s.abs() > threshold);
+    let loud = |i: usize| {
+        x[i..(i + window).min(x.len())]
+            .iter()
+            .any(|s| s.abs() > threshold)
+    };
     let first = (0..x.len()).step_by(window / 4).find(|&i| loud(i))?;
-    let last = (0..x.len()).rev().step_by(window / 4).find(|&i| loud(i.saturating_sub(window)))?;
+    let last = (0..x.len())
+        .rev()
+        .step_by(window / 4)
+        .find(|&i| loud(i.saturating_sub(window)))?;
     Some((first, last))
 }
 
 /// Fits a sine to the steady part of `x` (skipping `skip_s` at each end).
 pub fn steady_fit(x: &[f32], rate: u32, skip_s: f64) -> SineFit {
     let skip = (skip_s * f64::from(rate)) as usize;
-    assert!(x.len() > 2 * skip + rate as usize / 10, "too little audio: {} samples", x.len());
+    assert!(
+        x.len() > 2 * skip + rate as usize / 10,
+        "too little audio: {} samples",
+        x.len()
+    );
     fit_sine(&x[skip..x.len() - skip], SampleRate::new(rate).unwrap()).expect("a tone")
 }
 

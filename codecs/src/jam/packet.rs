@@ -256,11 +256,11 @@ pub fn check(datagram: &[u8]) -> Result<usize, ParseError> {
             max: MAX_DATAGRAM_LEN,
         });
     }
-    if len % 2 != 0 {
+    if !len.is_multiple_of(2) {
         return Err(ParseError::OddLength { len });
     }
     let audio_bytes = len - HEADER_LEN;
-    if audio_bytes % BYTES_PER_FRAME != 0 {
+    if !audio_bytes.is_multiple_of(BYTES_PER_FRAME) {
         return Err(ParseError::RaggedAudio { len, audio_bytes });
     }
     Ok(audio_bytes / BYTES_PER_FRAME)

@@ -284,8 +284,10 @@ impl Follower {
         if self.masters.len() != before {
             self.reselect();
         }
-        if let Some((_, t2)) = self.last_sync
-            && now.saturating_sub(t2) > SYNC_RECEIPT_TIMEOUT * self.sync_interval_ns
+        let timeout = SYNC_RECEIPT_TIMEOUT * self.sync_interval_ns;
+        if self
+            .last_sync
+            .is_some_and(|(_, t2)| now.saturating_sub(t2) > timeout)
         {
             self.sync_lost = true;
         }
@@ -346,8 +348,10 @@ impl Follower {
     /// Reports the actual transmit time (t3) of the Delay_Req with `sequence_id`, e.g.
     /// from a kernel TX timestamp. Ignored if that request is no longer outstanding.
     pub fn delay_req_sent(&mut self, sequence_id: u16, tx_local_ns: u64) {
-        if let Some(o) = self.outstanding.as_mut()
-            && o.sequence_id == sequence_id
+        if let Some(o) = self
+            .outstanding
+            .as_mut()
+            .filter(|o| o.sequence_id == sequence_id)
         {
             o.t3 = tx_local_ns;
         }
@@ -568,9 +572,8 @@ impl Follower {
     }
 
     fn complete_sync(&mut self, t1: i128, t2: u64) {
-        if let Some(fit) = self.fit
-            && fit.n >= self.cfg.min_samples_for_lock
-        {
+        let min_samples = self.cfg.min_samples_for_lock;
+        if let Some(fit) = self.fit.filter(|f| f.n >= min_samples) {
             let residual = (t1 - fit.master_at(t2)).abs() as f64;
             let threshold = (self.cfg.outlier_floor_ns as f64).max(5.0 * fit.rms_ns);
             if residual > threshold {
@@ -763,9 +766,7 @@ mod tests {
                 f.handle(&bytes(&a), local_of(t_k + DELAY)).unwrap();
             }
             let mut t2 = local_of(t_k + DELAY + noise.next(jitter));
-            if let Some(every) = outlier_every
-                && k % every == every - 1
-            {
+            if outlier_every.is_some_and(|every| k % every == every - 1) {
                 t2 += 3_000_000;
             }
             let sync = Message {

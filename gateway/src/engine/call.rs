@@ -162,10 +162,7 @@ impl Uplink {
             ring,
             rate,
             resampler,
-            controller: FillController::new(
-                buffering.uplink_margin_samples,
-                BUS_RATE.hz(),
-            ),
+            controller: FillController::new(buffering.uplink_margin_samples, BUS_RATE.hz()),
             scratch_in: vec![0.0; UPLINK_CHUNK],
             scratch_out,
             stats,
@@ -209,7 +206,9 @@ impl Uplink {
                 UplinkCoding::Ulaw => pcm::ulaw_to_f32(chunk, &mut self.scratch_in),
                 UplinkCoding::Alaw => pcm::alaw_to_f32(chunk, &mut self.scratch_in),
             };
-            let produced = self.resampler.process(&self.scratch_in[..n], &mut self.scratch_out);
+            let produced = self
+                .resampler
+                .process(&self.scratch_in[..n], &mut self.scratch_out);
             pushed += self.push_bus(produced);
         }
         self.stats
@@ -239,7 +238,8 @@ impl Uplink {
     fn steer(&mut self, samples: usize) {
         let correction = if self.stats.uplink_playing.load(Ordering::Relaxed) {
             let fill = self.capacity - self.ring.slots();
-            self.controller.update(fill, samples as f64 / f64::from(self.rate.hz()))
+            self.controller
+                .update(fill, samples as f64 / f64::from(self.rate.hz()))
         } else {
             self.controller.reset();
             0.0
@@ -261,14 +261,17 @@ impl Uplink {
     /// Pushes the resampler's delay line out with silence, so the last samples the
     /// caller sent reach the ring (called once when the caller hangs up).
     pub fn flush_tail(&mut self) {
-        let delay_in = (self.resampler.latency() * f64::from(self.rate.hz()) / f64::from(BUS_RATE.hz()))
-            .ceil() as usize
+        let delay_in = (self.resampler.latency() * f64::from(self.rate.hz())
+            / f64::from(BUS_RATE.hz()))
+        .ceil() as usize
             + UPLINK_CHUNK / 8;
         let mut remaining = delay_in;
         while remaining > 0 {
             let n = remaining.min(UPLINK_CHUNK);
             self.scratch_in[..n].fill(0.0);
-            let produced = self.resampler.process(&self.scratch_in[..n], &mut self.scratch_out);
+            let produced = self
+                .resampler
+                .process(&self.scratch_in[..n], &mut self.scratch_out);
             self.push_bus(produced);
             remaining -= n;
         }

@@ -87,7 +87,8 @@ impl FillController {
         if outside == 0.0 && (KI_PPM_PER_MS_S * self.integral_ms_s).abs() < LEAK_BELOW_PPM {
             self.integral_ms_s *= (1.0 - elapsed_s / INTEGRATOR_LEAK_S).max(0.0);
         }
-        self.integral_ms_s = (self.integral_ms_s + outside * elapsed_s).clamp(-limit_ms_s, limit_ms_s);
+        self.integral_ms_s =
+            (self.integral_ms_s + outside * elapsed_s).clamp(-limit_ms_s, limit_ms_s);
         let correction = -(KP_PPM_PER_MS * outside + KI_PPM_PER_MS_S * self.integral_ms_s);
         self.correction_ppm = correction.clamp(-MAX_CORRECTION_PPM, MAX_CORRECTION_PPM);
         self.correction_ppm
@@ -142,8 +143,14 @@ mod tests {
         for drift in [1000.0, -1000.0, 3000.0] {
             let (lo, hi) = simulate(drift, 600.0);
             let bound = DEAD_BAND_MS + 0.5;
-            assert!(lo > -bound && hi < bound, "drift {drift}: settled error {lo}..{hi} ms");
-            assert!(hi - lo < 0.5, "drift {drift}: still wandering {lo}..{hi} ms");
+            assert!(
+                lo > -bound && hi < bound,
+                "drift {drift}: settled error {lo}..{hi} ms"
+            );
+            assert!(
+                hi - lo < 0.5,
+                "drift {drift}: still wandering {lo}..{hi} ms"
+            );
         }
     }
 

@@ -39,7 +39,11 @@ pub struct Pacer {
 impl Pacer {
     /// A schedule whose first block is due at `start`.
     pub fn new(start: Instant, period: Duration) -> Pacer {
-        Pacer { start, period, done: 0 }
+        Pacer {
+            start,
+            period,
+            done: 0,
+        }
     }
 
     fn deadline(&self, block: u64) -> Instant {
@@ -109,7 +113,10 @@ impl EngineThread {
                 // Apply the last commands (node removals) so their nodes are retired.
                 engine.process_block();
             })?;
-        Ok(EngineThread { stop, thread: Some(thread) })
+        Ok(EngineThread {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops the thread and waits for it.
@@ -151,7 +158,10 @@ mod tests {
         let mut pacer = Pacer::new(t0, Duration::from_millis(1));
         assert_eq!(pacer.step(t0), (PacerStep::Run(1), false));
         // Woke 4.5 ms late: blocks 1..=5 are due.
-        assert_eq!(pacer.step(t0 + Duration::from_micros(5_500)), (PacerStep::Run(5), false));
+        assert_eq!(
+            pacer.step(t0 + Duration::from_micros(5_500)),
+            (PacerStep::Run(5), false)
+        );
         assert_eq!(
             pacer.step(t0 + Duration::from_micros(5_600)),
             (PacerStep::SleepUntil(t0 + Duration::from_millis(6)), false)
@@ -182,7 +192,10 @@ mod tests {
         assert_eq!(pacer.step(later), (PacerStep::Run(1), true));
         assert_eq!(
             pacer.step(later + Duration::from_micros(10)),
-            (PacerStep::SleepUntil(later + Duration::from_millis(1)), false)
+            (
+                PacerStep::SleepUntil(later + Duration::from_millis(1)),
+                false
+            )
         );
     }
 }

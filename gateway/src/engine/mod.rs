@@ -196,8 +196,7 @@ impl Engine {
             match command {
                 Command::Insert(install) => self.insert(install),
                 Command::Remove(slot) => {
-                    if let Some(state) = self.slots.get_mut(slot as usize).and_then(Option::take)
-                    {
+                    if let Some(state) = self.slots.get_mut(slot as usize).and_then(Option::take) {
                         // Send failures mean the control side is gone (shutdown): the
                         // value is then simply dropped here.
                         let _ = self.retired.send(Retired::Node(state.node));
@@ -234,8 +233,10 @@ impl Engine {
 
 /// Adds one patch's source block, times its gain, into its sink's input block.
 fn mix_patch(slots: &mut [Option<SlotState>], patch: &EnginePatch, block: usize) {
-    let source_range = usize::from(patch.source_port) * block..(usize::from(patch.source_port) + 1) * block;
-    let sink_range = usize::from(patch.sink_port) * block..(usize::from(patch.sink_port) + 1) * block;
+    let source_range =
+        usize::from(patch.source_port) * block..(usize::from(patch.source_port) + 1) * block;
+    let sink_range =
+        usize::from(patch.sink_port) * block..(usize::from(patch.sink_port) + 1) * block;
     let source_index = patch.source_slot as usize;
     let sink_index = patch.sink_slot as usize;
     if source_index >= slots.len() || sink_index >= slots.len() {
@@ -246,8 +247,11 @@ fn mix_patch(slots: &mut [Option<SlotState>], patch: &EnginePatch, block: usize)
         // A node patched into itself (a feedback loop through a conference, say):
         // outputs and inputs are separate buffers of the same slot.
         if let Some(Some(state)) = slots.get_mut(source_index) {
-            let SlotState { outputs, inputs, .. } = state;
-            if let (Some(src), Some(dst)) = (outputs.get(source_range), inputs.get_mut(sink_range)) {
+            let SlotState {
+                outputs, inputs, ..
+            } = state;
+            if let (Some(src), Some(dst)) = (outputs.get(source_range), inputs.get_mut(sink_range))
+            {
                 add_scaled(dst, src, patch.gain);
             }
         }
@@ -322,13 +326,33 @@ mod tests {
         (Engine::new(4, 2, rx, rtx), tx, rrx)
     }
 
-    fn insert(tx: &mpsc::Sender<Command>, slot: Slot, node: Box<dyn Node>, outputs: u16, inputs: u16) {
-        tx.send(Command::Insert(NodeInstall::new(slot, node, outputs, inputs, 4)))
-            .unwrap();
+    fn insert(
+        tx: &mpsc::Sender<Command>,
+        slot: Slot,
+        node: Box<dyn Node>,
+        outputs: u16,
+        inputs: u16,
+    ) {
+        tx.send(Command::Insert(NodeInstall::new(
+            slot, node, outputs, inputs, 4,
+        )))
+        .unwrap();
     }
 
-    fn patch(source_slot: Slot, source_port: u16, sink_slot: Slot, sink_port: u16, gain: f32) -> EnginePatch {
-        EnginePatch { source_slot, source_port, sink_slot, sink_port, gain }
+    fn patch(
+        source_slot: Slot,
+        source_port: u16,
+        sink_slot: Slot,
+        sink_port: u16,
+        gain: f32,
+    ) -> EnginePatch {
+        EnginePatch {
+            source_slot,
+            source_port,
+            sink_slot,
+            sink_port,
+            gain,
+        }
     }
 
     #[test]
@@ -363,7 +387,10 @@ mod tests {
         ]))
         .unwrap();
         engine.process_block();
-        assert_eq!(*heard.lock().unwrap(), vec![1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0]);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec![1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0]
+        );
     }
 
     #[test]
@@ -391,8 +418,11 @@ mod tests {
         let (mut engine, tx, _retired) = engine();
         let heard = Arc::new(Mutex::new(Vec::new()));
         insert(&tx, 1, Box::new(Probe(Arc::clone(&heard))), 0, 1);
-        tx.send(Command::SetPatches(vec![patch(9, 0, 1, 0, 1.0), patch(1, 3, 1, 0, 1.0)]))
-            .unwrap();
+        tx.send(Command::SetPatches(vec![
+            patch(9, 0, 1, 0, 1.0),
+            patch(1, 3, 1, 0, 1.0),
+        ]))
+        .unwrap();
         engine.process_block();
         assert_eq!(*heard.lock().unwrap(), vec![0.0; 4]);
     }
@@ -411,7 +441,8 @@ mod tests {
         let (mut engine, tx, _retired) = engine();
         let heard = Arc::new(Mutex::new(Vec::new()));
         insert(&tx, 0, Box::new(Loop(Arc::clone(&heard))), 1, 1);
-        tx.send(Command::SetPatches(vec![patch(0, 0, 0, 0, 1.0)])).unwrap();
+        tx.send(Command::SetPatches(vec![patch(0, 0, 0, 0, 1.0)]))
+            .unwrap();
         engine.process_block();
         assert_eq!(*heard.lock().unwrap(), vec![0.3; 4]);
     }

@@ -71,14 +71,20 @@ pub fn load_clip(path: &Path) -> Result<Clip, ClipError> {
         hound::SampleFormat::Float => reader
             .into_samples::<f32>()
             .collect::<Result<_, _>>()
-            .map_err(|source| ClipError::Wav { path: display.clone(), source })?,
+            .map_err(|source| ClipError::Wav {
+                path: display.clone(),
+                source,
+            })?,
         hound::SampleFormat::Int => {
             let scale = 1.0 / (1u64 << (spec.bits_per_sample.clamp(1, 32) - 1)) as f32;
             reader
                 .into_samples::<i32>()
                 .map(|s| s.map(|v| v as f32 * scale))
                 .collect::<Result<_, _>>()
-                .map_err(|source| ClipError::Wav { path: display.clone(), source })?
+                .map_err(|source| ClipError::Wav {
+                    path: display.clone(),
+                    source,
+                })?
         }
     };
     let mono: Vec<f32> = interleaved
@@ -120,7 +126,13 @@ pub struct PlayerNode {
 impl PlayerNode {
     /// A player of `clip` at linear `gain`, from the start.
     pub fn new(clip: Clip, looped: bool, gain: f32, state: Arc<PlayerState>) -> PlayerNode {
-        PlayerNode { clip, position: 0, looped, gain, state }
+        PlayerNode {
+            clip,
+            position: 0,
+            looped,
+            gain,
+            state,
+        }
     }
 }
 
@@ -193,8 +205,15 @@ mod tests {
         let source_len = reader.len() as usize;
         let clip = load_clip(&path).unwrap();
         let expected = source_len * 6;
-        assert!(clip.len().abs_diff(expected) <= 12, "{} vs {expected}", clip.len());
-        assert!(clip.iter().any(|s| s.abs() > 0.05), "prompt should not be silent");
+        assert!(
+            clip.len().abs_diff(expected) <= 12,
+            "{} vs {expected}",
+            clip.len()
+        );
+        assert!(
+            clip.iter().any(|s| s.abs() > 0.05),
+            "prompt should not be silent"
+        );
     }
 
     #[test]

@@ -97,17 +97,26 @@ impl Node for RecorderNode {
 
     fn consume(&mut self, inputs: &[f32], block: usize) {
         let frames = block.min(self.interleaved.len() / self.channels.max(1));
-        for (frame_index, frame) in self.interleaved.chunks_exact_mut(self.channels).take(frames).enumerate() {
+        for (frame_index, frame) in self
+            .interleaved
+            .chunks_exact_mut(self.channels)
+            .take(frames)
+            .enumerate()
+        {
             for (channel, slot) in frame.iter_mut().enumerate() {
-                *slot = inputs.get(channel * block + frame_index).copied().unwrap_or(0.0);
+                *slot = inputs
+                    .get(channel * block + frame_index)
+                    .copied()
+                    .unwrap_or(0.0);
             }
         }
         let wanted = frames * self.channels;
         let (_, dropped) = self.ring.push_partial_slice(&self.interleaved[..wanted]);
         if !dropped.is_empty() {
-            self.stats
-                .frames_dropped
-                .fetch_add((dropped.len() / self.channels.max(1)) as u64, Ordering::Relaxed);
+            self.stats.frames_dropped.fetch_add(
+                (dropped.len() / self.channels.max(1)) as u64,
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -184,8 +193,12 @@ impl ActiveRecording {
             error: self.error.take(),
         };
         match &summary.error {
-            None => tracing::info!(path = %summary.path.display(), frames = summary.frames, "recording finalized"),
-            Some(e) => tracing::error!(path = %summary.path.display(), error = %e, "recording incomplete"),
+            None => {
+                tracing::info!(path = %summary.path.display(), frames = summary.frames, "recording finalized")
+            }
+            Some(e) => {
+                tracing::error!(path = %summary.path.display(), error = %e, "recording incomplete")
+            }
         }
         if let Some(done) = self.done.take() {
             let _ = done.send(summary);
@@ -216,7 +229,10 @@ impl DiskWriter {
         let thread = std::thread::Builder::new()
             .name("telepatch-disk".into())
             .spawn(move || disk_loop(rx))?;
-        Ok(DiskWriter { commands, thread: Some(thread) })
+        Ok(DiskWriter {
+            commands,
+            thread: Some(thread),
+        })
     }
 
     /// Opens `path` and returns the node that feeds it, plus a receiver that resolves when
@@ -228,8 +244,14 @@ impl DiskWriter {
         channels: u16,
         format: RecordingFormat,
         block: usize,
-    ) -> Result<(RecorderNode, Arc<RecorderStats>, tokio::sync::oneshot::Receiver<RecordingSummary>), RecorderError>
-    {
+    ) -> Result<
+        (
+            RecorderNode,
+            Arc<RecorderStats>,
+            tokio::sync::oneshot::Receiver<RecordingSummary>,
+        ),
+        RecorderError,
+    > {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| RecorderError::Directory {
                 path: path.to_path_buf(),
@@ -248,10 +270,11 @@ impl DiskWriter {
             bits_per_sample: bits,
             sample_format,
         };
-        let writer = hound::WavWriter::create(path, spec).map_err(|source| RecorderError::Create {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let writer =
+            hound::WavWriter::create(path, spec).map_err(|source| RecorderError::Create {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let (producer, consumer) =
             rtrb::RingBuffer::new(BUS_RATE.hz() as usize * RING_SECONDS * channels_usize);
         let stats = Arc::new(RecorderStats::default());
@@ -297,7 +320,9 @@ fn disk_loop(commands: mpsc::Receiver<DiskCommand>) {
         let mut shutting_down = false;
         match commands.recv_timeout(DRAIN_INTERVAL) {
             Ok(DiskCommand::Start(recording)) => active.push(*recording),
-            Ok(DiskCommand::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => shutting_down = true,
+            Ok(DiskCommand::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                shutting_down = true
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         // Take any further queued commands without waiting.
@@ -346,8 +371,14 @@ mod tests {
         for b in 0..1000 {
             let base = b as f32 * 4.0;
             let inputs = [
-                base / 10_000.0, (base + 1.0) / 10_000.0, (base + 2.0) / 10_000.0, (base + 3.0) / 10_000.0,
-                -0.5, -0.5, -0.5, -0.5,
+                base / 10_000.0,
+                (base + 1.0) / 10_000.0,
+                (base + 2.0) / 10_000.0,
+                (base + 3.0) / 10_000.0,
+                -0.5,
+                -0.5,
+                -0.5,
+                -0.5,
             ];
             node.consume(&inputs, 4);
         }
@@ -387,8 +418,16 @@ mod tests {
     #[test]
     fn an_unwritable_path_fails_before_anything_starts() {
         let disk = DiskWriter::start().unwrap();
-        let result = disk.open(Path::new("/proc/telepatch/x.wav"), 1, RecordingFormat::S16, 48);
-        assert!(matches!(result, Err(RecorderError::Directory { .. } | RecorderError::Create { .. })));
+        let result = disk.open(
+            Path::new("/proc/telepatch/x.wav"),
+            1,
+            RecordingFormat::S16,
+            48,
+        );
+        assert!(matches!(
+            result,
+            Err(RecorderError::Directory { .. } | RecorderError::Create { .. })
+        ));
         disk.shutdown();
     }
 

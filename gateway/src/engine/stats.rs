@@ -125,7 +125,9 @@ impl LevelMeter {
     pub fn read(&self) -> Level {
         Level {
             peak_dbfs: to_dbfs(f32::from_bits(self.peak_bits.load(Ordering::Relaxed))),
-            rms_dbfs: to_dbfs(f32::from_bits(self.rms_bits.load(Ordering::Relaxed)) * std::f32::consts::SQRT_2),
+            rms_dbfs: to_dbfs(
+                f32::from_bits(self.rms_bits.load(Ordering::Relaxed)) * std::f32::consts::SQRT_2,
+            ),
             windows: self.windows.load(Ordering::Relaxed),
         }
     }

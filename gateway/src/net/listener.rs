@@ -64,7 +64,10 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
     }
     drop(listener);
     sessions.close();
-    info!(sessions = sessions.len(), "listener closed; waiting for calls to hang up");
+    info!(
+        sessions = sessions.len(),
+        "listener closed; waiting for calls to hang up"
+    );
     sessions.wait().await;
 }
 

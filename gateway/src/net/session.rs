@@ -39,14 +39,22 @@ const TAIL_DRAIN_LIMIT: Duration = Duration::from_millis(500);
 const MAX_REPLY_FRAME: usize = 3 + 2 * 192 * 20;
 
 /// Runs one accepted connection to completion.
-pub async fn run(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+pub async fn run(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
     let _permit = permit;
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
     let config = gateway.config().audiosocket.clone();
     let (read_half, mut write_half) = stream.into_split();
-    let mut reader = FramedRead::new(read_half, ServerCodec::new(Limits::new(config.max_message_ms)));
+    let mut reader = FramedRead::new(
+        read_half,
+        ServerCodec::new(Limits::new(config.max_message_ms)),
+    );
     let shutdown = gateway.shutdown_token();
 
     // Handshake: the ID must come first, within the deadline (§4, §10.5).
@@ -100,11 +108,18 @@ pub async fn run(gateway: Arc<Gateway>, stream: TcpStream, peer: SocketAddr, per
                     AdmitError::ShuttingDown => info!("refusing call: shutting down"),
                     _ => warn!(error = %e, "cannot admit call"),
                 }
-                send_hangup(&mut write_half, Duration::from_millis(config.write_timeout_ms)).await;
+                send_hangup(
+                    &mut write_half,
+                    Duration::from_millis(config.write_timeout_ms),
+                )
+                .await;
                 return;
             }
         };
-        info!(route = admitted.handle.route.as_deref().unwrap_or("(lobby)"), "call connected");
+        info!(
+            route = admitted.handle.route.as_deref().unwrap_or("(lobby)"),
+            "call connected"
+        );
         let handle = admitted.handle;
         gateway.route_call(&handle).await;
 
@@ -190,7 +205,11 @@ async fn read_loop(
         };
         let message = match next {
             None => {
-                return if linger_until.is_some() { gateway_reason(handle) } else { EndReason::Caller };
+                return if linger_until.is_some() {
+                    gateway_reason(handle)
+                } else {
+                    EndReason::Caller
+                };
             }
             Some(Ok(message)) => message,
             Some(Err(CodecError::TruncatedAtEof { buffered, needed })) => {
@@ -202,39 +221,56 @@ async fn read_loop(
                     return gateway_reason(handle);
                 }
                 warn!(error = %e, "connection error");
-                return EndReason::Error { error: e.to_string() };
+                return EndReason::Error {
+                    error: e.to_string(),
+                };
             }
             Some(Err(e)) => {
                 warn!(error = %e, "protocol error; closing the call");
-                return EndReason::Error { error: e.to_string() };
+                return EndReason::Error {
+                    error: e.to_string(),
+                };
             }
         };
         match gate.on_message(&message) {
             Ok(GateOutcome::SecondIdIgnored(second)) => {
-                once(&mut warned.second_id, || warn!(%second, "second ID message ignored (protocol violation)"));
+                once(
+                    &mut warned.second_id,
+                    || warn!(%second, "second ID message ignored (protocol violation)"),
+                );
                 skipped(stats);
                 continue;
             }
             Ok(_) => {}
             Err(e) => {
                 warn!(error = %e, "protocol violation");
-                return EndReason::Error { error: e.to_string() };
+                return EndReason::Error {
+                    error: e.to_string(),
+                };
             }
         }
         match message {
-            Message::Audio { kind, payload, odd_byte_dropped } => {
+            Message::Audio {
+                kind,
+                payload,
+                odd_byte_dropped,
+            } => {
                 let now = Instant::now();
                 if let Some(previous) = last_arrival {
                     // Deviation of the inter-arrival time from the nominal frame time.
                     let gap = now.duration_since(previous);
                     let deviation = gap.abs_diff(frame);
-                    stats
-                        .max_jitter_us
-                        .fetch_max(u64::try_from(deviation.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    stats.max_jitter_us.fetch_max(
+                        u64::try_from(deviation.as_micros()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
                 }
                 last_arrival = Some(now);
                 if odd_byte_dropped {
-                    once(&mut warned.odd, || warn!(kind = %kind, "odd-length audio; trailing byte dropped"));
+                    once(
+                        &mut warned.odd,
+                        || warn!(kind = %kind, "odd-length audio; trailing byte dropped"),
+                    );
                     skipped(stats);
                 }
                 let rate = kind.rate();
@@ -244,18 +280,27 @@ async fn read_loop(
                     }
                     if let Err(e) = uplink.set_rate(rate) {
                         warn!(error = %e, "cannot resample this rate");
-                        return EndReason::Error { error: e.to_string() };
+                        return EndReason::Error {
+                            error: e.to_string(),
+                        };
                     }
                     if handle.caller_rate() == 0 {
                         handle.set_caller_rate(rate.hz());
                         first_audio.notify_one();
                     }
                 }
-                let coding = if kind == AudioKind::Slin8 { coding_0x10 } else { UplinkCoding::Slin };
+                let coding = if kind == AudioKind::Slin8 {
+                    coding_0x10
+                } else {
+                    UplinkCoding::Slin
+                };
                 uplink.push_payload(&payload, coding);
             }
             Message::EmptyAudio { kind } => {
-                once(&mut warned.empty, || warn!(kind = %kind, "zero-length audio message skipped"));
+                once(
+                    &mut warned.empty,
+                    || warn!(kind = %kind, "zero-length audio message skipped"),
+                );
                 skipped(stats);
             }
             Message::Dtmf(digit) => {
@@ -264,7 +309,10 @@ async fn read_loop(
                 gateway.dtmf(handle.id, digit.as_char());
             }
             Message::InvalidDtmf { payload } => {
-                once(&mut warned.dtmf, || warn!(bytes = ?&payload[..], "invalid DTMF message skipped"));
+                once(
+                    &mut warned.dtmf,
+                    || warn!(bytes = ?&payload[..], "invalid DTMF message skipped"),
+                );
                 skipped(stats);
             }
             Message::Hangup => {
@@ -276,7 +324,9 @@ async fn read_loop(
                 warn!(code = code.bits(), "peer sent an error message");
             }
             Message::Unknown { kind, len } => {
-                once(&mut warned.unknown, || warn!(kind, len, "message of unknown kind skipped"));
+                once(&mut warned.unknown, || {
+                    warn!(kind, len, "message of unknown kind skipped")
+                });
                 skipped(stats);
             }
             Message::Id(_) => {}
@@ -290,7 +340,9 @@ fn skipped(stats: &CallStats) {
 }
 
 fn gateway_reason(handle: &CallHandle) -> EndReason {
-    EndReason::Gateway { why: handle.hangup_reason().unwrap_or_else(|| "hangup".into()) }
+    EndReason::Gateway {
+        why: handle.hangup_reason().unwrap_or_else(|| "hangup".into()),
+    }
 }
 
 /// Which oddities were already logged for this call (one line each, then counters).
@@ -369,7 +421,10 @@ async fn write_loop(
             Ok(Ok(())) => {}
             Ok(Err(e)) => return closed_or(e),
             Err(_) => {
-                warn!(timeout_ms = settings.write_timeout.as_millis() as u64, "peer stopped reading; giving up");
+                warn!(
+                    timeout_ms = settings.write_timeout.as_millis() as u64,
+                    "peer stopped reading; giving up"
+                );
                 return Err("peer stopped reading".into());
             }
         }

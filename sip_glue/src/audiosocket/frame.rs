@@ -176,9 +176,10 @@ impl Limits {
 
     /// The largest audio payload accepted for `kind`, in bytes.
     pub const fn max_audio_len(&self, kind: AudioKind) -> usize {
-        let bytes = kind.bytes_per_ms(self.max_audio_ms);
-        if bytes < MAX_PAYLOAD {
-            bytes
+        // In u64 so that `unlimited()` cannot overflow a 32-bit usize.
+        let bytes = kind.hz() as u64 * self.max_audio_ms as u64 / 1000 * 2;
+        if bytes < MAX_PAYLOAD as u64 {
+            bytes as usize
         } else {
             MAX_PAYLOAD
         }

@@ -1,0 +1,3 @@
+//! CDR write throughput of the store (placeholder while the benchmark is written).
+
+fn main() {}
