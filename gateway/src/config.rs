@@ -96,6 +96,8 @@ pub struct EngineConfig {
     pub block_samples: usize,
     /// Members a conference can hold.
     pub conference_members: usize,
+    /// Run the engine thread with real-time (`SCHED_FIFO`) priority when allowed.
+    pub realtime_priority: bool,
 }
 
 impl Default for EngineConfig {
@@ -103,6 +105,7 @@ impl Default for EngineConfig {
         EngineConfig {
             block_samples: DEFAULT_BLOCK_SAMPLES,
             conference_members: 16,
+            realtime_priority: true,
         }
     }
 }

@@ -284,7 +284,8 @@ impl Gateway {
         let engine_stats = engine.stats();
         let block_duration =
             Duration::from_nanos(block as u64 * 1_000_000_000 / u64::from(BUS_RATE.hz()));
-        let engine_thread = EngineThread::spawn(engine, block_duration)?;
+        let engine_thread =
+            EngineThread::spawn(engine, block_duration, config.engine.realtime_priority)?;
         let (events, _) = broadcast::channel(4096);
         let gateway = Arc::new(Gateway {
             block,

@@ -6,9 +6,10 @@
 //! lock instead of failing at once) and foreign keys on. Times are stored as integer
 //! microseconds since the Unix epoch and JSON as text (see `migrations/sqlite`).
 //!
-//! Every write is a single statement (upserts and `RETURNING` instead of
-//! read-then-write transactions), so a deferred transaction never has to upgrade its
-//! lock, which SQLite cannot wait for.
+//! No transaction reads before it writes (writes are single statements using upserts
+//! and `RETURNING`; the CDR batch transaction only inserts), so a transaction never has
+//! to upgrade a read lock to the write lock: SQLite fails such an upgrade at once with
+//! SQLITE_BUSY instead of waiting out the busy timeout.
 
 use std::fmt::Display;
 use std::net::SocketAddr;

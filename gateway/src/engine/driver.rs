@@ -78,14 +78,24 @@ pub struct EngineThread {
 }
 
 impl EngineThread {
-    /// Moves `engine` onto a new thread and runs it every `block_duration`.
-    pub fn spawn(mut engine: Engine, block_duration: Duration) -> std::io::Result<EngineThread> {
+    /// Moves `engine` onto a new thread and runs it every `block_duration`. With
+    /// `realtime`, the thread asks for `SCHED_FIFO` so busy tokio workers (or anything
+    /// else on the machine) cannot delay a block; without the privilege
+    /// (`CAP_SYS_NICE` or an `rtprio` limit) it logs why and runs at normal priority.
+    pub fn spawn(
+        mut engine: Engine,
+        block_duration: Duration,
+        realtime: bool,
+    ) -> std::io::Result<EngineThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
         let stats = engine.stats();
         let thread = std::thread::Builder::new()
             .name("telepatch-engine".into())
             .spawn(move || {
+                if realtime {
+                    raise_priority();
+                }
                 let mut pacer = Pacer::new(Instant::now(), block_duration);
                 while !stop_flag.load(Ordering::Relaxed) {
                     match pacer.step(Instant::now()) {
@@ -127,6 +137,39 @@ impl EngineThread {
         {
             tracing::error!("engine thread panicked");
         }
+    }
+}
+
+/// Real-time priority of the engine thread (`SCHED_FIFO`, 1..=99): above ordinary
+/// threads, below the kernel's own interrupt threads (50) would starve them, so a value
+/// in the lower half.
+const ENGINE_FIFO_PRIORITY: u8 = 40;
+
+fn raise_priority() {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let result = ThreadPriorityValue::try_from(ENGINE_FIFO_PRIORITY)
+        .map_err(|e| e.to_string())
+        .and_then(|value| {
+            set_thread_priority_and_policy(
+                thread_native_id(),
+                ThreadPriority::Crossplatform(value),
+                ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+            )
+            .map_err(|e| format!("{e:?}"))
+        });
+    match result {
+        Ok(()) => tracing::info!(
+            priority = ENGINE_FIFO_PRIORITY,
+            "engine thread runs with SCHED_FIFO"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot give the engine thread real-time priority (needs CAP_SYS_NICE or an rtprio \
+             limit); running at normal priority"
+        ),
     }
 }
 
