@@ -500,7 +500,7 @@ impl Gateway {
                 }
             }
         }
-        self.refresh_lobby(&[handle.node.clone()]);
+        self.refresh_lobby(std::slice::from_ref(&handle.node));
     }
 
     fn apply_action(

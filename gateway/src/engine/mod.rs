@@ -264,7 +264,7 @@ fn mix_patch(slots: &mut [Option<SlotState>], patch: &EnginePatch, block: usize)
         (low.get(source_index), high.first_mut())
     } else {
         let (low, high) = slots.split_at_mut(source_index);
-        (high.first().map(|s| &*s), low.get_mut(sink_index))
+        (high.first(), low.get_mut(sink_index))
     };
     if let (Some(Some(source)), Some(Some(sink))) = (source, sink)
         && let (Some(src), Some(dst)) = (

@@ -799,8 +799,8 @@ fn pseudo_random_streams_never_panic_and_round_trip() {
             };
             bytes.push(kind);
             bytes.extend_from_slice(&len.to_be_bytes());
-            let body =
-                usize::from(len).min(((r >> 24) % 80) as usize + usize::from(len % 3 == 0) * 64);
+            let body = usize::from(len)
+                .min(((r >> 24) % 80) as usize + usize::from(len.is_multiple_of(3)) * 64);
             bytes.extend((0..body).map(|i| (r >> (i % 56)) as u8));
         }
         let (first, _) = decode_all(&bytes);
