@@ -1,9 +1,14 @@
-//! telepatch's control plane vocabulary.
+//! telepatch's control plane.
 //!
-//! [`model`] holds the types that both the gateway and the (forthcoming) REST API and
-//! database speak: references to nodes and ports, and the route rules that decide what
-//! happens to a call when it arrives. They are plain data with parsing and validation,
-//! so routes read from a config file today and from the database later behave the same.
+//! - [`model`]: the vocabulary the gateway, the API and the database share: references
+//!   to nodes and ports, and the route rules applied when a call arrives;
+//! - [`store`]: the [`store::Store`] trait with its SQLite and PostgreSQL
+//!   implementations, and the bounded CDR queue;
+//! - [`control`]: the [`control::Control`] trait the gateway implements for the API,
+//!   with the views and events it returns;
+//! - [`http`]: the axum REST API, its OpenAPI document, authentication and metrics.
 
+pub mod control;
+pub mod http;
 pub mod model;
 pub mod store;

@@ -12,7 +12,19 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The kinds of node the patchbay knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum NodeKind {
@@ -243,7 +255,7 @@ serde_via_str!(NodeRef);
 serde_via_str!(PortRef);
 
 /// Which calls a route applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum RouteMatch {
     /// Exactly this UUID (registered before the call connects, typically).
@@ -282,7 +294,7 @@ impl RouteMatch {
 }
 
 /// What to record when a route records a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordChannels {
     /// The caller's voice, mono.
@@ -297,7 +309,7 @@ fn zero_db() -> f32 {
 }
 
 /// One thing a route does to a call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "action", deny_unknown_fields)]
 pub enum RouteAction {
     /// Record the call to a WAV file. `path` may use `{uuid}` and `{start}` (UTC start
@@ -324,9 +336,11 @@ pub enum RouteAction {
     Patch {
         /// Where the caller's voice goes (an input port).
         #[serde(default)]
+        #[schema(value_type = Vec<String>)]
         voice_to: Vec<PortRef>,
         /// What the caller hears (output ports).
         #[serde(default)]
+        #[schema(value_type = Vec<String>)]
         ear_from: Vec<PortRef>,
         /// Gain in dB for these patches.
         #[serde(default = "zero_db")]
@@ -341,7 +355,7 @@ pub enum RouteAction {
 }
 
 /// A rule applied to a call when it connects.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// A unique, human-readable name.

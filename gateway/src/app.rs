@@ -1,12 +1,25 @@
 //! Start-up and graceful shutdown of the whole service (used by `main` and by tests).
+//!
+//! Start: open the database (migrations run), start the gateway (engine, disk writer,
+//! players), restore what the API stored (nodes, patches, routes), start the CDR writer,
+//! the HTTP API, the level-meter ticker and the AudioSocket listener.
+//!
+//! Shutdown: every call hears `00 00 00` and its session ends (its call record queued);
+//! the HTTP server stops (event streams are closed); the CDR writer flushes; the engine
+//! stops and every recording is finalized.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use api::control::{CallLevels, Control, Event, NodeConfig};
+use api::store::{CdrQueue, CdrQueueConfig, Store, open_store};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::control::{GatewayControl, level};
 use crate::net::listener;
 use crate::service::Gateway;
 
@@ -14,35 +27,204 @@ use crate::service::Gateway;
 pub struct Running {
     /// The service.
     pub gateway: Arc<Gateway>,
+    /// The database.
+    pub store: Arc<dyn Store>,
     /// The AudioSocket listener's bound address (useful with port 0).
     pub audiosocket_addr: SocketAddr,
+    /// The HTTP API's bound address.
+    pub api_addr: SocketAddr,
     listener: JoinHandle<()>,
+    http: JoinHandle<()>,
+    http_stop: CancellationToken,
+    cdr_stop: CancellationToken,
+    cdr_writer: JoinHandle<()>,
 }
 
 /// Binds the listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let listen = config.audiosocket.listen;
-    let gateway = Gateway::start(config)?;
-    let tcp = TcpListener::bind(listen)
+    let database_url = config.database_url();
+    let store = open_store(&database_url)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for AudioSocket on {listen}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", redact(&database_url)))?;
+    tracing::info!(database = %redact(&database_url), "database open");
+
+    let audiosocket_listen = config.audiosocket.listen;
+    let api_listen = config.api.listen;
+    let levels_interval = Duration::from_millis(config.api.levels_interval_ms);
+    let cdr_capacity = if config.database.cdr_queue == 0 {
+        10_000
+    } else {
+        config.database.cdr_queue
+    };
+    let gateway = Gateway::start(config)?;
+
+    restore(&gateway, store.as_ref()).await?;
+
+    let cdr_stop = CancellationToken::new();
+    let (cdr_queue, cdr_writer) = CdrQueue::spawn(
+        Arc::clone(&store),
+        CdrQueueConfig {
+            capacity: cdr_capacity,
+            ..CdrQueueConfig::default()
+        },
+        cdr_stop.clone(),
+    );
+    gateway.set_cdr_queue(cdr_queue);
+
+    let control: Arc<dyn Control> = Arc::new(GatewayControl::new(Arc::clone(&gateway)));
+    let http_stop = CancellationToken::new();
+    let state = api::http::AppState::new(
+        control,
+        Arc::clone(&store),
+        api::http::install_prometheus_recorder(),
+        http_stop.clone(),
+    );
+    let http_listener = TcpListener::bind(api_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for the HTTP API on {api_listen}: {e}"))?;
+    let api_addr = http_listener.local_addr()?;
+    let stop = http_stop.clone();
+    let http = tokio::spawn(async move {
+        let app = api::http::router(state);
+        if let Err(e) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "HTTP API server failed");
+        }
+    });
+    tracing::info!(addr = %api_addr, "HTTP API ready");
+
+    tokio::spawn(level_ticker(Arc::clone(&gateway), levels_interval));
+
+    let tcp = TcpListener::bind(audiosocket_listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen for AudioSocket on {audiosocket_listen}: {e}")
+    })?;
     let audiosocket_addr = tcp.local_addr()?;
     let listener = tokio::spawn(listener::serve(Arc::clone(&gateway), tcp));
     Ok(Running {
         gateway,
+        store,
         audiosocket_addr,
+        api_addr,
         listener,
+        http,
+        http_stop,
+        cdr_stop,
+        cdr_writer,
     })
 }
 
+/// Recreates the nodes and patches the API stored, and loads the stored routes.
+async fn restore(gateway: &Arc<Gateway>, store: &dyn Store) -> anyhow::Result<()> {
+    let routes = store.list_routes().await?;
+    gateway.set_stored_routes(routes.into_iter().map(|r| r.route).collect());
+    for record in store.list_nodes(None).await? {
+        let config: NodeConfig = match serde_json::from_value(record.config.clone()) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(node = %record.node, error = %e, "stored node has an unreadable configuration; skipped");
+                continue;
+            }
+        };
+        let gw = Arc::clone(gateway);
+        let name = record.node.name().to_owned();
+        let result =
+            tokio::task::spawn_blocking(move || gw.create_configured_node(&name, &config, true))
+                .await?;
+        if let Err(e) = result {
+            tracing::error!(node = %record.node, error = %e, "cannot restore a stored node");
+        }
+    }
+    for record in store.list_patches().await? {
+        match gateway.connect(record.source.clone(), record.sink.clone(), record.gain_db) {
+            Ok(patch) => {
+                let _ = gateway.set_patch_persistent(patch.id, true);
+            }
+            Err(e) => {
+                tracing::error!(source = %record.source, sink = %record.sink, error = %e, "cannot restore a stored patch")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes every call's level meters about ten times a second, while anyone listens.
+async fn level_ticker(gateway: Arc<Gateway>, every: Duration) {
+    let shutdown = gateway.shutdown_token();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !gateway.has_subscribers() {
+            continue;
+        }
+        let calls: Vec<CallLevels> = gateway
+            .calls()
+            .iter()
+            .map(|c| CallLevels {
+                call: c.id,
+                voice: level(&c.stats.voice_level),
+                ear: level(&c.stats.ear_level),
+                talking: c.talking(),
+            })
+            .collect();
+        if !calls.is_empty() {
+            gateway.publish(Event::Levels { calls });
+        }
+    }
+}
+
+/// Hides a password in a database URL for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 impl Running {
-    /// Graceful shutdown: every call hears `00 00 00`, sessions end, the engine stops
-    /// and every recording is finalized before this returns.
+    /// Graceful shutdown: every call hears `00 00 00`, sessions end, the API stops, call
+    /// records are flushed, the engine stops and every recording is finalized.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.gateway.begin_shutdown();
         self.listener.await?;
+        self.http_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), self.http)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP API did not stop within 5 s");
+        }
+        self.cdr_stop.cancel();
+        let _ = self.cdr_writer.await;
         let gateway = Arc::clone(&self.gateway);
         tokio::task::spawn_blocking(move || gateway.finish()).await?;
+        self.store.close().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_the_log() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/tp"),
+            "postgres://app:***@db:5432/tp"
+        );
+        assert_eq!(redact("postgres://app@db/tp"), "postgres://app@db/tp");
+        assert_eq!(redact("sqlite://telepatch.db"), "sqlite://telepatch.db");
     }
 }

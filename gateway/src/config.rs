@@ -185,6 +185,61 @@ impl Default for LogConfig {
     }
 }
 
+/// The REST API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the HTTP API (`/v1`, `/healthz`, `/readyz`, `/metrics`).
+    pub listen: SocketAddr,
+    /// Interval of the level-meter events on the event stream, in ms.
+    pub levels_interval_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            levels_interval_ms: 100,
+        }
+    }
+}
+
+/// The database.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/telepatch.db` or `postgres://user@host/db`. Default: a SQLite file
+    /// `telepatch.db` next to the configuration file (or in the working directory).
+    pub url: Option<String>,
+    /// Call records that may wait in memory while the database is unavailable.
+    pub cdr_queue: usize,
+}
+
+/// Voice activity detection on callers' audio (talk start/stop events).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VadConfig {
+    /// Run it at all.
+    pub enabled: bool,
+    /// webrtc-vad aggressiveness, 0 (quality) to 3 (very aggressive).
+    pub mode: u8,
+    /// Voiced 10 ms frames in a row before "talk start".
+    pub start_frames: u32,
+    /// Unvoiced 10 ms frames in a row before "talk stop".
+    pub stop_frames: u32,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        VadConfig {
+            enabled: true,
+            mode: 2,
+            start_frames: 3,
+            stop_frames: 30,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -203,6 +258,12 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Logging.
     pub log: LogConfig,
+    /// REST API.
+    pub api: ApiConfig,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// Voice activity detection.
+    pub vad: VadConfig,
 }
 
 /// One problem found while loading or validating the configuration.
@@ -258,6 +319,10 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `log.format`.
     pub log_format: Option<LogFormat>,
+    /// `api.listen`.
+    pub api_listen: Option<SocketAddr>,
+    /// `database.url`.
+    pub database_url: Option<String>,
 }
 
 const AUDIOSOCKET_RATES: [u32; 9] = [
@@ -282,6 +347,10 @@ impl Config {
                     })?;
                 if let Some(base) = path.parent() {
                     config.resolve_paths(base);
+                    if config.database.url.is_none() {
+                        config.database.url =
+                            Some(format!("sqlite://{}", base.join("telepatch.db").display()));
+                    }
                 }
                 config
             }
@@ -338,6 +407,12 @@ impl Config {
         }
         if let Some(format) = o.log_format {
             self.log.format = format;
+        }
+        if let Some(listen) = o.api_listen {
+            self.api.listen = listen;
+        }
+        if let Some(url) = &o.database_url {
+            self.database.url = Some(url.clone());
         }
     }
 
@@ -498,6 +573,14 @@ impl Config {
         } else {
             Err(ConfigError::Invalid { problems })
         }
+    }
+
+    /// The database URL in force (the default SQLite file when none is configured).
+    pub fn database_url(&self) -> String {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| "sqlite://telepatch.db".to_owned())
     }
 
     /// The ID deadline.

@@ -9,7 +9,9 @@
 //! - [`app`]: start-up and graceful shutdown of the whole service.
 
 pub mod app;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod net;
 pub mod patchbay;

@@ -32,6 +32,12 @@ struct Cli {
     /// Log format (overrides `log.format`).
     #[arg(long, global = true, env = "TELEPATCH_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormatArg>,
+    /// HTTP API listen address (overrides `api.listen`).
+    #[arg(long, global = true, env = "TELEPATCH_API_LISTEN")]
+    api_listen: Option<SocketAddr>,
+    /// Database URL, `sqlite://...` or `postgres://...` (overrides `database.url`).
+    #[arg(long, global = true, env = "DATABASE_URL")]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +54,19 @@ enum Command {
     Serve,
     /// Validate the configuration, print the effective settings and exit.
     CheckConfig,
+    /// Manage API tokens (talks to the database directly).
+    #[command(subcommand)]
+    Token(gateway::cli::TokenCommand),
+    /// List live calls (through a running gateway's API).
+    Calls(gateway::cli::CallsArgs),
+    /// Hang a live call up (through the API).
+    Hangup(gateway::cli::HangupArgs),
+    /// List, add or delete routes (through the API).
+    #[command(subcommand)]
+    Routes(gateway::cli::RoutesCommand),
+    /// List, add or delete patches (through the API).
+    #[command(subcommand)]
+    Patch(gateway::cli::PatchCommand),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +81,8 @@ fn main() -> ExitCode {
             LogFormatArg::Text => LogFormat::Text,
             LogFormatArg::Json => LogFormat::Json,
         }),
+        api_listen: cli.api_listen,
+        database_url: cli.database_url.clone(),
     };
     let config = match Config::load(cli.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -78,14 +99,30 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Serve => match serve(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("telepatch: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Serve => report(serve(config)),
+        Command::Token(command) => report(run_client(gateway::cli::token(command, config))),
+        Command::Calls(args) => report(run_client(gateway::cli::calls(args, config))),
+        Command::Hangup(args) => report(run_client(gateway::cli::hangup(args, config))),
+        Command::Routes(command) => report(run_client(gateway::cli::routes(command, config))),
+        Command::Patch(command) => report(run_client(gateway::cli::patch(command, config))),
     }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("telepatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_client(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(work)
 }
 
 fn init_logging(config: &Config) {

@@ -108,6 +108,8 @@ pub struct PatchEntry {
     /// The call whose end removes it, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<NodeRef>,
+    /// Whether it is stored in the database and restored at start-up.
+    pub persistent: bool,
     #[serde(skip)]
     resolved: EnginePatch,
 }
@@ -249,6 +251,7 @@ impl Patchbay {
             gain_db,
             role,
             owner,
+            persistent: false,
             resolved: EnginePatch {
                 source_slot,
                 source_port,
@@ -279,6 +282,20 @@ impl Patchbay {
         let updated = entry.clone();
         self.publish_patches()?;
         Ok(updated)
+    }
+
+    /// Marks a patch as stored in the database (or not).
+    pub fn set_persistent(
+        &mut self,
+        id: PatchId,
+        persistent: bool,
+    ) -> Result<PatchEntry, PatchbayError> {
+        let entry = self
+            .patches
+            .get_mut(&id)
+            .ok_or(PatchbayError::UnknownPatch { id })?;
+        entry.persistent = persistent;
+        Ok(entry.clone())
     }
 
     /// Removes one patch.

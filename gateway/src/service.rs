@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
+use api::control::{CallState, ControlError, Event, NodeConfig, PatchInfo};
 use api::model::{NodeKind, NodeRef, PortRef, RecordChannels, Route, RouteAction, select_route};
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -33,25 +34,11 @@ use crate::patchbay::{NodeSpec, PatchEntry, PatchRole, Patchbay, PatchbayError};
 /// Name of the lobby's hold-music player (`player:hold`).
 pub const HOLD_PLAYER: &str = "hold";
 
-/// Where a call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CallState {
-    /// Nothing claims it: it hears the hold music (or silence).
-    Lobby,
-    /// Patched to something.
-    Patched,
-    /// Hanging up.
-    Ending,
-}
-
-impl CallState {
-    fn from_u8(value: u8) -> CallState {
-        match value {
-            0 => CallState::Lobby,
-            1 => CallState::Patched,
-            _ => CallState::Ending,
-        }
+fn state_from_u8(value: u8) -> CallState {
+    match value {
+        0 => CallState::Lobby,
+        1 => CallState::Patched,
+        _ => CallState::Ending,
     }
 }
 
@@ -73,6 +60,26 @@ pub enum EndReason {
     },
 }
 
+impl EndReason {
+    /// `caller`, `gateway` or `error`.
+    pub fn ended_by(&self) -> &'static str {
+        match self {
+            EndReason::Caller => "caller",
+            EndReason::Gateway { .. } => "gateway",
+            EndReason::Error { .. } => "error",
+        }
+    }
+
+    /// Why, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            EndReason::Caller => "the caller hung up".into(),
+            EndReason::Gateway { why } => why.clone(),
+            EndReason::Error { error } => error.clone(),
+        }
+    }
+}
+
 /// A live call as the control plane sees it.
 #[derive(Debug)]
 pub struct CallHandle {
@@ -92,7 +99,9 @@ pub struct CallHandle {
     pub hangup: CancellationToken,
     hangup_reason: Mutex<Option<String>>,
     caller_rate: AtomicU32,
+    kind: AtomicU8,
     state: AtomicU8,
+    talking: std::sync::atomic::AtomicBool,
     /// The route applied when it connected.
     pub route: Option<String>,
 }
@@ -100,7 +109,7 @@ pub struct CallHandle {
 impl CallHandle {
     /// Current state.
     pub fn state(&self) -> CallState {
-        CallState::from_u8(self.state.load(Ordering::Relaxed))
+        state_from_u8(self.state.load(Ordering::Relaxed))
     }
 
     fn set_state(&self, state: CallState) {
@@ -112,9 +121,20 @@ impl CallHandle {
         self.caller_rate.load(Ordering::Relaxed)
     }
 
-    /// Records the caller's rate (the session calls this on audio).
-    pub fn set_caller_rate(&self, hz: u32) {
+    /// Records the caller's rate and AudioSocket kind (the session calls this on audio).
+    pub fn set_caller_rate(&self, hz: u32, kind: u8) {
         self.caller_rate.store(hz, Ordering::Relaxed);
+        self.kind.store(kind, Ordering::Relaxed);
+    }
+
+    /// The AudioSocket kind byte of the caller's audio (0 until known).
+    pub fn kind(&self) -> u8 {
+        self.kind.load(Ordering::Relaxed)
+    }
+
+    /// Whether voice activity detection hears the caller.
+    pub fn talking(&self) -> bool {
+        self.talking.load(Ordering::Relaxed)
     }
 
     /// Time since the call connected.
@@ -137,63 +157,6 @@ impl CallHandle {
     pub fn hangup_reason(&self) -> Option<String> {
         self.hangup_reason.lock().ok().and_then(|r| r.clone())
     }
-}
-
-/// Something that happened, for logs, the event stream and tests.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "snake_case", tag = "type")]
-pub enum Event {
-    /// A call connected and was identified.
-    CallStarted {
-        /// Its UUID.
-        call: Uuid,
-        /// Asterisk's address.
-        peer: SocketAddr,
-        /// The route applied, if any.
-        route: Option<String>,
-    },
-    /// A call's state changed (lobby <-> patched).
-    CallState {
-        /// Its UUID.
-        call: Uuid,
-        /// The new state.
-        state: CallState,
-    },
-    /// A call ended.
-    CallEnded {
-        /// Its UUID.
-        call: Uuid,
-        /// Why.
-        reason: EndReason,
-        /// How long it lasted, in milliseconds.
-        duration_ms: u64,
-    },
-    /// A DTMF digit arrived.
-    Dtmf {
-        /// The call.
-        call: Uuid,
-        /// The digit.
-        digit: char,
-    },
-    /// A patch was made.
-    PatchCreated {
-        /// The patch.
-        patch: PatchEntry,
-    },
-    /// A patch was removed.
-    PatchRemoved {
-        /// Its id.
-        id: u64,
-    },
-    /// A recording was closed.
-    RecordingFinished {
-        /// The file.
-        path: PathBuf,
-        /// Frames written.
-        frames: u64,
-        /// Why it is incomplete, if it is.
-        error: Option<String>,
-    },
 }
 
 /// Why a call was not admitted.
@@ -227,6 +190,23 @@ pub struct AdmittedCall {
     pub downlink: Downlink,
 }
 
+/// Cumulative counters of calls that have ended (live calls are summed at scrape time).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    /// Calls admitted.
+    pub calls: u64,
+    /// Connections refused.
+    pub refused: u64,
+    /// Audio messages received by ended calls.
+    pub frames_in: u64,
+    /// Audio messages sent to ended calls.
+    pub frames_out: u64,
+    /// Uplink gaps of ended calls.
+    pub uplink_gaps: u64,
+    /// Downlink underruns of ended calls.
+    pub downlink_underruns: u64,
+}
+
 /// Topology guarded by one mutex: the patchbay and conference membership.
 struct Topology {
     patchbay: Patchbay,
@@ -235,6 +215,8 @@ struct Topology {
     conferences: HashMap<String, ConferenceMembers>,
     recorder_stats: HashMap<NodeRef, (PathBuf, Arc<RecorderStats>)>,
     player_states: HashMap<NodeRef, (PathBuf, Arc<PlayerState>)>,
+    /// Nodes created through the API: their configuration and whether it is stored.
+    configured: HashMap<NodeRef, (NodeConfig, bool)>,
 }
 
 struct ConferenceMembers {
@@ -248,7 +230,15 @@ pub struct Gateway {
     block: usize,
     topology: Mutex<Topology>,
     calls: Mutex<HashMap<Uuid, Arc<CallHandle>>>,
+    /// Routes tried when a call connects: the configuration file's, then the database's.
     routes: RwLock<Vec<Route>>,
+    cdrs: Mutex<Option<api::store::CdrQueue>>,
+    totals: Mutex<Totals>,
+    /// Voice activity detection, and which call each detector key belongs to.
+    vad: std::sync::OnceLock<crate::engine::vad::VadHub>,
+    vad_calls: Mutex<HashMap<u64, Arc<CallHandle>>>,
+    /// Patches each live call has had, for its record.
+    call_patch_log: Mutex<HashMap<Uuid, Vec<String>>>,
     clips: Mutex<HashMap<PathBuf, Clip>>,
     disk: Mutex<Option<DiskWriter>>,
     engine_thread: Mutex<Option<EngineThread>>,
@@ -294,9 +284,15 @@ impl Gateway {
                 conferences: HashMap::new(),
                 recorder_stats: HashMap::new(),
                 player_states: HashMap::new(),
+                configured: HashMap::new(),
             }),
             calls: Mutex::new(HashMap::new()),
             routes: RwLock::new(config.routes.clone()),
+            cdrs: Mutex::new(None),
+            call_patch_log: Mutex::new(HashMap::new()),
+            totals: Mutex::new(Totals::default()),
+            vad: std::sync::OnceLock::new(),
+            vad_calls: Mutex::new(HashMap::new()),
             clips: Mutex::new(HashMap::new()),
             disk: Mutex::new(Some(DiskWriter::start()?)),
             engine_thread: Mutex::new(Some(engine_thread)),
@@ -306,6 +302,26 @@ impl Gateway {
             config,
         });
 
+        if gateway.config.vad.enabled {
+            let weak = Arc::downgrade(&gateway);
+            let vad = &gateway.config.vad;
+            let hub = crate::engine::vad::VadHub::start(
+                crate::engine::vad::VadSettings {
+                    mode: vad.mode,
+                    start_frames: vad.start_frames,
+                    stop_frames: vad.stop_frames,
+                },
+                Arc::new(move |key, talking| {
+                    if let Some(gateway) = weak.upgrade() {
+                        let handle = lock(&gateway.vad_calls).get(&key).cloned();
+                        if let Some(handle) = handle {
+                            gateway.set_talking(&handle, talking);
+                        }
+                    }
+                }),
+            )?;
+            let _ = gateway.vad.set(hub);
+        }
         if let Some(hold) = gateway.config.lobby.hold_music.clone() {
             let gain = gateway.config.lobby.hold_gain_db;
             gateway.add_player(HOLD_PLAYER, &hold, true, gain)?;
@@ -337,6 +353,9 @@ impl Gateway {
     }
 
     fn emit(&self, event: Event) {
+        if let Event::PatchCreated { patch } = &event {
+            self.log_call_patch(&patch.source, &patch.sink);
+        }
         // No subscribers is fine.
         let _ = self.events.send(event);
     }
@@ -440,13 +459,22 @@ impl Gateway {
             hangup: self.shutdown.child_token(),
             hangup_reason: Mutex::new(None),
             caller_rate: AtomicU32::new(0),
+            kind: AtomicU8::new(0),
             state: AtomicU8::new(CallState::Lobby as u8),
+            talking: std::sync::atomic::AtomicBool::new(false),
             route: route.clone(),
         });
         lock(&self.calls).insert(id, Arc::clone(&handle));
+        lock(&self.totals).calls += 1;
+        let mut uplink = uplink;
+        if let Some(hub) = self.vad.get() {
+            let tap = hub.open();
+            lock(&self.vad_calls).insert(tap.key(), Arc::clone(&handle));
+            uplink.set_vad(tap);
+        }
         self.emit(Event::CallStarted {
             call: id,
-            peer,
+            peer: peer.to_string(),
             route,
         });
         Ok(AdmittedCall {
@@ -553,7 +581,9 @@ impl Gateway {
                     PatchRole::Monitor,
                     Some(call.clone()),
                 )?;
-                self.emit(Event::PatchCreated { patch: voice });
+                self.emit(Event::PatchCreated {
+                    patch: patch_info(&voice),
+                });
                 if stereo {
                     let heard = topology.patchbay.connect(
                         call.port("heard"),
@@ -562,7 +592,9 @@ impl Gateway {
                         PatchRole::Monitor,
                         Some(call.clone()),
                     )?;
-                    self.emit(Event::PatchCreated { patch: heard });
+                    self.emit(Event::PatchCreated {
+                        patch: patch_info(&heard),
+                    });
                 }
                 drop(topology);
                 self.watch_recording(done);
@@ -603,7 +635,9 @@ impl Gateway {
                     Some(call.clone()),
                 )?;
                 drop(topology);
-                self.emit(Event::PatchCreated { patch });
+                self.emit(Event::PatchCreated {
+                    patch: patch_info(&patch),
+                });
             }
             RouteAction::Patch {
                 voice_to,
@@ -640,7 +674,9 @@ impl Gateway {
                 let affected = affected_calls(&made);
                 drop(topology);
                 for patch in made {
-                    self.emit(Event::PatchCreated { patch });
+                    self.emit(Event::PatchCreated {
+                        patch: patch_info(&patch),
+                    });
                 }
                 self.refresh_lobby(&affected);
                 if !failures.is_empty() {
@@ -676,7 +712,7 @@ impl Gateway {
             runtime.spawn(async move {
                 if let Ok(summary) = done.await {
                     let _ = events.send(Event::RecordingFinished {
-                        path: summary.path,
+                        path: summary.path.display().to_string(),
                         frames: summary.frames,
                         error: summary.error,
                     });
@@ -734,8 +770,12 @@ impl Gateway {
             Some(call.clone()),
         )?;
         drop(topology);
-        self.emit(Event::PatchCreated { patch: voice });
-        self.emit(Event::PatchCreated { patch: ear });
+        self.emit(Event::PatchCreated {
+            patch: patch_info(&voice),
+        });
+        self.emit(Event::PatchCreated {
+            patch: patch_info(&ear),
+        });
         self.refresh_lobby(std::slice::from_ref(call));
         tracing::info!(conference = name, seat = k, "joined conference");
         Ok(())
@@ -786,7 +826,9 @@ impl Gateway {
                             Ok(patch) => changes.push((
                                 call.clone(),
                                 CallState::Lobby,
-                                Some(Event::PatchCreated { patch }),
+                                Some(Event::PatchCreated {
+                                    patch: patch_info(&patch),
+                                }),
                             )),
                             Err(e) => tracing::warn!(error = %e, "cannot patch hold music"),
                         }
@@ -817,7 +859,10 @@ impl Gateway {
 
     /// Records a DTMF digit from a call.
     pub fn dtmf(&self, call: Uuid, digit: char) {
-        self.emit(Event::Dtmf { call, digit });
+        self.emit(Event::Dtmf {
+            call,
+            digit: digit.to_string(),
+        });
     }
 
     /// Asks a live call to hang up (`00 00 00`, so the dialplan continues). Returns
@@ -851,6 +896,8 @@ impl Gateway {
         if removed_from_registry {
             self.release_call(handle);
         }
+        lock(&self.vad_calls).retain(|_, h| !Arc::ptr_eq(h, handle));
+        self.set_talking(handle, false);
         let s = &handle.stats;
         tracing::info!(
             reason = ?reason,
@@ -864,10 +911,20 @@ impl Gateway {
             max_jitter_us = s.max_jitter_us.load(Ordering::Relaxed),
             "call ended"
         );
+        {
+            let mut totals = lock(&self.totals);
+            totals.frames_in += s.frames_in.load(Ordering::Relaxed);
+            totals.frames_out += s.frames_out.load(Ordering::Relaxed);
+            totals.uplink_gaps += s.uplink_gaps.load(Ordering::Relaxed);
+            totals.downlink_underruns += s.downlink_underruns.load(Ordering::Relaxed);
+        }
+        let duration_ms = u64::try_from(handle.duration().as_millis()).unwrap_or(u64::MAX);
+        self.record_cdr(handle, &reason, duration_ms);
         self.emit(Event::CallEnded {
             call: handle.id,
-            reason,
-            duration_ms: u64::try_from(handle.duration().as_millis()).unwrap_or(u64::MAX),
+            ended_by: reason.ended_by().to_owned(),
+            reason: reason.describe(),
+            duration_ms,
         });
     }
 
@@ -947,7 +1004,7 @@ impl Gateway {
             None,
         )?;
         self.emit(Event::PatchCreated {
-            patch: patch.clone(),
+            patch: patch_info(&patch),
         });
         self.refresh_lobby(&affected_calls(std::slice::from_ref(&patch)));
         Ok(patch)
@@ -959,6 +1016,300 @@ impl Gateway {
         self.emit(Event::PatchRemoved { id });
         self.refresh_lobby(&affected_calls(std::slice::from_ref(&patch)));
         Ok(patch)
+    }
+
+    /// Cumulative counters of ended calls.
+    pub fn totals(&self) -> Totals {
+        *lock(&self.totals)
+    }
+
+    /// Counts a refused connection.
+    pub fn count_refused(&self) {
+        lock(&self.totals).refused += 1;
+    }
+
+    /// The routes of the configuration file.
+    pub fn static_routes(&self) -> &[Route] {
+        &self.config.routes
+    }
+
+    /// Replaces the database's routes; the configuration file's stay first.
+    pub fn set_stored_routes(&self, stored: Vec<Route>) {
+        let mut routes = self.config.routes.clone();
+        routes.extend(stored);
+        *self
+            .routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = routes;
+    }
+
+    /// Where finished calls' records go (set once the database is open).
+    pub fn set_cdr_queue(&self, queue: api::store::CdrQueue) {
+        *lock(&self.cdrs) = Some(queue);
+    }
+
+    /// The CDR queue's counters, if there is one.
+    pub fn cdr_stats(&self) -> Option<api::store::CdrQueueStats> {
+        lock(&self.cdrs).as_ref().map(api::store::CdrQueue::stats)
+    }
+
+    fn record_cdr(&self, handle: &CallHandle, reason: &EndReason, duration_ms: u64) {
+        let queue = lock(&self.cdrs).clone();
+        let Some(queue) = queue else { return };
+        let s = &handle.stats;
+        let ended_at = chrono::Utc::now();
+        let started_at = chrono::DateTime::<chrono::Utc>::from(handle.started_at);
+        let patches = lock(&self.call_patch_log)
+            .remove(&handle.id)
+            .unwrap_or_default();
+        let record = api::store::CdrRecord {
+            uuid: handle.id,
+            started_at,
+            ended_at,
+            duration_ms,
+            caller_rate_hz: handle.caller_rate(),
+            ended_by: match reason {
+                EndReason::Caller => api::store::EndedBy::Caller,
+                EndReason::Gateway { .. } => api::store::EndedBy::Gateway,
+                EndReason::Error { .. } => api::store::EndedBy::Error,
+            },
+            end_reason: reason.describe(),
+            frames_in: s.frames_in.load(Ordering::Relaxed),
+            frames_out: s.frames_out.load(Ordering::Relaxed),
+            uplink_gaps: s.uplink_gaps.load(Ordering::Relaxed),
+            downlink_underruns: s.downlink_underruns.load(Ordering::Relaxed),
+            max_jitter_ms: s.max_jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            route: handle.route.clone(),
+            patches,
+            peer: Some(handle.peer),
+        };
+        if !queue.push(record) {
+            tracing::warn!(call = %handle.id, "CDR queue full: this call's record is lost");
+        }
+    }
+
+    /// Remembers, for the call's record, every patch a call had.
+    fn log_call_patch(&self, source: &PortRef, sink: &PortRef) {
+        let mut log = lock(&self.call_patch_log);
+        for node in [source.node(), sink.node()] {
+            if node.kind() == NodeKind::Call
+                && let Ok(id) = Uuid::parse_str(node.name())
+            {
+                let entry = log.entry(id).or_default();
+                let text = format!("{source} -> {sink}");
+                if entry.len() < 64 && !entry.contains(&text) {
+                    entry.push(text);
+                }
+            }
+        }
+    }
+
+    /// Creates a node from an API configuration: a player, recorder or conference.
+    pub fn create_configured_node(
+        &self,
+        name: &str,
+        config: &NodeConfig,
+        persistent: bool,
+    ) -> Result<NodeRef, ControlError> {
+        let node = NodeRef::new(config.kind(), name).map_err(|e| ControlError::Unprocessable {
+            message: e.to_string(),
+            field: Some("name".into()),
+        })?;
+        if lock(&self.topology).patchbay.node(&node).is_some() {
+            return Err(ControlError::Conflict {
+                message: format!("{node} exists already"),
+            });
+        }
+        let unprocessable = |field: &str, e: &dyn std::fmt::Display| ControlError::Unprocessable {
+            message: e.to_string(),
+            field: Some(field.to_owned()),
+        };
+        match config {
+            NodeConfig::Player {
+                file,
+                looped,
+                gain_db,
+            } => {
+                self.add_player(name, Path::new(file), *looped, *gain_db)
+                    .map_err(|e| unprocessable("file", &e))?;
+            }
+            NodeConfig::Recorder { path, channels } => {
+                let path = {
+                    let p = PathBuf::from(path);
+                    if p.is_relative() {
+                        self.config.recordings.dir.join(p)
+                    } else {
+                        p
+                    }
+                };
+                let (recorder, stats, done) = {
+                    let disk = lock(&self.disk);
+                    let disk = disk.as_ref().ok_or(ControlError::Unavailable {
+                        message: "shutting down".into(),
+                    })?;
+                    disk.open(&path, *channels, self.config.recordings.format, self.block)
+                        .map_err(|e| unprocessable("path", &e))?
+                };
+                let inputs = if *channels == 1 {
+                    vec!["in".to_owned()]
+                } else {
+                    (1..=*channels).map(|k| format!("in{k}")).collect()
+                };
+                let mut topology = lock(&self.topology);
+                topology
+                    .patchbay
+                    .add_node(
+                        NodeSpec {
+                            node: node.clone(),
+                            outputs: vec![],
+                            inputs,
+                            owner: None,
+                        },
+                        Box::new(recorder),
+                    )
+                    .map_err(|e| unprocessable("name", &e))?;
+                topology.recorder_stats.insert(node.clone(), (path, stats));
+                drop(topology);
+                self.watch_recording(done);
+            }
+            NodeConfig::Conference { members } => {
+                let members = usize::from(*members);
+                let outputs = (1..=members).map(|k| format!("out{k}")).collect();
+                let inputs = (1..=members).map(|k| format!("in{k}")).collect();
+                let mut topology = lock(&self.topology);
+                topology
+                    .patchbay
+                    .add_node(
+                        NodeSpec {
+                            node: node.clone(),
+                            outputs,
+                            inputs,
+                            owner: None,
+                        },
+                        Box::new(ConferenceNode::new(members, self.block)),
+                    )
+                    .map_err(|e| unprocessable("name", &e))?;
+                topology.conferences.insert(
+                    name.to_owned(),
+                    ConferenceMembers {
+                        members: vec![None; members],
+                        on_demand: false,
+                    },
+                );
+            }
+        }
+        lock(&self.topology)
+            .configured
+            .insert(node.clone(), (config.clone(), persistent));
+        self.emit(Event::NodeCreated { node: node.clone() });
+        Ok(node)
+    }
+
+    /// Removes a node that is not a call, with its patches.
+    pub fn delete_node(&self, node: &NodeRef) -> Result<(), ControlError> {
+        if node.kind() == NodeKind::Call {
+            return Err(ControlError::Unprocessable {
+                message: "a call ends with a hangup, not by removing its node".into(),
+                field: None,
+            });
+        }
+        let removed = {
+            let mut topology = lock(&self.topology);
+            let removed = topology.patchbay.remove_node(node).map_err(|e| match e {
+                PatchbayError::UnknownNode { .. } => ControlError::NotFound {
+                    message: e.to_string(),
+                },
+                other => ControlError::Unavailable {
+                    message: other.to_string(),
+                },
+            })?;
+            topology.configured.remove(node);
+            topology.recorder_stats.remove(node);
+            topology.player_states.remove(node);
+            if node.kind() == NodeKind::Conference {
+                topology.conferences.remove(node.name());
+            }
+            removed
+        };
+        for patch in &removed {
+            self.emit(Event::PatchRemoved { id: patch.id });
+        }
+        self.emit(Event::NodeRemoved { node: node.clone() });
+        self.refresh_lobby(&affected_calls(&removed));
+        Ok(())
+    }
+
+    /// A node's API configuration and whether it is stored, if it has one.
+    pub fn node_config(&self, node: &NodeRef) -> Option<(NodeConfig, bool)> {
+        lock(&self.topology).configured.get(node).cloned()
+    }
+
+    /// Kind-specific status of a node, for the API.
+    pub fn node_status(&self, node: &NodeRef) -> Option<serde_json::Value> {
+        let topology = lock(&self.topology);
+        if let Some((path, stats)) = topology.recorder_stats.get(node) {
+            return Some(serde_json::json!({
+                "path": path.display().to_string(),
+                "frames_written": stats.frames_written.load(Ordering::Relaxed),
+                "frames_dropped": stats.frames_dropped.load(Ordering::Relaxed),
+            }));
+        }
+        if let Some((path, state)) = topology.player_states.get(node) {
+            return Some(serde_json::json!({
+                "file": path.display().to_string(),
+                "finished": state.finished.load(Ordering::Relaxed),
+                "loops": state.loops.load(Ordering::Relaxed),
+            }));
+        }
+        if node.kind() == NodeKind::Conference
+            && let Some(conference) = topology.conferences.get(node.name())
+        {
+            let members: Vec<String> = conference
+                .members
+                .iter()
+                .flatten()
+                .map(ToString::to_string)
+                .collect();
+            return Some(
+                serde_json::json!({ "members": members, "capacity": conference.members.len() }),
+            );
+        }
+        None
+    }
+
+    /// Marks a patch as stored in the database.
+    pub fn set_patch_persistent(
+        &self,
+        id: u64,
+        persistent: bool,
+    ) -> Result<PatchEntry, PatchbayError> {
+        lock(&self.topology).patchbay.set_persistent(id, persistent)
+    }
+
+    /// Changes a patch's gain.
+    pub fn set_patch_gain(&self, id: u64, gain_db: f32) -> Result<PatchEntry, PatchbayError> {
+        lock(&self.topology).patchbay.set_gain(id, gain_db)
+    }
+
+    /// Records voice activity of a call; emits talk start/stop on a change.
+    pub fn set_talking(&self, handle: &CallHandle, talking: bool) {
+        if handle.talking.swap(talking, Ordering::Relaxed) != talking {
+            self.emit(if talking {
+                Event::TalkStart { call: handle.id }
+            } else {
+                Event::TalkStop { call: handle.id }
+            });
+        }
+    }
+
+    /// Whether anyone listens to events (level meters are only built then).
+    pub fn has_subscribers(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
+    /// Emits an event.
+    pub fn publish(&self, event: Event) {
+        self.emit(event);
     }
 
     /// Graceful shutdown, part one: every call is asked to hang up. The listener waits
@@ -979,6 +1330,23 @@ impl Gateway {
         if let Some(disk) = lock(&self.disk).take() {
             disk.shutdown();
         }
+    }
+}
+
+/// The API's view of a patch.
+pub fn patch_info(patch: &PatchEntry) -> PatchInfo {
+    PatchInfo {
+        id: patch.id,
+        source: patch.source.clone(),
+        sink: patch.sink.clone(),
+        gain_db: patch.gain_db,
+        role: match patch.role {
+            PatchRole::Normal => api::control::PatchRole::Normal,
+            PatchRole::Lobby => api::control::PatchRole::Lobby,
+            PatchRole::Monitor => api::control::PatchRole::Monitor,
+        },
+        owner: patch.owner.clone(),
+        persistent: patch.persistent,
     }
 }
 

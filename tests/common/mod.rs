@@ -24,6 +24,8 @@ pub struct GatewayProcess {
     child: Child,
     /// Its AudioSocket address (port chosen by the OS).
     pub addr: SocketAddr,
+    /// Its HTTP API address (port chosen by the OS).
+    pub api_addr: SocketAddr,
     /// Scratch directory holding the config and recordings.
     pub dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
@@ -43,12 +45,10 @@ impl GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_telepatch"))
             .arg("--config")
             .arg(&config_path)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "info,telepatch=debug,gateway=debug",
-            ])
+            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+            .args(["--log-level", "info,telepatch=debug,gateway=debug"])
+            .arg("--database-url")
+            .arg(database_url(dir.path()))
             .arg("--recordings-dir")
             .arg(dir.path().join("recordings"))
             .args(args)
@@ -69,9 +69,11 @@ impl GatewayProcess {
                 sink.lock().unwrap().push(line);
             }
         });
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut process = GatewayProcess {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr: unbound,
+            api_addr: unbound,
             dir,
             logs,
         };
@@ -88,7 +90,37 @@ impl GatewayProcess {
             .find_map(|w| w.strip_prefix("addr="))
             .expect("addr in the ready line");
         process.addr = addr.parse().unwrap();
+        let line = process
+            .wait_log("HTTP API ready", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("API did not start; logs:\n{}", process.logs().join("\n")));
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .expect("addr in the API line");
+        process.api_addr = addr.parse().unwrap();
         process
+    }
+
+    /// Creates an API token with `scope` (`read` or `admin`) through the CLI.
+    pub fn token(&self, name: &str, scope: &str) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_telepatch"))
+            .arg("--database-url")
+            .arg(database_url(self.dir.path()))
+            .args(["token", "create", "--name", name, "--scope", scope])
+            .env_remove("TELEPATCH_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// The base URL of the API.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
     }
 
     /// Every log line so far.
@@ -167,6 +199,11 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The SQLite database of a test gateway living in `dir`.
+pub fn database_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("telepatch.db").display())
 }
 
 /// Reads a WAV file as f32 channels (full scale 1.0) and its rate.

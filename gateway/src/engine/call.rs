@@ -145,6 +145,7 @@ pub struct Uplink {
     controller: FillController,
     scratch_in: Vec<f32>,
     scratch_out: Vec<f32>,
+    vad: Option<super::vad::VadTap>,
     stats: Arc<CallStats>,
 }
 
@@ -165,6 +166,7 @@ impl Uplink {
             controller: FillController::new(buffering.uplink_margin_samples, BUS_RATE.hz()),
             scratch_in: vec![0.0; UPLINK_CHUNK],
             scratch_out,
+            vad: None,
             stats,
         })
     }
@@ -250,7 +252,15 @@ impl Uplink {
             .store(correction.round() as i64 as u64, Ordering::Relaxed);
     }
 
+    /// Taps the caller's bus audio into voice activity detection.
+    pub fn set_vad(&mut self, tap: super::vad::VadTap) {
+        self.vad = Some(tap);
+    }
+
     fn push_bus(&mut self, produced: usize) -> usize {
+        if let Some(vad) = self.vad.as_mut() {
+            vad.feed(&self.scratch_out[..produced]);
+        }
         let (pushed, dropped) = self.ring.push_partial_slice(&self.scratch_out[..produced]);
         if !dropped.is_empty() {
             CallStats::add(&self.stats.uplink_overflow_samples, dropped.len() as u64);

@@ -30,6 +30,7 @@ pub mod driver;
 pub mod player;
 pub mod recorder;
 pub mod stats;
+pub mod vad;
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};

@@ -50,6 +50,7 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
                         sessions.spawn(session::run(Arc::clone(&gateway), stream, peer, permit));
                     }
                     Err(_) => {
+                        gateway.count_refused();
                         sessions.spawn(refuse(stream, peer, max_calls));
                     }
                 }

@@ -285,7 +285,7 @@ async fn read_loop(
                         };
                     }
                     if handle.caller_rate() == 0 {
-                        handle.set_caller_rate(rate.hz());
+                        handle.set_caller_rate(rate.hz(), kind.byte());
                         first_audio.notify_one();
                     }
                 }

@@ -1,0 +1,138 @@
+//! Bearer-token authentication for every `/v1` route.
+//!
+//! A request without a usable `Authorization: Bearer <token>` header gets 401; a valid
+//! token whose scope does not cover the request gets 403. Reads (GET, HEAD) need the
+//! `read` scope, everything else `admin`.
+//!
+//! Verified tokens are cached for a minute, so the database is not queried on every
+//! request and live-call endpoints keep working through a short database outage for
+//! clients that were seen recently (up to [`OUTAGE_GRACE`]). The price: revoking a token
+//! takes effect within a minute, not instantly.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::{Scope, TokenInfo};
+
+/// How long a verified token is trusted without asking the database again.
+const CACHE_FRESH: Duration = Duration::from_secs(60);
+/// How long a cached token is still accepted while the database is unavailable.
+pub const OUTAGE_GRACE: Duration = Duration::from_secs(15 * 60);
+/// Most cached tokens (oldest dropped first).
+const CACHE_MAX: usize = 1024;
+
+/// Cache of verified tokens, keyed by the token's SHA-256 (never the token itself).
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], (TokenInfo, Instant)>>,
+}
+
+impl TokenCache {
+    fn get(&self, key: &[u8; 32], max_age: Duration) -> Option<TokenInfo> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(key)
+            .filter(|(_, at)| at.elapsed() <= max_age)
+            .map(|(info, _)| info.clone())
+    }
+
+    fn put(&self, key: [u8; 32], info: TokenInfo) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= CACHE_MAX {
+            entries.retain(|_, (_, at)| at.elapsed() <= CACHE_FRESH);
+        }
+        entries.insert(key, (info, Instant::now()));
+    }
+
+    fn forget(&self, key: &[u8; 32]) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// Drops every cached token (after a revocation through the API).
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
+/// The scope a request needs.
+pub fn required_scope(method: &Method) -> Scope {
+    if method == Method::GET || method == Method::HEAD {
+        Scope::Read
+    } else {
+        Scope::Admin
+    }
+}
+
+/// Middleware: authenticates and authorizes, then runs the handler with the caller's
+/// [`TokenInfo`] in the request extensions.
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("send an API token: Authorization: Bearer <token>"))?
+        .to_owned();
+    let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+
+    let info = match state.tokens.get(&key, CACHE_FRESH) {
+        Some(info) => info,
+        None => match state.store.verify_token(&token).await {
+            Ok(Some(info)) => {
+                state.tokens.put(key, info.clone());
+                info
+            }
+            Ok(None) => {
+                state.tokens.forget(&key);
+                return Err(ApiError::unauthorized("unknown or revoked API token"));
+            }
+            Err(e) if e.is_unavailable() => {
+                state.tokens.get(&key, OUTAGE_GRACE).ok_or_else(|| {
+                    ApiError::unavailable(
+                        "the database is unavailable and this token was not seen recently",
+                    )
+                })?
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let needed = required_scope(request.method());
+    if !info.scope.allows(needed) {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} has the {:?} scope; this request needs {:?}",
+            info.name, info.scope, needed
+        )));
+    }
+    request.extensions_mut().insert(info);
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,358 @@
+//! The gateway's implementation of the API's [`Control`] trait.
+//!
+//! Thin: every method turns a [`Gateway`] call into the API's views and errors. The
+//! gateway metrics for `/metrics` are rendered here from the lock-free counters at
+//! scrape time.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use api::control::{
+    CallCounters, CallInfo, Control, ControlError, Event, Level, NodeConfig, NodeInfo, PatchInfo,
+};
+use api::model::{NodeKind, NodeRef, PortRef, Route};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::engine::stats::{BLOCK_TIME_BUCKETS_US, LevelMeter};
+use crate::patchbay::PatchbayError;
+use crate::service::{CallHandle, Gateway, patch_info};
+
+/// [`Control`] over a running [`Gateway`].
+pub struct GatewayControl {
+    gateway: Arc<Gateway>,
+}
+
+impl GatewayControl {
+    /// Wraps `gateway`.
+    pub fn new(gateway: Arc<Gateway>) -> GatewayControl {
+        GatewayControl { gateway }
+    }
+}
+
+/// Reads a level meter as the API's view.
+pub fn level(meter: &LevelMeter) -> Level {
+    let reading = meter.read();
+    Level {
+        peak_dbfs: reading.peak_dbfs,
+        rms_dbfs: reading.rms_dbfs,
+    }
+}
+
+fn call_info(handle: &CallHandle, patches: &[PatchInfo]) -> CallInfo {
+    let s = &handle.stats;
+    CallInfo {
+        uuid: handle.id,
+        node: handle.node.clone(),
+        peer: handle.peer.to_string(),
+        caller_rate_hz: handle.caller_rate(),
+        kind: handle.kind(),
+        state: handle.state(),
+        started_at: chrono::DateTime::<chrono::Utc>::from(handle.started_at),
+        duration_ms: u64::try_from(handle.duration().as_millis()).unwrap_or(u64::MAX),
+        route: handle.route.clone(),
+        talking: handle.talking(),
+        voice_level: level(&s.voice_level),
+        ear_level: level(&s.ear_level),
+        patches: patches
+            .iter()
+            .filter(|p| p.source.node() == &handle.node || p.sink.node() == &handle.node)
+            .cloned()
+            .collect(),
+        counters: CallCounters {
+            frames_in: s.frames_in.load(Ordering::Relaxed),
+            frames_out: s.frames_out.load(Ordering::Relaxed),
+            uplink_gaps: s.uplink_gaps.load(Ordering::Relaxed),
+            downlink_underruns: s.downlink_underruns.load(Ordering::Relaxed),
+            max_jitter_ms: s.max_jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            dtmf_digits: s.dtmf_digits.load(Ordering::Relaxed),
+            skipped_messages: s.skipped_messages.load(Ordering::Relaxed),
+            uplink_correction_ppm: s.uplink_correction_ppm.load(Ordering::Relaxed) as i64,
+        },
+    }
+}
+
+fn patchbay_error(e: PatchbayError) -> ControlError {
+    match e {
+        PatchbayError::UnknownPatch { .. } => ControlError::NotFound {
+            message: e.to_string(),
+        },
+        PatchbayError::DuplicatePatch { .. } | PatchbayError::NodeExists { .. } => {
+            ControlError::Conflict {
+                message: e.to_string(),
+            }
+        }
+        PatchbayError::EngineStopped => ControlError::Unavailable {
+            message: e.to_string(),
+        },
+        PatchbayError::InvalidGain { .. } => ControlError::Unprocessable {
+            message: e.to_string(),
+            field: Some("gain_db".into()),
+        },
+        PatchbayError::WrongDirection { .. }
+        | PatchbayError::UnknownNode { .. }
+        | PatchbayError::UnknownPort { .. } => ControlError::Unprocessable {
+            message: e.to_string(),
+            field: None,
+        },
+    }
+}
+
+impl GatewayControl {
+    fn node_info(&self, entry: &crate::patchbay::NodeEntry) -> NodeInfo {
+        let configured = self.gateway.node_config(&entry.node);
+        NodeInfo {
+            node: entry.node.clone(),
+            kind: entry.node.kind(),
+            outputs: entry.outputs.clone(),
+            inputs: entry.inputs.clone(),
+            owner: entry.owner.clone(),
+            persistent: configured
+                .as_ref()
+                .is_some_and(|(_, persistent)| *persistent),
+            config: configured.and_then(|(config, _)| serde_json::to_value(config).ok()),
+            status: self.status(&entry.node),
+        }
+    }
+
+    fn status(&self, node: &NodeRef) -> Option<serde_json::Value> {
+        if node.kind() == NodeKind::Call {
+            let id = Uuid::parse_str(node.name()).ok()?;
+            let handle = self.gateway.calls().into_iter().find(|c| c.id == id)?;
+            return serde_json::to_value(call_info(&handle, &[])).ok();
+        }
+        self.gateway.node_status(node)
+    }
+}
+
+impl Control for GatewayControl {
+    fn calls(&self) -> Vec<CallInfo> {
+        let patches: Vec<PatchInfo> = self.patches();
+        self.gateway
+            .calls()
+            .iter()
+            .map(|c| call_info(c, &patches))
+            .collect()
+    }
+
+    fn call(&self, id: Uuid) -> Option<CallInfo> {
+        let handle = self.gateway.calls().into_iter().find(|c| c.id == id)?;
+        Some(call_info(&handle, &self.patches()))
+    }
+
+    fn hangup(&self, id: Uuid) -> bool {
+        self.gateway.hangup(&id, "hung up through the API")
+    }
+
+    fn nodes(&self) -> Vec<NodeInfo> {
+        let (nodes, _) = self.gateway.topology_snapshot();
+        nodes.iter().map(|n| self.node_info(n)).collect()
+    }
+
+    fn node(&self, node: &NodeRef) -> Option<NodeInfo> {
+        let (nodes, _) = self.gateway.topology_snapshot();
+        nodes
+            .iter()
+            .find(|n| &n.node == node)
+            .map(|n| self.node_info(n))
+    }
+
+    fn create_node(
+        &self,
+        name: &str,
+        config: &NodeConfig,
+        persistent: bool,
+    ) -> Result<NodeInfo, ControlError> {
+        let node = self
+            .gateway
+            .create_configured_node(name, config, persistent)?;
+        self.node(&node).ok_or(ControlError::NotFound {
+            message: format!("{node} vanished"),
+        })
+    }
+
+    fn delete_node(&self, node: &NodeRef) -> Result<(), ControlError> {
+        self.gateway.delete_node(node)
+    }
+
+    fn patches(&self) -> Vec<PatchInfo> {
+        let (_, patches) = self.gateway.topology_snapshot();
+        patches.iter().map(patch_info).collect()
+    }
+
+    fn connect(
+        &self,
+        source: PortRef,
+        sink: PortRef,
+        gain_db: f32,
+        persistent: bool,
+    ) -> Result<PatchInfo, ControlError> {
+        let patch = self
+            .gateway
+            .connect(source, sink, gain_db)
+            .map_err(patchbay_error)?;
+        if persistent {
+            let marked = self
+                .gateway
+                .set_patch_persistent(patch.id, true)
+                .map_err(patchbay_error)?;
+            return Ok(patch_info(&marked));
+        }
+        Ok(patch_info(&patch))
+    }
+
+    fn set_patch_gain(&self, id: u64, gain_db: f32) -> Result<PatchInfo, ControlError> {
+        self.gateway
+            .set_patch_gain(id, gain_db)
+            .map(|p| patch_info(&p))
+            .map_err(patchbay_error)
+    }
+
+    fn disconnect(&self, id: u64) -> Result<PatchInfo, ControlError> {
+        self.gateway
+            .disconnect(id)
+            .map(|p| patch_info(&p))
+            .map_err(patchbay_error)
+    }
+
+    fn static_routes(&self) -> Vec<Route> {
+        self.gateway.static_routes().to_vec()
+    }
+
+    fn set_stored_routes(&self, routes: Vec<Route>) {
+        self.gateway.set_stored_routes(routes);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.gateway.subscribe()
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        render_gateway_metrics(&self.gateway, out);
+    }
+
+    fn ready(&self) -> bool {
+        !self.gateway.shutdown_token().is_cancelled()
+    }
+}
+
+/// The gateway's metrics in Prometheus text format, from its counters.
+pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
+    let calls = gateway.calls();
+    let sum = |field: fn(&CallHandle) -> u64| calls.iter().map(|c| field(c)).sum::<u64>();
+    let frames_in = sum(|c| c.stats.frames_in.load(Ordering::Relaxed));
+    let frames_out = sum(|c| c.stats.frames_out.load(Ordering::Relaxed));
+    let uplink_gaps = sum(|c| c.stats.uplink_gaps.load(Ordering::Relaxed));
+    let underruns = sum(|c| c.stats.downlink_underruns.load(Ordering::Relaxed));
+    let totals = gateway.totals();
+    let engine = gateway.engine_stats().snapshot();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "telepatch_calls_active",
+        "gauge",
+        "Calls connected now.",
+        calls.len() as f64,
+    );
+    metric(
+        "telepatch_calls_total",
+        "counter",
+        "Calls admitted since start.",
+        totals.calls as f64,
+    );
+    metric(
+        "telepatch_calls_refused_total",
+        "counter",
+        "Connections refused (call cap, duplicates, shutdown).",
+        totals.refused as f64,
+    );
+    metric(
+        "telepatch_frames_in_total",
+        "counter",
+        "Audio messages received from Asterisk.",
+        (totals.frames_in + frames_in) as f64,
+    );
+    metric(
+        "telepatch_frames_out_total",
+        "counter",
+        "Audio messages sent to Asterisk.",
+        (totals.frames_out + frames_out) as f64,
+    );
+    metric(
+        "telepatch_uplink_gaps_total",
+        "counter",
+        "Times a caller's audio ran dry while playing.",
+        (totals.uplink_gaps + uplink_gaps) as f64,
+    );
+    metric(
+        "telepatch_downlink_underruns_total",
+        "counter",
+        "Reply frames padded because the engine was late.",
+        (totals.downlink_underruns + underruns) as f64,
+    );
+    metric(
+        "telepatch_engine_blocks_total",
+        "counter",
+        "Engine blocks processed.",
+        engine.blocks as f64,
+    );
+    metric(
+        "telepatch_engine_late_restarts_total",
+        "counter",
+        "Times the engine fell too far behind and restarted its schedule.",
+        engine.late_restarts as f64,
+    );
+    if let Some(cdr) = gateway.cdr_stats() {
+        metric(
+            "telepatch_cdr_pending",
+            "gauge",
+            "Call records waiting to be written.",
+            cdr.pending as f64,
+        );
+        metric(
+            "telepatch_cdr_written_total",
+            "counter",
+            "Call records written.",
+            cdr.written as f64,
+        );
+        metric(
+            "telepatch_cdr_dropped_total",
+            "counter",
+            "Call records lost (queue full or shutdown).",
+            cdr.dropped as f64,
+        );
+        metric(
+            "telepatch_cdr_retries_total",
+            "counter",
+            "Failed attempts to write call records.",
+            cdr.retries as f64,
+        );
+    }
+    let name = "telepatch_engine_block_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time to process one engine block.\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0u64;
+    for (bound, count) in BLOCK_TIME_BUCKETS_US.iter().zip(&engine.block_time_buckets) {
+        cumulative += count;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    cumulative += engine.block_time_buckets.last().copied().unwrap_or(0);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(
+        out,
+        "{name}_sum {}",
+        engine.block_time_ns_total as f64 / 1e9
+    );
+    let _ = writeln!(out, "{name}_count {cumulative}");
+}
