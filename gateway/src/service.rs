@@ -746,11 +746,25 @@ impl Gateway {
                 },
             );
         }
+        // A seat is free when no call holds it and nothing else (a jingle, an AES67
+        // return) is patched to its ports: those are members too.
+        let patched_ports: std::collections::HashSet<String> = topology
+            .patchbay
+            .patches_of(&conference)
+            .flat_map(|p| [&p.source, &p.sink])
+            .filter(|port| port.node() == &conference)
+            .map(|port| port.port().to_owned())
+            .collect();
         let members = topology
             .conferences
             .get_mut(name)
             .ok_or_else(|| anyhow::anyhow!("conference {name} vanished"))?;
-        let Some(seat) = members.members.iter().position(Option::is_none) else {
+        let capacity = members.members.len();
+        let Some(seat) = members.members.iter().enumerate().position(|(k, member)| {
+            member.is_none()
+                && !patched_ports.contains(&format!("in{}", k + 1))
+                && !patched_ports.contains(&format!("out{}", k + 1))
+        }) else {
             anyhow::bail!("conference {name} is full ({capacity} members)");
         };
         members.members[seat] = Some(call.clone());

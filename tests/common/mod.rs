@@ -28,6 +28,8 @@ pub struct GatewayProcess {
     pub api_addr: SocketAddr,
     /// Scratch directory holding the config and recordings.
     pub dir: tempfile::TempDir,
+    /// The database URL it runs with.
+    pub database: String,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -42,13 +44,21 @@ impl GatewayProcess {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("telepatch.toml");
         std::fs::write(&config_path, config).unwrap();
+        let database = if args.contains(&"--database-url") {
+            None
+        } else {
+            Some(database_url(dir.path()))
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_telepatch"))
             .arg("--config")
             .arg(&config_path)
             .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
             .args(["--log-level", "info,telepatch=debug,gateway=debug"])
-            .arg("--database-url")
-            .arg(database_url(dir.path()))
+            .args(
+                database
+                    .iter()
+                    .flat_map(|url| ["--database-url".to_owned(), url.clone()]),
+            )
             .arg("--recordings-dir")
             .arg(dir.path().join("recordings"))
             .args(args)
@@ -70,11 +80,19 @@ impl GatewayProcess {
             }
         });
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let database = database.unwrap_or_else(|| {
+            let at = args
+                .iter()
+                .position(|a| *a == "--database-url")
+                .unwrap_or(0);
+            args.get(at + 1).map(|s| s.to_string()).unwrap_or_default()
+        });
         let mut process = GatewayProcess {
             child,
             addr: unbound,
             api_addr: unbound,
             dir,
+            database,
             logs,
         };
         let line = process
@@ -105,7 +123,7 @@ impl GatewayProcess {
     pub fn token(&self, name: &str, scope: &str) -> String {
         let output = Command::new(env!("CARGO_BIN_EXE_telepatch"))
             .arg("--database-url")
-            .arg(database_url(self.dir.path()))
+            .arg(&self.database)
             .args(["token", "create", "--name", name, "--scope", scope])
             .env_remove("TELEPATCH_CONFIG")
             .output()

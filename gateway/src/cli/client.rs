@@ -8,6 +8,11 @@
 //! TLS-terminating proxy in front. Proxy environment variables are ignored on purpose:
 //! an `http_proxy` meant for the internet must not swallow requests to the gateway.
 //!
+//! `--json` prints the API's JSON. The paginated lists (calls, patches) are fetched page
+//! after page and printed as one page holding everything: `{"items": [...], "total": n,
+//! "offset": 0}`. `routes add` takes the route as JSON text, `@file.json`, or `@-`
+//! (standard input).
+//!
 //! Failures of the API come back as its problem body `{error, message, field?}` and
 //! become [`ClientError::Api`], which `main` prints as `telepatch: <status>: <message>`.
 
