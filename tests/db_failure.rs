@@ -14,12 +14,21 @@ use common::{GatewayProcess, uuid};
 use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source};
 
 fn admin_url() -> String {
-    std::env::var("TELEPATCH_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TELEPATCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 fn psql(sql: &str) {
-    let output = Command::new("psql").arg(admin_url()).args(["-v", "ON_ERROR_STOP=1", "-qc", sql]).output().expect("psql runs");
-    assert!(output.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("psql")
+        .arg(admin_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A database of this test's own, dropped at the end whatever happens.
@@ -36,17 +45,29 @@ impl Database {
 
     fn url(&self) -> String {
         let admin = admin_url();
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base)
+            .to_owned();
         format!("{base}/{}", self.name)
     }
 
     fn cut_off(&self) {
-        psql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", self.name));
-        psql(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'", self.name));
+        psql(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            self.name
+        ));
+        psql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.name
+        ));
     }
 
     fn restore(&self) {
-        psql(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.name));
+        psql(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        ));
     }
 }
 
@@ -54,7 +75,10 @@ impl Drop for Database {
     fn drop(&mut self) {
         let _ = Command::new("psql")
             .arg(admin_url())
-            .args(["-qc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .args([
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
             .output();
     }
 }
@@ -65,17 +89,30 @@ async fn calls_go_on_and_records_wait_while_the_database_is_down() {
     let url = database.url();
     let gateway = GatewayProcess::start_with_args("", &["--database-url", &url]);
     let token = gateway.token("ops", "admin");
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(20)).build().unwrap();
-    let get = |path: &str| http.get(format!("{}{path}", gateway.api_url())).bearer_auth(&token).send();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        http.get(format!("{}{path}", gateway.api_url()))
+            .bearer_auth(&token)
+            .send()
+    };
 
     // Prime the token cache while the database is up.
     assert_eq!(get("/v1/routes").await.unwrap().status().as_u16(), 200);
 
     let id = uuid();
     let call = tokio::spawn(
-        FakeCall::new(gateway.addr, id).source(Source::tone(1000.0, -6.0)).duration(Duration::from_secs(6)).run(),
+        FakeCall::new(gateway.addr, id)
+            .source(Source::tone(1000.0, -6.0))
+            .duration(Duration::from_secs(6))
+            .run(),
     );
-    gateway.wait_log_all(&["call connected", &id.to_string()], Duration::from_secs(5)).unwrap();
+    gateway
+        .wait_log_all(&["call connected", &id.to_string()], Duration::from_secs(5))
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     database.cut_off();
 
@@ -85,32 +122,64 @@ async fn calls_go_on_and_records_wait_while_the_database_is_down() {
     let problem: serde_json::Value = routes.json().await.unwrap();
     assert_eq!(problem["error"], "unavailable");
     let calls = get("/v1/calls").await.unwrap();
-    assert_eq!(calls.status().as_u16(), 200, "live calls do not need the database");
+    assert_eq!(
+        calls.status().as_u16(),
+        200,
+        "live calls do not need the database"
+    );
     let calls: serde_json::Value = calls.json().await.unwrap();
     assert_eq!(calls["items"][0]["uuid"], id.to_string());
-    let ready = http.get(format!("{}/readyz", gateway.api_url())).send().await.unwrap();
+    let ready = http
+        .get(format!("{}/readyz", gateway.api_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status().as_u16(), 503);
 
     // The call ends while the database is down; its record waits.
     let report = call.await.unwrap().unwrap();
     assert_eq!(report.end, CallEnd::Completed, "the call ran to its end");
     assert!(report.violations.is_empty());
-    let gaps: Vec<f64> = report.inter_arrival().map(|d| d.as_secs_f64() * 1000.0).collect();
+    let gaps: Vec<f64> = report
+        .inter_arrival()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
     let worst = gaps.iter().copied().fold(0.0, f64::max);
-    assert!(worst < 60.0, "audio to the caller stalled for {worst:.1} ms during the outage");
-    assert!(report.frames.len() > 280, "{} frames heard in 6 s", report.frames.len());
+    assert!(
+        worst < 60.0,
+        "audio to the caller stalled for {worst:.1} ms during the outage"
+    );
+    assert!(
+        report.frames.len() > 280,
+        "{} frames heard in 6 s",
+        report.frames.len()
+    );
     // The gateway sees the hangup a moment after the caller closes.
     let mut metrics = String::new();
     for _ in 0..50 {
-        metrics = reqwest::get(format!("{}/metrics", gateway.api_url())).await.unwrap().text().await.unwrap();
+        metrics = reqwest::get(format!("{}/metrics", gateway.api_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if metrics.lines().any(|l| l == "telepatch_calls_active 0") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(metrics.lines().any(|l| l == "telepatch_calls_active 0"), "{metrics}");
-    let pending = metrics.lines().find(|l| l.starts_with("telepatch_cdr_pending ")).unwrap();
-    assert_eq!(pending, "telepatch_cdr_pending 1", "the record waits in the queue");
+    assert!(
+        metrics.lines().any(|l| l == "telepatch_calls_active 0"),
+        "{metrics}"
+    );
+    let pending = metrics
+        .lines()
+        .find(|l| l.starts_with("telepatch_cdr_pending "))
+        .unwrap();
+    assert_eq!(
+        pending, "telepatch_cdr_pending 1",
+        "the record waits in the queue"
+    );
 
     database.restore();
     let mut written = false;
@@ -118,7 +187,10 @@ async fn calls_go_on_and_records_wait_while_the_database_is_down() {
         let response = get(&format!("/v1/cdrs?uuid={id}")).await.unwrap();
         if response.status().as_u16() == 200 {
             let page: serde_json::Value = response.json().await.unwrap();
-            if page["items"].as_array().is_some_and(|items| items.len() == 1) {
+            if page["items"]
+                .as_array()
+                .is_some_and(|items| items.len() == 1)
+            {
                 assert_eq!(page["items"][0]["ended_by"], "caller");
                 written = true;
                 break;
@@ -126,6 +198,14 @@ async fn calls_go_on_and_records_wait_while_the_database_is_down() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(written, "the record was written after the database came back; logs:\n{}", gateway.logs().join("\n"));
-    assert_eq!(get("/v1/routes").await.unwrap().status().as_u16(), 200, "the API recovered");
+    assert!(
+        written,
+        "the record was written after the database came back; logs:\n{}",
+        gateway.logs().join("\n")
+    );
+    assert_eq!(
+        get("/v1/routes").await.unwrap().status().as_u16(),
+        200,
+        "the API recovered"
+    );
 }

@@ -545,34 +545,12 @@ impl Gateway {
                 let stereo = *channels == RecordChannels::Both;
                 let recorder =
                     NodeRef::new(NodeKind::Recorder, &format!("rec-{}-{index}", handle.id))?;
-                let disk = lock(&self.disk);
-                let disk = disk
-                    .as_ref()
-                    .ok_or(anyhow::anyhow!("the recording writer has stopped"))?;
-                let (node, stats, done) = disk.open(
+                let mut topology = self.add_recorder(
+                    &recorder,
                     &path,
                     if stereo { 2 } else { 1 },
-                    self.config.recordings.format,
-                    self.block,
+                    Some(call.clone()),
                 )?;
-                let inputs = if stereo {
-                    vec!["in1".into(), "in2".into()]
-                } else {
-                    vec!["in".into()]
-                };
-                let mut topology = lock(&self.topology);
-                topology.patchbay.add_node(
-                    NodeSpec {
-                        node: recorder.clone(),
-                        outputs: vec![],
-                        inputs,
-                        owner: Some(call.clone()),
-                    },
-                    Box::new(node),
-                )?;
-                topology
-                    .recorder_stats
-                    .insert(recorder.clone(), (path.clone(), stats));
                 let first = if stereo { "in1" } else { "in" };
                 let voice = topology.patchbay.connect(
                     call.port("voice"),
@@ -597,7 +575,6 @@ impl Gateway {
                     });
                 }
                 drop(topology);
-                self.watch_recording(done);
                 tracing::info!(path = %path.display(), "recording started");
             }
             RouteAction::Play {
@@ -719,6 +696,44 @@ impl Gateway {
                 }
             });
         }
+    }
+
+    /// Opens a recording at `path` and adds its node (input `in`, or `in1..inN`).
+    /// Returns the topology still locked, so the caller can patch it at once.
+    fn add_recorder(
+        &self,
+        node: &NodeRef,
+        path: &Path,
+        channels: u16,
+        owner: Option<NodeRef>,
+    ) -> anyhow::Result<MutexGuard<'_, Topology>> {
+        let (recorder, stats, done) = {
+            let disk = lock(&self.disk);
+            let disk = disk
+                .as_ref()
+                .ok_or(anyhow::anyhow!("the recording writer has stopped"))?;
+            disk.open(path, channels, self.config.recordings.format, self.block)?
+        };
+        let inputs = if channels == 1 {
+            vec!["in".to_owned()]
+        } else {
+            (1..=channels).map(|k| format!("in{k}")).collect()
+        };
+        let mut topology = lock(&self.topology);
+        topology.patchbay.add_node(
+            NodeSpec {
+                node: node.clone(),
+                outputs: vec![],
+                inputs,
+                owner,
+            },
+            Box::new(recorder),
+        )?;
+        topology
+            .recorder_stats
+            .insert(node.clone(), (path.to_path_buf(), stats));
+        self.watch_recording(done);
+        Ok(topology)
     }
 
     /// Puts `call` into conference `name`, creating it on demand.
@@ -1156,35 +1171,10 @@ impl Gateway {
                         p
                     }
                 };
-                let (recorder, stats, done) = {
-                    let disk = lock(&self.disk);
-                    let disk = disk.as_ref().ok_or(ControlError::Unavailable {
-                        message: "shutting down".into(),
-                    })?;
-                    disk.open(&path, *channels, self.config.recordings.format, self.block)
-                        .map_err(|e| unprocessable("path", &e))?
-                };
-                let inputs = if *channels == 1 {
-                    vec!["in".to_owned()]
-                } else {
-                    (1..=*channels).map(|k| format!("in{k}")).collect()
-                };
-                let mut topology = lock(&self.topology);
-                topology
-                    .patchbay
-                    .add_node(
-                        NodeSpec {
-                            node: node.clone(),
-                            outputs: vec![],
-                            inputs,
-                            owner: None,
-                        },
-                        Box::new(recorder),
-                    )
-                    .map_err(|e| unprocessable("name", &e))?;
-                topology.recorder_stats.insert(node.clone(), (path, stats));
-                drop(topology);
-                self.watch_recording(done);
+                drop(
+                    self.add_recorder(&node, &path, *channels, None)
+                        .map_err(|e| unprocessable("path", &e))?,
+                );
             }
             NodeConfig::Conference { members } => {
                 let members = usize::from(*members);
