@@ -154,26 +154,31 @@ pub enum NodeConfig {
     /// A WAV player (output `out`).
     Player {
         /// The WAV file (on the gateway's machine).
+        #[schema(min_length = 1)]
         file: String,
         /// Loop forever.
         #[serde(default, rename = "loop")]
         looped: bool,
-        /// Gain in dB.
+        /// Gain in dB (-96..=24).
         #[serde(default)]
+        #[schema(minimum = -96, maximum = 24)]
         gain_db: f32,
     },
     /// A WAV recorder (input `in`, or `in1..inN`).
     Recorder {
         /// The file; relative paths are under the recordings directory.
+        #[schema(min_length = 1)]
         path: String,
         /// Channels (1-8).
         #[serde(default = "one")]
+        #[schema(minimum = 1, maximum = 8)]
         channels: u16,
     },
     /// A mix-minus conference (`in1..inN`, `out1..outN`).
     Conference {
         /// Member capacity (2-256).
         #[serde(default = "sixteen")]
+        #[schema(minimum = 2, maximum = 256)]
         members: u16,
     },
 }
@@ -208,8 +213,11 @@ impl NodeConfig {
                 }
             }
             NodeConfig::Recorder { path, channels } => {
-                if path.trim().is_empty() {
-                    return Err(("path", "must name a WAV file".into()));
+                if !crate::model::is_contained_path(path) {
+                    return Err((
+                        "path",
+                        "must be a relative path inside the recordings directory (no `..`)".into(),
+                    ));
                 }
                 if !(1..=8).contains(channels) {
                     return Err(("channels", format!("{channels} is out of range (1..=8)")));

@@ -394,8 +394,10 @@ impl Route {
         }
         for action in &self.actions {
             match action {
-                RouteAction::Record { path, .. } if path.trim().is_empty() => {
-                    return Err(invalid("record needs a path".into()));
+                RouteAction::Record { path, .. } if !is_contained_path(path) => {
+                    return Err(invalid(format!(
+                        "record path {path:?} must be a relative path inside the recordings directory (no `..`)"
+                    )));
                 }
                 RouteAction::Play { file, .. } if file.trim().is_empty() => {
                     return Err(invalid("play needs a file".into()));
@@ -420,6 +422,19 @@ impl Route {
         }
         Ok(())
     }
+}
+
+/// Whether `path` is a non-empty relative path that cannot leave the directory it is
+/// resolved against (recordings are confined to the recordings directory).
+pub fn is_contained_path(path: &str) -> bool {
+    let path = std::path::Path::new(path.trim());
+    !path.as_os_str().is_empty()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
 }
 
 /// Picks the route for `uuid`: the highest priority, then the most specific match, then
@@ -569,6 +584,16 @@ mod tests {
                 gain_db: 0.0
             }
         );
+    }
+
+    #[test]
+    fn recordings_stay_inside_their_directory() {
+        for good in ["{uuid}.wav", "show/{start}-{uuid}.wav", "./a.wav"] {
+            assert!(is_contained_path(good), "{good}");
+        }
+        for bad in ["", "  ", "/etc/passwd", "../x.wav", "a/../../x.wav"] {
+            assert!(!is_contained_path(bad), "{bad}");
+        }
     }
 
     #[test]

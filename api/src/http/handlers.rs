@@ -81,6 +81,41 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)
 }
 
+// ------------------------------------------------------- documentation-only schemas
+// The wire types parse these from plain strings (`NodeRef`, `PortRef`, `Scope`); these
+// stand-ins give the OpenAPI document their exact syntax, so clients and schemathesis
+// know what the server accepts. They are never built.
+
+/// A node reference, `kind:name`: `call:<uuid>`, or `player`, `recorder` or `conference`
+/// with a name of 1-64 letters, digits, `-` and `_`.
+#[derive(ToSchema)]
+#[schema(
+    pattern = "^(call:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|(player|recorder|conference):[A-Za-z0-9_-]{1,64})$",
+    example = "player:hold"
+)]
+#[allow(dead_code)] // documentation only
+pub struct NodeReference(String);
+
+/// A port reference, `kind:name.port`, e.g. `player:hold.out` or `call:<uuid>.ear`.
+#[derive(ToSchema)]
+#[schema(
+    pattern = "^(call:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|(player|recorder|conference):[A-Za-z0-9_-]{1,64})[.][A-Za-z0-9_]+$",
+    example = "player:hold.out"
+)]
+#[allow(dead_code)] // documentation only
+pub struct PortReference(String);
+
+/// What a token may do: `read` (GET requests) or `admin` (everything).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // documentation only
+pub enum TokenScope {
+    /// GET requests.
+    Read,
+    /// Everything, including managing tokens.
+    Admin,
+}
+
 // ----------------------------------------------------------------------------- calls
 
 /// Filters of `GET /v1/calls`.
@@ -92,6 +127,7 @@ pub struct CallQuery {
     /// Skip this many calls (oldest first).
     offset: Option<usize>,
     /// Return at most this many (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -151,6 +187,7 @@ pub struct NodeQuery {
     /// Skip this many nodes.
     offset: Option<usize>,
     /// Return at most this many (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -174,6 +211,7 @@ pub async fn list_nodes(
 #[serde(deny_unknown_fields)]
 pub struct NewNode {
     /// Its name (1-64 of letters, digits, `-`, `_`); the kind comes from `config`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", example = "hold")]
     name: String,
     /// Its configuration.
     config: NodeConfig,
@@ -228,7 +266,7 @@ pub async fn create_node(
 }
 
 /// One node, with its ports, configuration and status.
-#[utoipa::path(get, path = "/v1/nodes/{node}", tag = "nodes", params(("node" = String, Path, description = "`kind:name`, e.g. `player:hold`")),
+#[utoipa::path(get, path = "/v1/nodes/{node}", tag = "nodes", params(("node" = NodeReference, Path, description = "`kind:name`, e.g. `player:hold`")),
     responses((status = 200, body = NodeInfo), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn get_node(
@@ -253,7 +291,7 @@ pub struct NodeUpdate {
 
 /// Replaces a configurable node's configuration. The node is rebuilt and its patches
 /// are restored where its ports still exist.
-#[utoipa::path(put, path = "/v1/nodes/{node}", tag = "nodes", params(("node" = String, Path, description = "`kind:name`")), request_body = NodeUpdate,
+#[utoipa::path(put, path = "/v1/nodes/{node}", tag = "nodes", params(("node" = NodeReference, Path, description = "`kind:name`")), request_body = NodeUpdate,
     responses((status = 200, body = NodeInfo), (status = 400, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
@@ -312,7 +350,7 @@ pub async fn replace_node(
 }
 
 /// Removes a node and every patch touching it.
-#[utoipa::path(delete, path = "/v1/nodes/{node}", tag = "nodes", params(("node" = String, Path, description = "`kind:name`")),
+#[utoipa::path(delete, path = "/v1/nodes/{node}", tag = "nodes", params(("node" = NodeReference, Path, description = "`kind:name`")),
     responses((status = 204, description = "Removed"), (status = 400, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
@@ -348,10 +386,12 @@ pub async fn delete_node(
 #[into_params(parameter_in = Query)]
 pub struct PatchQuery {
     /// Only patches touching this node (`kind:name`).
+    #[param(value_type = Option<NodeReference>)]
     node: Option<String>,
     /// Skip this many patches.
     offset: Option<usize>,
     /// Return at most this many (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -376,13 +416,14 @@ pub async fn list_patches(
 #[serde(deny_unknown_fields)]
 pub struct NewPatch {
     /// An output port, `kind:name.port`.
-    #[schema(example = "player:hold.out")]
+    #[schema(value_type = PortReference, example = "player:hold.out")]
     source: String,
     /// An input port, `kind:name.port`.
-    #[schema(example = "call:40325ec2-5efd-4bd3-805f-53576e581d13.ear")]
+    #[schema(value_type = PortReference, example = "call:40325ec2-5efd-4bd3-805f-53576e581d13.ear")]
     sink: String,
     /// Gain in dB (-96..=24, default 0).
     #[serde(default)]
+    #[schema(minimum = -96, maximum = 24)]
     gain_db: f32,
     /// Store it and restore it at start-up (not for patches touching calls).
     #[serde(default)]
@@ -461,6 +502,7 @@ pub async fn get_patch(
 #[serde(deny_unknown_fields)]
 pub struct PatchUpdate {
     /// Gain in dB (-96..=24).
+    #[schema(minimum = -96, maximum = 24)]
     gain_db: f32,
 }
 
@@ -526,12 +568,40 @@ pub async fn delete_patch(
 
 // ---------------------------------------------------------------------------- routes
 
-/// A route and where it comes from.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+/// A route and where it comes from: the route's fields, then `source` and the times.
+/// Documented by [`RouteInfoSchema`].
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RouteInfo {
     /// The route.
     #[serde(flatten)]
     route: Route,
+    /// `config` (the configuration file: read-only here) or `api` (the database).
+    source: String,
+    /// When it was stored (API routes).
+    created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it last changed (API routes).
+    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+// The OpenAPI schema of `RouteInfo`, written out field by field: deriving it would
+// render the flattened route as `allOf: [Route, {...}]`, and `Route`'s own
+// `additionalProperties: false` (right for a request body, which denies unknown
+// fields) would then forbid `source` and the times the response carries. A test checks
+// that it lists exactly the fields `RouteInfo` serializes.
+/// A route and where it comes from.
+#[derive(ToSchema)]
+#[schema(as = RouteInfo)]
+#[allow(dead_code)] // never built: it only describes RouteInfo's JSON
+pub struct RouteInfoSchema {
+    /// A unique, human-readable name.
+    name: String,
+    /// Higher runs first; among equal priorities the more specific match wins.
+    priority: i32,
+    /// Which calls it applies to.
+    #[schema(rename = "match")]
+    matcher: crate::model::RouteMatch,
+    /// What it does, in order.
+    actions: Vec<crate::model::RouteAction>,
     /// `config` (the configuration file: read-only here) or `api` (the database).
     source: String,
     /// When it was stored (API routes).
@@ -550,7 +620,7 @@ async fn reload_routes(state: &AppState) -> Result<(), ApiError> {
 
 /// Lists routes in the order they are tried: configuration-file routes and API routes.
 #[utoipa::path(get, path = "/v1/routes", tag = "routes",
-    responses((status = 200, body = Vec<RouteInfo>), (status = 503, body = Problem)),
+    responses((status = 200, body = Vec<RouteInfoSchema>), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_routes(State(state): State<AppState>) -> Result<Json<Vec<RouteInfo>>, ApiError> {
     let mut routes: Vec<RouteInfo> = state
@@ -607,7 +677,7 @@ fn check_not_static(state: &AppState, name: &str) -> Result<(), ApiError> {
 /// Creates a route. A route for one UUID may be registered before the call connects:
 /// that is how a dialplan or an IVR back-end routes AudioSocket calls through the API.
 #[utoipa::path(post, path = "/v1/routes", tag = "routes", request_body = Route,
-    responses((status = 201, body = RouteInfo), (status = 400, body = Problem), (status = 409, body = Problem),
+    responses((status = 201, body = RouteInfoSchema), (status = 400, body = Problem), (status = 409, body = Problem),
         (status = 422, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create_route(
@@ -631,7 +701,7 @@ pub async fn create_route(
 
 /// One route.
 #[utoipa::path(get, path = "/v1/routes/{name}", tag = "routes", params(("name" = String, Path, description = "Route name")),
-    responses((status = 200, body = RouteInfo), (status = 404, body = Problem), (status = 503, body = Problem)),
+    responses((status = 200, body = RouteInfoSchema), (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn get_route(
     State(state): State<AppState>,
@@ -661,7 +731,7 @@ pub async fn get_route(
 
 /// Replaces a route (it may be renamed).
 #[utoipa::path(put, path = "/v1/routes/{name}", tag = "routes", params(("name" = String, Path, description = "Route name")), request_body = Route,
-    responses((status = 200, body = RouteInfo), (status = 400, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = RouteInfoSchema), (status = 400, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn replace_route(
@@ -709,6 +779,7 @@ pub struct CdrQuery {
     /// Calls that ended before this time (RFC 3339).
     to: Option<chrono::DateTime<chrono::Utc>>,
     /// Page size (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -835,10 +906,12 @@ pub async fn events(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
-    /// A unique name (who or what uses it).
+    /// A unique name (who or what uses it), 1 to 64 characters and not all blank;
+    /// stored without surrounding blanks.
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
     /// `read` or `admin`.
-    #[schema(value_type = String, example = "read")]
+    #[schema(value_type = TokenScope, example = "read")]
     scope: Scope,
 }
 
@@ -848,7 +921,7 @@ pub struct CreatedToken {
     /// Its name.
     name: String,
     /// Its scope.
-    #[schema(value_type = String)]
+    #[schema(value_type = TokenScope)]
     scope: Scope,
     /// The secret to send as `Authorization: Bearer <token>`.
     token: String,
@@ -860,7 +933,7 @@ pub struct TokenSummary {
     /// Its name.
     name: String,
     /// Its scope.
-    #[schema(value_type = String)]
+    #[schema(value_type = TokenScope)]
     scope: Scope,
     /// When it was created.
     created_at: chrono::DateTime<chrono::Utc>,
@@ -904,11 +977,13 @@ pub async fn create_token(
     JsonBody(new): JsonBody<NewToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     require_admin(&token)?;
+    // Characters, not bytes, as documented (maxLength); counted as sent, so a name
+    // the document calls too long is refused even if trimming would shorten it.
     let name = new.name.trim();
-    if name.is_empty() || name.len() > 64 {
+    if name.is_empty() || new.name.chars().count() > 64 {
         return Err(ApiError::invalid_field(
             "name",
-            "must be 1 to 64 characters",
+            "must be 1 to 64 characters, not all blank",
         ));
     }
     let created = state.store.create_token(name, new.scope).await?;
@@ -973,4 +1048,42 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// 404 for anything else.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint; the API is under /v1 (see /v1/openapi.json)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_info_schema_lists_exactly_the_fields_route_info_serializes() {
+        let route: Route = serde_json::from_value(serde_json::json!({
+            "name": "phone-in",
+            "priority": 10,
+            "match": {"uuid_prefix": "c0de"},
+            "actions": [{"action": "conference", "name": "desk"}],
+        }))
+        .unwrap();
+        let info = RouteInfo {
+            route,
+            source: "api".into(),
+            created_at: Some(chrono::Utc::now()),
+            updated_at: None,
+        };
+        let serialized = serde_json::to_value(&info).unwrap();
+        let mut fields: Vec<&String> = serialized.as_object().unwrap().keys().collect();
+        fields.sort();
+
+        let schema =
+            serde_json::to_value(<RouteInfoSchema as utoipa::PartialSchema>::schema()).unwrap();
+        let mut documented: Vec<&String> =
+            schema["properties"].as_object().unwrap().keys().collect();
+        documented.sort();
+        assert_eq!(fields, documented);
+        assert_eq!(<RouteInfoSchema as utoipa::ToSchema>::name(), "RouteInfo");
+        // Every field but the two nullable times is always present.
+        assert_eq!(
+            schema["required"],
+            serde_json::json!(["name", "priority", "match", "actions", "source"])
+        );
+    }
 }
