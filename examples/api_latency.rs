@@ -9,8 +9,11 @@
 //!     --url 'http://127.0.0.1:8080/v1/calls?limit=1000' --token "$TOKEN" --requests 500
 //! ```
 //!
-//! Any answer other than 2xx stops the run with a non-zero exit code: a latency of an
-//! error page says nothing about the endpoint.
+//! The run stops after `--requests` measured requests or `--duration` seconds, whichever
+//! comes first. A request that times out is counted with the time it was given (so
+//! quantiles that land on one are lower bounds) and reported; any other transport error
+//! or an answer other than 2xx stops the run with a non-zero exit code: the latency of
+//! an error page says nothing about the endpoint.
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -33,7 +36,7 @@ struct Args {
     /// Measured requests (after the warm-up).
     #[arg(long, default_value_t = 500)]
     requests: u64,
-    /// Measure for this many seconds instead of a fixed number of requests.
+    /// Stop measuring after this many seconds even if fewer requests were sent.
     #[arg(long)]
     duration: Option<f64>,
     /// Workers sending at once (each waits for its answer before the next request).
@@ -43,37 +46,58 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     warmup: u64,
     /// Give up on a request after this many seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 30.0)]
     timeout: f64,
 }
 
-/// When the measured part of the run stops.
+/// When the measured part of the run stops: the first limit reached.
 #[derive(Debug, Clone, Copy)]
-enum Budget {
-    /// After this many requests in all.
-    Count(u64),
-    /// When this instant has passed.
-    Until(Instant),
+struct Budget {
+    /// Requests in all workers together.
+    requests: u64,
+    /// No request starts after this instant.
+    until: Option<Instant>,
+}
+
+/// How one request went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A 2xx answer, read to the end: latency and body size.
+    Answered(Duration, usize),
+    /// No complete answer within the timeout; the time waited.
+    TimedOut(Duration),
 }
 
 /// What one worker measured.
 #[derive(Debug, Default)]
 struct Samples {
+    /// Every measured request's latency, timed-out ones included.
     latencies: Vec<Duration>,
+    /// Requests that timed out.
+    timeouts: usize,
     /// Smallest and largest body, in bytes.
     min_bytes: Option<usize>,
     max_bytes: usize,
 }
 
 impl Samples {
-    fn record(&mut self, latency: Duration, bytes: usize) {
-        self.latencies.push(latency);
-        self.min_bytes = Some(self.min_bytes.map_or(bytes, |m| m.min(bytes)));
-        self.max_bytes = self.max_bytes.max(bytes);
+    fn record(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Answered(latency, bytes) => {
+                self.latencies.push(latency);
+                self.min_bytes = Some(self.min_bytes.map_or(bytes, |m| m.min(bytes)));
+                self.max_bytes = self.max_bytes.max(bytes);
+            }
+            Outcome::TimedOut(waited) => {
+                self.latencies.push(waited);
+                self.timeouts += 1;
+            }
+        }
     }
 
     fn merge(&mut self, other: Samples) {
         self.latencies.extend(other.latencies);
+        self.timeouts += other.timeouts;
         if let Some(m) = other.min_bytes {
             self.min_bytes = Some(self.min_bytes.map_or(m, |mine| mine.min(m)));
         }
@@ -81,30 +105,26 @@ impl Samples {
     }
 }
 
-/// One request, timed from send to the end of the body; returns the body size.
-async fn timed_get(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-) -> anyhow::Result<(Duration, usize)> {
+/// One request, timed from send to the end of the body.
+async fn timed_get(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Outcome> {
     let start = Instant::now();
-    let response = http
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
+    let response = match http.get(url).bearer_auth(token).send().await {
+        Ok(response) => response,
+        Err(e) if e.is_timeout() => return Ok(Outcome::TimedOut(start.elapsed())),
+        Err(e) => return Err(e).with_context(|| format!("GET {url}")),
+    };
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .with_context(|| format!("reading the body of GET {url}"))?;
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(e) if e.is_timeout() => return Ok(Outcome::TimedOut(start.elapsed())),
+        Err(e) => return Err(e).with_context(|| format!("reading the body of GET {url}")),
+    };
     let elapsed = start.elapsed();
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
         bail!("GET {url} answered {status}: {}", text.trim());
     }
-    Ok((elapsed, body.len()))
+    Ok(Outcome::Answered(elapsed, body.len()))
 }
 
 /// Sends requests until the budget is spent; `issued` counts every worker's requests.
@@ -116,21 +136,10 @@ async fn worker(
     issued: Arc<AtomicU64>,
 ) -> anyhow::Result<Samples> {
     let mut samples = Samples::default();
-    loop {
-        match budget {
-            Budget::Count(n) => {
-                if issued.fetch_add(1, Ordering::Relaxed) >= n {
-                    break;
-                }
-            }
-            Budget::Until(end) => {
-                if Instant::now() >= end {
-                    break;
-                }
-            }
-        }
-        let (latency, bytes) = timed_get(&http, &url, &token).await?;
-        samples.record(latency, bytes);
+    while budget.until.is_none_or(|end| Instant::now() < end)
+        && issued.fetch_add(1, Ordering::Relaxed) < budget.requests
+    {
+        samples.record(timed_get(&http, &url, &token).await?);
     }
     Ok(samples)
 }
@@ -181,12 +190,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         joined.context("warm-up task panicked")??;
     }
 
-    let budget = match args.duration {
+    let until = match args.duration {
         Some(secs) => {
             let d = Duration::try_from_secs_f64(secs).context("--duration")?;
-            Budget::Until(Instant::now() + d)
+            Some(Instant::now() + d)
         }
-        None => Budget::Count(args.requests),
+        None => None,
+    };
+    let budget = Budget {
+        requests: args.requests,
+        until,
     };
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -215,7 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mean = total / u32::try_from(n).unwrap_or(u32::MAX);
     println!("url {}", args.url);
     println!(
-        "requests {n}  concurrency {}  warm-up {}  wall {:.2} s  {:.1} req/s",
+        "requests {n}  concurrency {}  warm-up {}  wall {:.3} s  {:.1} req/s",
         args.concurrency,
         per_worker * args.concurrency as u64,
         wall.as_secs_f64(),
@@ -229,8 +242,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ms(all.latencies[n - 1]),
         ms(mean)
     );
+    if all.timeouts > 0 {
+        println!(
+            "timeouts {} of {n} (after {} s; counted at the time waited, so the \
+             quantiles that land on them are lower bounds)",
+            all.timeouts, args.timeout
+        );
+    }
     let min_bytes = all.min_bytes.unwrap_or(0);
-    if min_bytes == all.max_bytes {
+    if all.min_bytes.is_none() {
+        println!("response: none complete");
+    } else if min_bytes == all.max_bytes {
         println!("response {} bytes", all.max_bytes);
     } else {
         println!("response {min_bytes}..{} bytes", all.max_bytes);
@@ -272,15 +294,17 @@ mod tests {
     }
 
     #[test]
-    fn samples_track_body_sizes() {
+    fn samples_track_body_sizes_and_timeouts() {
         let mut a = Samples::default();
-        a.record(Duration::from_millis(1), 500);
-        a.record(Duration::from_millis(2), 300);
+        a.record(Outcome::Answered(Duration::from_millis(1), 500));
+        a.record(Outcome::Answered(Duration::from_millis(2), 300));
         let mut b = Samples::default();
-        b.record(Duration::from_millis(3), 900);
+        b.record(Outcome::Answered(Duration::from_millis(3), 900));
+        b.record(Outcome::TimedOut(Duration::from_secs(30)));
         a.merge(b);
         a.merge(Samples::default());
-        assert_eq!(a.latencies.len(), 3);
+        assert_eq!(a.latencies.len(), 4);
+        assert_eq!(a.timeouts, 1);
         assert_eq!(a.min_bytes, Some(300));
         assert_eq!(a.max_bytes, 900);
     }

@@ -146,6 +146,8 @@ pub struct Uplink {
     scratch_in: Vec<f32>,
     scratch_out: Vec<f32>,
     vad: Option<super::vad::VadTap>,
+    margin: usize,
+    last_discarded: u64,
     stats: Arc<CallStats>,
 }
 
@@ -167,6 +169,8 @@ impl Uplink {
             scratch_in: vec![0.0; UPLINK_CHUNK],
             scratch_out,
             vad: None,
+            margin: buffering.uplink_margin_samples,
+            last_discarded: 0,
             stats,
         })
     }
@@ -238,8 +242,16 @@ impl Uplink {
     /// the quantity the controller holds on target. While the node prebuffers, the fill
     /// says nothing about drift, so the controller rests.
     fn steer(&mut self, samples: usize) {
-        let correction = if self.stats.uplink_playing.load(Ordering::Relaxed) {
-            let fill = self.capacity - self.ring.slots();
+        let fill = self.capacity - self.ring.slots();
+        // Frames that arrive in a burst (a stalled reader catching up, Asterisk flushing
+        // a queue) pile up far beyond anything drift could cause; the node trims such an
+        // excess, so it must not wind up the controller either. Likewise after every trim.
+        let discarded = self.stats.uplink_discarded_samples.load(Ordering::Relaxed);
+        let trimmed = discarded != self.last_discarded;
+        self.last_discarded = discarded;
+        let burst = fill > self.margin + MAX_EXCESS_SAMPLES;
+        let correction = if self.stats.uplink_playing.load(Ordering::Relaxed) && !burst && !trimmed
+        {
             self.controller
                 .update(fill, samples as f64 / f64::from(self.rate.hz()))
         } else {

@@ -44,6 +44,10 @@ pub const MAX_CORRECTION_PPM: f64 = 5_000.0;
 /// PI controller turning a ring's fill level into a resampling ratio correction.
 #[derive(Debug, Clone)]
 pub struct FillController {
+    /// The fill the controller was asked to keep.
+    nominal_target_ms: f64,
+    /// The fill it keeps now: the nominal one, or higher if the stream (re)started with
+    /// more queued (see [`FillController::update`]).
     target_ms: f64,
     samples_per_ms: f64,
     smoothed_error_ms: Option<f64>,
@@ -57,6 +61,7 @@ impl FillController {
     pub fn new(target_samples: usize, rate_hz: u32) -> FillController {
         let samples_per_ms = f64::from(rate_hz) / 1000.0;
         FillController {
+            nominal_target_ms: target_samples as f64 / samples_per_ms,
             target_ms: target_samples as f64 / samples_per_ms,
             samples_per_ms,
             smoothed_error_ms: None,
@@ -68,8 +73,18 @@ impl FillController {
     /// Takes a fill measurement and the audio time since the previous one; returns the
     /// ratio correction in ppm. Positive means "produce more output per input", which is
     /// what a ring that runs low needs.
+    ///
+    /// The first measurement after a (re)start sets the target: if the stream started
+    /// with more queued than the nominal target (a caller whose first frames arrived
+    /// together while the call was being set up), that latency is kept rather than
+    /// squeezed out, because squeezing it out means audibly raising the pitch for
+    /// seconds. Only drift from then on is corrected.
     pub fn update(&mut self, fill_samples: usize, elapsed_s: f64) -> f64 {
-        let error_ms = fill_samples as f64 / self.samples_per_ms - self.target_ms;
+        let fill_ms = fill_samples as f64 / self.samples_per_ms;
+        if self.smoothed_error_ms.is_none() {
+            self.target_ms = self.nominal_target_ms.max(fill_ms);
+        }
+        let error_ms = fill_ms - self.target_ms;
         let smoothed = match self.smoothed_error_ms {
             None => error_ms,
             Some(previous) => previous + FILL_SMOOTHING * (error_ms - previous),
@@ -104,7 +119,7 @@ impl FillController {
         self.target_ms
     }
 
-    /// Forgets the history (after the stream restarts from empty).
+    /// Forgets the history (after the stream restarts); the next update sets the target.
     pub fn reset(&mut self) {
         self.smoothed_error_ms = None;
         self.integral_ms_s = 0.0;
@@ -155,6 +170,17 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_that_starts_fuller_keeps_that_latency_instead_of_bending_pitch() {
+        let mut controller = FillController::new(960, 48_000);
+        // Started with one extra 20 ms frame queued, then steady.
+        for _ in 0..500 {
+            assert_eq!(controller.update(1_920, 0.02), 0.0);
+        }
+        // A genuine drift from there is still corrected.
+        assert!(controller.update(1_920 + 48 * 10, 0.02) < 0.0);
+    }
+
+    #[test]
     fn agreeing_clocks_leave_the_ratio_exactly_nominal() {
         let mut controller = FillController::new(960, 48_000);
         // Fill jitters by ±1.5 ms around the target, as frame arrival jitter makes it.
@@ -181,6 +207,7 @@ mod tests {
     #[test]
     fn correction_is_bounded() {
         let mut controller = FillController::new(960, 48_000);
+        controller.update(960, 0.02);
         for _ in 0..1000 {
             let c = controller.update(48_000, 0.02);
             assert!(c.abs() <= MAX_CORRECTION_PPM);
