@@ -174,21 +174,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let url: Arc<str> = Arc::from(args.url.as_str());
     let token: Arc<str> = Arc::from(args.token.trim());
 
-    // Warm-up: opens the connections the workers will reuse (one per worker).
+    // Warm-up: opens the connections the workers will reuse (one per worker). Not
+    // counted, but a slow or timed-out warm-up is reported: it says the server stalled.
     let mut warm = JoinSet::new();
     let per_worker = args.warmup.div_ceil(args.concurrency as u64);
     for _ in 0..args.concurrency {
         let (http, url, token) = (http.clone(), url.clone(), token.clone());
         warm.spawn(async move {
+            let mut samples = Samples::default();
             for _ in 0..per_worker {
-                timed_get(&http, &url, &token).await?;
+                samples.record(timed_get(&http, &url, &token).await?);
             }
-            anyhow::Ok(())
+            anyhow::Ok(samples)
         });
     }
+    let warm_started = Instant::now();
+    let mut warmup = Samples::default();
     while let Some(joined) = warm.join_next().await {
-        joined.context("warm-up task panicked")??;
+        warmup.merge(joined.context("warm-up task panicked")??);
     }
+    let warm_wall = warm_started.elapsed();
 
     let until = match args.duration {
         Some(secs) => {
@@ -228,11 +233,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mean = total / u32::try_from(n).unwrap_or(u32::MAX);
     println!("url {}", args.url);
     println!(
-        "requests {n}  concurrency {}  warm-up {}  wall {:.3} s  {:.1} req/s",
+        "requests {n}  concurrency {}  wall {:.3} s  {:.1} req/s",
         args.concurrency,
-        per_worker * args.concurrency as u64,
         wall.as_secs_f64(),
         n as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "warm-up {} requests in {:.3} s, slowest {} ms, timeouts {} (not counted)",
+        warmup.latencies.len(),
+        warm_wall.as_secs_f64(),
+        ms(warmup.latencies.iter().max().copied().unwrap_or_default()),
+        warmup.timeouts
     );
     println!(
         "latency ms: p50 {}  p90 {}  p99 {}  max {}  mean {}",
