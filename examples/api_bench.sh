@@ -101,10 +101,10 @@ probe() {
             "over %d requests incl. warm-up: %.3f ms\n", $4 - $2, ($3 - $1) * 1000 / ($4 - $2) }'
     fi
 }
-# GET /v1/calls at both page sizes, each capped at $cap seconds so that the whole
-# measurement fits while the calls are up; /healthz (no work at all) shows how long the
-# gateway's runtime takes to answer anything.
-# Cheapest first: the full page is the one most likely to disturb what follows.
+# /healthz (no work at all: how long the gateway's runtime takes to answer anything),
+# then GET /v1/calls at both page sizes, cheapest first (the full page is the one most
+# likely to disturb what follows), each capped at $cap seconds so that the whole
+# measurement fits while the calls are up.
 measure() {
     echo "=== $1"
     probe "/healthz" --requests "$requests" --warmup 5 --duration 5
@@ -200,5 +200,6 @@ print(f"=== gateway: calls ended {ended}; downlink underruns {underruns}; "
 for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
     print(f"    {count} ended: {reason}")
 PY
-grep -E " (WARN|ERROR) " "$work/gateway.log" | sed -E 's/^[^ ]+ +//' | sort | uniq -c \
+grep -E " (WARN|ERROR) " "$work/gateway.log" \
+    | sed -E 's/^[^ ]+ +//; s/uuid=[^ ]+ peer=[^}]+/.../; s/[0-9]+\.[0-9]+/N/g' | sort | uniq -c \
     | sort -rn | head -n 10 || true
