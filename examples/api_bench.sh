@@ -11,7 +11,9 @@
 #
 # usage: examples/api_bench.sh [CALLS] [REQUESTS]      (defaults 1000 and 500)
 # environment: CONCURRENCY (api_latency workers, default 1), DURATION (seconds each call
-#              lasts, default 60), HOLD=0 (no hold music),
+#              lasts, default 60), HOLD=0 (no hold music), TALKING (how many of the
+#              calls send audio, default all; the rest send none, as an idle bridged
+#              Asterisk channel does, and only listen),
 #              KEEP=1 (keep the work directory with the logs), AS_PORT, API_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,9 +117,10 @@ measure() {
 echo "=== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 measure "0 calls"
 
-echo "=== starting $calls calls of ${seconds}s, ${stagger_ms} ms apart"
+echo "=== starting $calls calls of ${seconds}s, ${stagger_ms} ms apart, ${TALKING:-$calls} of them talking"
 ./target/release/examples/loadgen --connect "127.0.0.1:$as_port" --calls "$calls" \
-    --duration "$seconds" --stagger-ms "$stagger_ms" >"$work/loadgen.log" 2>&1 &
+    --duration "$seconds" --stagger-ms "$stagger_ms" --talking "${TALKING:-$calls}" \
+    >"$work/loadgen.log" 2>&1 &
 loadgen=$!
 started=$(now_ms)
 # Watchdog: /healthz every 0.5 s while the calls are up, to see whether (and when) the
@@ -139,11 +142,23 @@ if [ "$n" != "$calls" ]; then
     echo "NOT all $calls calls are up; measuring anyway, the figures below are not at $calls calls"
 fi
 
+# CPU ticks of every gateway thread, summed by thread name: "NAME TICKS" lines.
+thread_ticks() {
+    for stat in /proc/"$gateway"/task/*/stat; do cat "$stat" 2>/dev/null; done \
+        | sed -E 's/^[0-9]+ \(([^)]*)\) /\1 /' \
+        | awk '{ t[$1] += $13 + $14 } END { for (n in t) print n, t[n] }'
+}
 g0=$(ticks "$gateway") l0=$(ticks "$loadgen")
+thread_ticks >"$work/threads0"
 sleep 5
+thread_ticks >"$work/threads1"
 g1=$(ticks "$gateway") l1=$(ticks "$loadgen")
 echo "CPU with the calls up, no API requests (5 s): gateway $(cpu_pct $((g1 - g0)) 5000)%," \
      "loadgen $(loadgen_pct $((l1 - l0)) 5000) of one core; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "    gateway threads (percent of one core):" $(awk -v hz="$hz" '
+    NR == FNR { before[$1] = $2; next }
+    { d = $2 - before[$1]; if (d > 0) printf "%s %d%%\n", $1, d * 100 / (5 * hz) }' \
+    "$work/threads0" "$work/threads1" | sort -k2 -rn | tr '\n' ',' | sed 's/,$//')
 
 if get "/v1/calls?limit=1000" >"$work/page.json"; then
     echo "full page: $(wc -c <"$work/page.json") bytes, total $(jq .total "$work/page.json")," \

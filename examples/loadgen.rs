@@ -8,8 +8,14 @@
 //!     --connect 127.0.0.1:9092 --calls 200 --duration 30
 //! ```
 //!
-//! A call fails if it cannot connect, if the gateway breaks the protocol, or if it
-//! ends any other way than by the caller hanging up after D seconds; the exit code is
+//! With `--talking N` only the first N calls send audio; the others send none at all,
+//! as Asterisk does for a channel in an idle bridge (audiosocket.md §5): they are live
+//! calls that listen (callers on hold, listeners of a programme) and cost the gateway
+//! only their downlink.
+//!
+//! A call fails if it cannot connect, if the gateway breaks the protocol, if it ends
+//! any other way than by the caller hanging up after D seconds, or if it received fewer
+//! than `--min-received-percent` (95) of the reply frames due in D seconds; the exit code is
 //! non-zero if any call failed. At ~1000 calls raise the open-files limit
 //! (`ulimit -n 4096`): each call is one socket here and one in the gateway.
 
@@ -47,9 +53,17 @@ struct Args {
     /// Tone level in dBFS (call i sends 300 + 50 * (i % 40) Hz).
     #[arg(long, default_value_t = -12.0, allow_negative_numbers = true)]
     level_dbfs: f64,
+    /// How many of the calls send audio (the first N); the others send none, like an
+    /// idle bridged channel. Default: all.
+    #[arg(long)]
+    talking: Option<usize>,
     /// Print one row per call even above 50 calls.
     #[arg(long)]
     per_call: bool,
+    /// A call also fails if it received fewer than this percentage of the reply frames
+    /// its duration calls for (the gateway must answer every 20 ms).
+    #[arg(long, default_value_t = 95.0)]
+    min_received_percent: f64,
 }
 
 /// What one call produced.
@@ -60,13 +74,18 @@ struct Outcome {
 }
 
 impl Outcome {
-    /// Why the call counts as failed, if it does.
-    fn failure(&self) -> Option<String> {
+    /// Why the call counts as failed, if it does: an error, a protocol violation, an
+    /// early end, or fewer reply frames than `min_received` of those expected.
+    fn failure(&self, expected_frames: u64, min_received: f64) -> Option<String> {
         match &self.result {
             Err(e) => Some(e.to_string()),
             Ok(r) if !r.violations.is_empty() => Some(format!("{:?}", r.violations[0])),
             Ok(r) if r.end != CallEnd::Completed => Some(format!("ended early: {:?}", r.end)),
-            Ok(_) => None,
+            Ok(r) => {
+                let received = ArrivalStats::of(r).frames as u64;
+                (received < (expected_frames as f64 * min_received).floor() as u64)
+                    .then(|| format!("received {received} of {expected_frames} reply frames"))
+            }
         }
     }
 }
@@ -78,19 +97,22 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.calls == 0 || args.frame_ms == 0 {
         bail!("--calls and --frame-ms must be at least 1");
     }
+    let talking = args.talking.unwrap_or(args.calls).min(args.calls);
     eprintln!(
-        "{} calls to {addr}, {kind}, {} s each, starts {} ms apart",
+        "{} calls to {addr}, {kind}, {} s each, starts {} ms apart, {talking} of them talking",
         args.calls, args.duration, args.stagger_ms
     );
 
     let mut set = JoinSet::new();
     for index in 0..args.calls {
         let uuid = Uuid::new_v4();
+        let source = if index < talking {
+            Source::tone(300.0 + 50.0 * (index % 40) as f64, args.level_dbfs)
+        } else {
+            Source::nothing()
+        };
         let call = FakeCall::new(addr, uuid)
-            .source(Source::tone(
-                300.0 + 50.0 * (index % 40) as f64,
-                args.level_dbfs,
-            ))
+            .source(source)
             .kind(kind)
             .frame(Duration::from_millis(args.frame_ms))
             .duration(duration)
@@ -118,9 +140,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "call", "uuid", "sent", "recv", "p50 ms", "p99 ms", "max ms", "gaps"
         );
     }
+    // The gateway answers with 20 ms frames whatever the caller's frame size.
+    let expected_frames = (duration.as_millis() / 20) as u64;
+    let min_received = args.min_received_percent / 100.0;
     let mut failed = 0;
     for o in &outcomes {
-        let failure = o.failure();
+        let failure = o.failure(expected_frames, min_received);
         failed += usize::from(failure.is_some());
         if !show_rows && failure.is_none() {
             continue;

@@ -86,6 +86,8 @@ def post(path, body):
 
 post("/v1/nodes", {"name": "desk", "config": {"kind": "conference", "members": 4}})
 post("/v1/nodes", {"name": "tap", "config": {"kind": "recorder", "path": "tap.wav", "channels": 2}})
+# An AES67 flow (on 127.0.0.1) for GET /v1/flows/{flow}/sdp.
+post("/v1/nodes", {"name": "studio", "config": {"kind": "aes67tx", "channels": 2}})
 post("/v1/patches", {"source": "conference:desk.out1", "sink": "recorder:tap.in1"})
 post("/v1/patches", {"source": "conference:desk.out2", "sink": "recorder:tap.in2",
                      "gain_db": -6, "persistent": True})

@@ -6,9 +6,11 @@
 //!   implementations, and the bounded CDR queue;
 //! - [`control`]: the [`control::Control`] trait the gateway implements for the API,
 //!   with the views and events it returns;
-//! - [`http`]: the axum REST API, its OpenAPI document, authentication and metrics.
+//! - [`http`]: the axum REST API, its OpenAPI document, authentication and metrics;
+//! - [`jam`]: the configuration and mix settings of RTJam jam rooms.
 
 pub mod control;
 pub mod http;
+pub mod jam;
 pub mod model;
 pub mod store;

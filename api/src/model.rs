@@ -36,6 +36,15 @@ pub enum NodeKind {
     Recorder,
     /// An N-way mix-minus (inputs `in1..inN`, outputs `out1..outN`).
     Conference,
+    /// An AES67 transmit flow (inputs `ch1..chN`).
+    Aes67Tx,
+    /// An AES67 receive flow (outputs `ch1..chN`).
+    Aes67Rx,
+    /// An RTJam room, joined as a jammer or hosted (one input and one mix-minus
+    /// output per seat).
+    Jam,
+    /// An AoDNS broadcast (input `in`).
+    Dns,
 }
 
 impl NodeKind {
@@ -46,6 +55,10 @@ impl NodeKind {
             NodeKind::Player => "player",
             NodeKind::Recorder => "recorder",
             NodeKind::Conference => "conference",
+            NodeKind::Aes67Tx => "aes67tx",
+            NodeKind::Aes67Rx => "aes67rx",
+            NodeKind::Jam => "jam",
+            NodeKind::Dns => "dns",
         }
     }
 }
@@ -173,6 +186,10 @@ fn parse_kind(text: &str) -> Result<NodeKind, ModelError> {
         "player" => Ok(NodeKind::Player),
         "recorder" => Ok(NodeKind::Recorder),
         "conference" => Ok(NodeKind::Conference),
+        "aes67tx" => Ok(NodeKind::Aes67Tx),
+        "aes67rx" => Ok(NodeKind::Aes67Rx),
+        "jam" => Ok(NodeKind::Jam),
+        "dns" => Ok(NodeKind::Dns),
         other => Err(ModelError::UnknownKind {
             kind: other.to_owned(),
         }),
@@ -352,6 +369,24 @@ pub enum RouteAction {
         /// The conference's name.
         name: String,
     },
+    /// Join jam room `jam:<room>` (a node created through the API): the caller takes a
+    /// free seat (`voice` to `in<k>`, `out<k>` to `ear`) and is a jammer of the room
+    /// until the call ends.
+    Jam {
+        /// The jam node's name.
+        room: String,
+    },
+    /// Put the caller on air in the AoDNS broadcast of `domain` (DNS TXT records): the
+    /// caller's voice is patched into the `dns` node serving that domain, which is
+    /// created with the default settings if none serves it yet, and stays on air
+    /// (on silence) after the call so listeners do not stall.
+    Broadcast {
+        /// The broadcast's zone, e.g. `music.example.com`.
+        domain: String,
+        /// Gain in dB of the caller's voice into the broadcast.
+        #[serde(default = "zero_db")]
+        gain_db: f32,
+    },
 }
 
 /// A rule applied to a call when it connects.
@@ -402,6 +437,15 @@ impl Route {
                 RouteAction::Play { file, .. } if file.trim().is_empty() => {
                     return Err(invalid("play needs a file".into()));
                 }
+                RouteAction::Broadcast { domain, gain_db } => {
+                    check_dns_domain(domain)
+                        .map_err(|why| invalid(format!("broadcast domain {domain:?}: {why}")))?;
+                    if !gain_db.is_finite() || !(-96.0..=24.0).contains(gain_db) {
+                        return Err(invalid(format!(
+                            "gain_db {gain_db} must be between -96 and +24"
+                        )));
+                    }
+                }
                 RouteAction::Play { gain_db, .. } | RouteAction::Patch { gain_db, .. }
                     if !gain_db.is_finite() || !(-96.0..=24.0).contains(gain_db) =>
                 {
@@ -417,11 +461,48 @@ impl Route {
                 RouteAction::Conference { name } => {
                     NodeRef::new(NodeKind::Conference, name).map_err(|e| invalid(e.to_string()))?;
                 }
+                RouteAction::Jam { room } => {
+                    NodeRef::new(NodeKind::Jam, room).map_err(|e| invalid(e.to_string()))?;
+                }
                 _ => {}
             }
         }
         Ok(())
     }
+}
+
+/// Longest AoDNS zone root in wire bytes: 255 minus the longest label placed under it
+/// (`seq_` and the 20 digits of a `u64`, with its length byte).
+const MAX_DNS_ROOT_WIRE: usize = 255 - 25;
+
+/// Checks an AoDNS broadcast domain (with or without its trailing dot): labels of 1-63
+/// ASCII letters, digits, `-` or `_`, leaving room for `seq_<n>` under it within the
+/// 255 bytes of a DNS name. The gateway applies the same rules when it builds the zone.
+pub fn check_dns_domain(domain: &str) -> Result<(), String> {
+    let bare = domain.strip_suffix('.').unwrap_or(domain);
+    if bare.is_empty() {
+        return Err("the domain is empty".into());
+    }
+    for label in bare.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("label {label:?} must be 1 to 63 characters long"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "label {label:?} may hold only letters, digits, '-' and '_'"
+            ));
+        }
+    }
+    if bare.len() + 2 > MAX_DNS_ROOT_WIRE {
+        return Err(format!(
+            "the domain is too long to hold seq_<n> under it (at most {} characters)",
+            MAX_DNS_ROOT_WIRE - 2
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `path` is a non-empty relative path that cannot leave the directory it is
@@ -587,6 +668,26 @@ mod tests {
     }
 
     #[test]
+    fn jam_actions_name_a_jam_node() {
+        let json = r#"{"name": "band", "match": "default", "actions": [{"action": "jam", "room": "band-1"}]}"#;
+        let route: Route = serde_json::from_str(json).unwrap();
+        route.validate().unwrap();
+        assert_eq!(
+            route.actions[0],
+            RouteAction::Jam {
+                room: "band-1".into()
+            }
+        );
+        let bad = r#"{"name": "band", "match": "default", "actions": [{"action": "jam", "room": "a b"}]}"#;
+        assert!(
+            serde_json::from_str::<Route>(bad)
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
     fn recordings_stay_inside_their_directory() {
         for good in ["{uuid}.wav", "show/{start}-{uuid}.wav", "./a.wav"] {
             assert!(is_contained_path(good), "{good}");
@@ -619,5 +720,45 @@ mod tests {
         assert!(bad.validate().is_err());
         let unknown = r#"{"name":"x","match":"default","actions":[{"action":"explode"}]}"#;
         assert!(serde_json::from_str::<Route>(unknown).is_err());
+        for domain in ["", "a..b", "bad label.com", &"x".repeat(64)] {
+            bad.actions = vec![RouteAction::Broadcast {
+                domain: domain.into(),
+                gain_db: 0.0,
+            }];
+            assert!(bad.validate().is_err(), "{domain:?}");
+        }
+        bad.actions = vec![RouteAction::Broadcast {
+            domain: "music.example.com".into(),
+            gain_db: 30.0,
+        }];
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn broadcast_actions_parse_and_domains_are_checked() {
+        let json = r#"{"name":"on-air","match":"default",
+            "actions":[{"action":"broadcast","domain":"music.example.com."}]}"#;
+        let route: Route = serde_json::from_str(json).unwrap();
+        route.validate().unwrap();
+        assert_eq!(
+            route.actions,
+            [RouteAction::Broadcast {
+                domain: "music.example.com.".into(),
+                gain_db: 0.0
+            }]
+        );
+        assert!(check_dns_domain("a_b-c.d9").is_ok());
+        // 228 characters is the longest root that leaves room for seq_<u64>.
+        let longest = [
+            &"a".repeat(63)[..],
+            &"b".repeat(63),
+            &"c".repeat(63),
+            &"d".repeat(36),
+        ]
+        .join(".");
+        assert_eq!(longest.len(), 228);
+        assert!(check_dns_domain(&longest).is_ok());
+        assert!(check_dns_domain(&format!("{longest}e")).is_err());
+        assert!(check_dns_domain(".").is_err());
     }
 }

@@ -6,8 +6,8 @@
 use std::sync::{Arc, Mutex};
 
 use api::control::{
-    CallCounters, CallInfo, CallState, Control, ControlError, Event, Level, NodeConfig, NodeInfo,
-    PatchInfo, PatchRole,
+    CallCounters, CallInfo, CallState, ClockMode, ClockState, ClockStatus, Control, ControlError,
+    Event, Level, NodeConfig, NodeInfo, PatchInfo, PatchRole, PtpCounters,
 };
 use api::http::{AppState, Problem, openapi, router};
 use api::model::{NodeKind, NodeRef, PortRef, Route};
@@ -229,6 +229,33 @@ impl Control for FakeControl {
     }
     fn ready(&self) -> bool {
         true
+    }
+    fn clock(&self) -> ClockStatus {
+        ClockStatus {
+            mode: ClockMode::Follow,
+            state: ClockState::Locked,
+            usable: true,
+            ptp_time_ns: Some(1_700_000_037_000_000_000),
+            realtime_ns: 1_700_000_000_000_000_000,
+            ts_refclk: "ptp=IEEE1588-2008:00-1D-C1-FF-FE-12-34-56:0".into(),
+            grandmaster_id: Some("00-1D-C1-FF-FE-12-34-56".into()),
+            domain: 0,
+            source: None,
+            tai_utc_offset_s: Some(37),
+            interface: Some("10.250.0.2".into()),
+            master_port: Some("00-1D-C1-FF-FE-12-34-56/1".into()),
+            ptp_timescale: Some(true),
+            offset_ns: Some(-850),
+            rate_ratio_ppm: Some(-3.5),
+            mean_path_delay_ns: Some(42_000),
+            last_sync_age_ms: Some(80.0),
+            fit_rms_ns: Some(1_200.0),
+            holdover_remaining_ms: None,
+            counters: Some(PtpCounters {
+                syncs: 400,
+                ..PtpCounters::default()
+            }),
+        }
     }
 }
 
@@ -973,10 +1000,56 @@ async fn the_openapi_document_is_openapi_3_1_and_served() {
         "/v1/tokens",
         "/v1/tokens/{name}",
         "/v1/openapi.json",
+        "/v1/clock",
     ] {
         assert!(
             spec["paths"].get(path).is_some(),
             "{path} is not documented"
         );
     }
+    // Every JSON success response names its schema, so clients (and schemathesis) can
+    // check bodies; the call records page among them.
+    let cdr_page = &spec["paths"]["/v1/cdrs"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"]["$ref"];
+    assert_eq!(cdr_page, "#/components/schemas/CdrPage");
+    // A jammer's client_id is any u32: the documented range says so (not int32's).
+    let mix = &spec["paths"]["/v1/nodes/{node}/mix/{client_id}"]["put"]["parameters"];
+    let client_id = mix
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "client_id")
+        .unwrap();
+    assert_eq!(client_id["schema"]["maximum"], 4294967295.0, "{client_id}");
+    assert_eq!(client_id["schema"]["minimum"], 0.0, "{client_id}");
+    let fields = &spec["components"]["schemas"]["CdrPage"]["properties"];
+    assert!(
+        fields.get("items").is_some() && fields.get("next_cursor").is_some(),
+        "{fields}"
+    );
+}
+
+#[tokio::test]
+async fn the_clock_reads_with_a_read_token() {
+    let api = api().await;
+    let (status, bytes) = api
+        .send(Method::GET, "/v1/clock", Some(&api.read.clone()), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let clock: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(clock["mode"], "follow");
+    assert_eq!(clock["state"], "locked");
+    assert_eq!(clock["grandmaster_id"], "00-1D-C1-FF-FE-12-34-56");
+    assert_eq!(clock["domain"], 0);
+    assert_eq!(clock["rate_ratio_ppm"], -3.5);
+    assert_eq!(clock["mean_path_delay_ns"], 42_000);
+    assert_eq!(clock["ptp_time_ns"], 1_700_000_037_000_000_000u64);
+    assert_eq!(clock["counters"]["syncs"], 400);
+    // What the server sends parses back as the documented type.
+    let typed: ClockStatus = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(typed, api.control.clock());
+    let (status, _) = api
+        .send(Method::POST, "/v1/clock", Some(&api.admin.clone()), None)
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }

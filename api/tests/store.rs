@@ -216,6 +216,7 @@ suite!(
     tokens_create_verify_revoke,
     cdrs_batch_insert_and_keyset_paging,
     counters_are_atomic_under_concurrency,
+    dns_sequences_are_reserved_in_disjoint_increasing_blocks,
     data_survives_a_restart,
     unreachable_database_fails_fast,
     outage_is_unavailable_then_recovers,
@@ -879,6 +880,88 @@ async fn counters_are_atomic_under_concurrency(db: &TestDb) {
         store.next_counter("", 1).await,
         Err(StoreError::Invalid { .. })
     ));
+}
+
+async fn dns_sequences_are_reserved_in_disjoint_increasing_blocks(db: &TestDb) {
+    let store = db.open().await;
+    let music = "music.example.com.";
+    assert_eq!(store.next_dns_sequence(music).await.unwrap(), None);
+    assert_eq!(store.reserve_dns_sequences(music, 0, 100).await.unwrap(), 0);
+    assert_eq!(store.next_dns_sequence(music).await.unwrap(), Some(100));
+    assert_eq!(
+        store.reserve_dns_sequences(music, 0, 100).await.unwrap(),
+        100
+    );
+    // A broadcast that ran past its block while the database was away moves it on.
+    assert_eq!(
+        store.reserve_dns_sequences(music, 5000, 10).await.unwrap(),
+        5000
+    );
+    assert_eq!(store.next_dns_sequence(music).await.unwrap(), Some(5010));
+    // A lower floor never moves it back.
+    assert_eq!(
+        store.reserve_dns_sequences(music, 10, 1).await.unwrap(),
+        5010
+    );
+    // Domains are independent (and compared exactly: the gateway normalizes them).
+    assert_eq!(
+        store
+            .reserve_dns_sequences("talk.example.com.", 7, 3)
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(
+        store.next_dns_sequence("Music.example.com.").await.unwrap(),
+        None
+    );
+
+    // Concurrent reservations never overlap and leave no hole.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut starts = Vec::new();
+                for _ in 0..10 {
+                    starts.push(store.reserve_dns_sequences("busy.", 0, 7).await.unwrap());
+                }
+                starts
+            })
+        })
+        .collect();
+    let mut starts = Vec::new();
+    for task in tasks {
+        starts.extend(task.await.unwrap());
+    }
+    starts.sort_unstable();
+    assert_eq!(starts, (0..200).map(|k| k * 7).collect::<Vec<i64>>());
+
+    for (domain, at_least, count) in [
+        ("", 0, 1),
+        (&"x".repeat(256)[..], 0, 1),
+        ("a.", -1, 1),
+        ("a.", 1 << 62 | 1, 1),
+        ("a.", 0, 0),
+        ("a.", 0, (1 << 20) + 1),
+    ] {
+        assert!(
+            matches!(
+                store.reserve_dns_sequences(domain, at_least, count).await,
+                Err(StoreError::Invalid { .. })
+            ),
+            "{domain:?} {at_least} {count}"
+        );
+    }
+
+    // Reservations survive reopening the database.
+    store.close().await;
+    drop(store);
+    let store = db.open().await;
+    assert_eq!(store.next_dns_sequence(music).await.unwrap(), Some(5011));
+    assert_eq!(
+        store.reserve_dns_sequences(music, 0, 64).await.unwrap(),
+        5011
+    );
 }
 
 async fn data_survives_a_restart(db: &TestDb) {

@@ -14,13 +14,16 @@
 //! - [`PackBuilder`] / [`Pack`]: frames into packs with the reference limits (§3);
 //! - [`PackReader`] / [`parse_txt_string`]: the listener side of §3;
 //! - [`SequenceListEncoder`] / [`SequenceListDecoder`]: the `sequence` record (§5);
-//! - [`seq_ttl`] / [`TtlRule`]: the `seq_<n>` TTL (§7).
+//! - [`seq_ttl`] / [`TtlRule`]: the `seq_<n>` TTL (§7);
+//! - [`ListenerState`]: what a listener fetches and plays next (§10).
 
+mod listener;
 mod names;
 mod pack;
 mod seqlist;
 mod ttl;
 
+pub use listener::{HeldPack, ListenerState, ListenerStats};
 pub use names::{QueryTarget, ZoneRoot, ZoneRootError};
 pub use pack::{
     FRAME_SEPARATOR, MAX_FRAMES_PER_PACK, Pack, PackBuilder, PackError, PackLimits, PackReader,

@@ -24,6 +24,6 @@ pub use packet::{
     ParseError, STANDARD_FRAMES, STANDARD_PACKET_LEN, decode_sample, encode_sample, write_packet,
 };
 pub use room::{
-    AllowList, DropReason, Member, RoomConfig, RoomCore, RoomOutcome, RoomStats, Tempo,
+    AllowList, Departure, DropReason, Member, RoomConfig, RoomCore, RoomOutcome, RoomStats, Tempo,
 };
 pub use sender::JamSender;

@@ -7,6 +7,7 @@
 pub mod aes67;
 pub mod aodns;
 pub mod base91;
+pub mod drift;
 pub mod jam;
 pub mod measure;
 pub mod opus;

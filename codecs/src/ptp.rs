@@ -18,7 +18,9 @@
 
 mod follower;
 
-pub use follower::{Follower, FollowerConfig, FollowerStats, GrandmasterInfo, LockState};
+pub use follower::{
+    Follower, FollowerConfig, FollowerStats, GrandmasterInfo, LockState, TimeMapping,
+};
 
 use std::fmt;
 use std::net::Ipv4Addr;

@@ -40,6 +40,12 @@ pub enum RefClock {
 }
 
 impl RefClock {
+    /// Reads the value of an `a=ts-refclk:` attribute (what follows the colon), as a
+    /// [`crate::sdp`] parse would; never fails (unknown forms are [`RefClock::Other`]).
+    pub fn parse(value: &str) -> RefClock {
+        parse_refclk(value.trim())
+    }
+
     /// The PTP domain this refclk names (0 for `traceable`).
     pub fn domain(&self) -> Option<u8> {
         match self {
@@ -952,6 +958,25 @@ a=recvonly\r\n";
         assert_eq!(
             (info.encoding, info.sample_rate, info.channels),
             (Encoding::L16, 44_100, 1)
+        );
+    }
+
+    #[test]
+    fn refclk_values_parse_as_in_an_sdp() {
+        assert_eq!(
+            RefClock::parse("ptp=IEEE1588-2008:00-1D-C1-FF-FE-12-34-56:0"),
+            RefClock::Ptp {
+                gmid: gmid(),
+                domain: 0
+            }
+        );
+        assert_eq!(
+            RefClock::parse(" ptp=IEEE1588-2008:traceable "),
+            RefClock::PtpTraceable
+        );
+        assert_eq!(
+            RefClock::parse("localmac=00-1D-C1-12-34-56"),
+            RefClock::Other("localmac=00-1D-C1-12-34-56".into())
         );
     }
 

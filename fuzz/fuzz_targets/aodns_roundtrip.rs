@@ -1,11 +1,14 @@
 #![no_main]
 //! Fuzz target aodns_roundtrip: the AoDNS decoders a listener runs on network input
 //! (base91, the `sequence` list, `%03d'''<base91>` TXT strings; aodns.md §3-§5) must
-//! never panic, and whatever they accept must survive encode -> decode unchanged.
+//! never panic, and whatever they accept must survive encode -> decode unchanged. Also
+//! the two other pieces fed by the network: the server's classification of query
+//! names (the labels of any name a client sends, §2) and the listener's bookkeeping
+//! (any list of numbers and packs a server returns, §10).
 
 use codecs::aodns::{
-    Pack, PackBuilder, PackError, PackLimits, PackReader, Pushed, SequenceListDecoder,
-    SequenceListEncoder, SequenceListError,
+    HeldPack, ListenerState, Pack, PackBuilder, PackError, PackLimits, PackReader, Pushed,
+    QueryTarget, SequenceListDecoder, SequenceListEncoder, SequenceListError, ZoneRoot,
 };
 use codecs::base91;
 use libfuzzer_sys::fuzz_target;
@@ -14,7 +17,63 @@ fuzz_target!(|data: &[u8]| {
     base91_roundtrip(data);
     sequence_list_roundtrip(data);
     pack_roundtrip(data);
+    query_name_classification(data);
+    listener_bookkeeping(data);
 });
+
+/// Query names: the bytes split on 0xff into labels (any bytes, dots included). The
+/// classification never panics, a name outside the zone never classifies as inside,
+/// and a `seq_<n>` classification names exactly the label it came from.
+fn query_name_classification(data: &[u8]) {
+    let root = ZoneRoot::parse("music.example.com").expect("valid root");
+    let mut labels: Vec<&[u8]> = data.split(|&b| b == 0xff).collect();
+    let target = root.classify_labels(&labels);
+    let in_zone = labels.len() >= 3
+        && labels[labels.len() - 3..]
+            .iter()
+            .zip(["music", "example", "com"])
+            .all(|(l, r)| l.eq_ignore_ascii_case(r.as_bytes()));
+    assert_eq!(target != QueryTarget::OutOfZone, in_zone, "{labels:?}");
+    if let QueryTarget::Seq(n) = target {
+        assert_eq!(labels[0], format!("seq_{n}").as_bytes());
+    }
+    // The same first label right under the root.
+    labels.truncate(1);
+    labels.extend([&b"music"[..], b"example", b"com"]);
+    let under = root.classify_labels(&labels);
+    assert_ne!(under, QueryTarget::OutOfZone);
+    assert_ne!(under, QueryTarget::Apex);
+}
+
+/// The listener's state under any sequence of lists, packs and plays: never panics,
+/// never plays a number twice or out of order.
+fn listener_bookkeeping(data: &[u8]) {
+    let mut state = ListenerState::new();
+    let mut to_fetch = Vec::new();
+    let mut played: Vec<u64> = Vec::new();
+    for chunk in data.chunks(9) {
+        let n = chunk
+            .iter()
+            .skip(1)
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        match chunk[0] % 3 {
+            0 => {
+                let listed: Vec<u64> = (n..n.saturating_add(u64::from(chunk[0] % 8))).collect();
+                state.on_sequence_list(&listed, &mut to_fetch);
+                assert!(to_fetch.iter().all(|f| listed.contains(f)));
+            }
+            1 => {
+                let _ = state.on_pack(n, HeldPack::default());
+            }
+            _ => {
+                if let Some((next, _)) = state.next_to_play() {
+                    assert!(played.last().is_none_or(|&last| next > last));
+                    played.push(next);
+                }
+            }
+        }
+    }
+}
 
 /// base91: decode -> encode -> decode gives the same bytes; both decoders agree.
 fn base91_roundtrip(data: &[u8]) {

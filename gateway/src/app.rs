@@ -2,7 +2,9 @@
 //!
 //! Start: open the database (migrations run), start the gateway (engine, disk writer,
 //! players), restore what the API stored (nodes, patches, routes), start the CDR writer,
-//! the HTTP API, the level-meter ticker and the AudioSocket listener.
+//! the HTTP API, the level-meter ticker and the AudioSocket listener. The control plane
+//! (database, API, CDR writer, level ticker) runs on its own small runtime, apart from
+//! the call sessions.
 //!
 //! Shutdown: every call hears `00 00 00` and its session ends (its call record queued);
 //! the HTTP server stops (event streams are closed); the CDR writer flushes; the engine
@@ -38,13 +40,59 @@ pub struct Running {
     http_stop: CancellationToken,
     cdr_stop: CancellationToken,
     cdr_writer: JoinHandle<()>,
+    control_plane: ControlPlaneRuntime,
+}
+
+/// The control plane's own tokio runtime: the HTTP API, the database pool, the CDR
+/// writer and the level ticker run here, so hundreds of busy call sessions on the main
+/// runtime cannot starve them (and a slow query cannot delay a call's frames).
+struct ControlPlaneRuntime(Option<tokio::runtime::Runtime>);
+
+impl ControlPlaneRuntime {
+    fn start(worker_threads: usize) -> anyhow::Result<ControlPlaneRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads.max(1))
+            .thread_name("telepatch-control")
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start the control-plane runtime: {e}"))?;
+        Ok(ControlPlaneRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> anyhow::Result<tokio::runtime::Handle> {
+        self.0
+            .as_ref()
+            .map(|runtime| runtime.handle().clone())
+            .ok_or_else(|| anyhow::anyhow!("the control-plane runtime has stopped"))
+    }
+
+    /// Runs `work` on the control plane and waits for it from any runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        Ok(self.handle()?.spawn(work).await?)
+    }
+}
+
+impl Drop for ControlPlaneRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one's async context would panic; everything
+        // that matters was awaited before this point.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Binds the listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let control_plane = ControlPlaneRuntime::start(config.api.worker_threads)?;
     let database_url = config.database_url();
-    let store = open_store(&database_url)
-        .await
+    let url = database_url.clone();
+    let store = control_plane
+        .run(async move { open_store(&url).await })
+        .await?
         .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", redact(&database_url)))?;
     tracing::info!(database = %redact(&database_url), "database open");
 
@@ -57,18 +105,32 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.database.cdr_queue
     };
     let gateway = Gateway::start(config)?;
-
-    restore(&gateway, store.as_ref()).await?;
-
-    let cdr_stop = CancellationToken::new();
-    let (cdr_queue, cdr_writer) = CdrQueue::spawn(
+    // AoDNS broadcasts keep their sequence numbers in the database.
+    gateway.set_sequence_store(Arc::new(crate::dns::StoreSequences::new(
         Arc::clone(&store),
-        CdrQueueConfig {
-            capacity: cdr_capacity,
-            ..CdrQueueConfig::default()
-        },
-        cdr_stop.clone(),
-    );
+        control_plane.handle()?,
+    )));
+
+    {
+        let (gateway, store) = (Arc::clone(&gateway), Arc::clone(&store));
+        control_plane
+            .run(async move { restore(&gateway, store.as_ref()).await })
+            .await??;
+    }
+
+    let control_handle = control_plane.handle()?;
+    let cdr_stop = CancellationToken::new();
+    let (cdr_queue, cdr_writer) = {
+        let _control_context = control_handle.enter();
+        CdrQueue::spawn(
+            Arc::clone(&store),
+            CdrQueueConfig {
+                capacity: cdr_capacity,
+                ..CdrQueueConfig::default()
+            },
+            cdr_stop.clone(),
+        )
+    };
     gateway.set_cdr_queue(cdr_queue);
 
     let control: Arc<dyn Control> = Arc::new(GatewayControl::new(Arc::clone(&gateway)));
@@ -79,23 +141,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api::http::install_prometheus_recorder(),
         http_stop.clone(),
     );
-    let http_listener = TcpListener::bind(api_listen)
-        .await
+    let http_listener = std::net::TcpListener::bind(api_listen)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
         .map_err(|e| anyhow::anyhow!("cannot listen for the HTTP API on {api_listen}: {e}"))?;
     let api_addr = http_listener.local_addr()?;
     let stop = http_stop.clone();
-    let http = tokio::spawn(async move {
-        let app = api::http::router(state);
-        if let Err(e) = axum::serve(http_listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "HTTP API server failed");
-        }
-    });
+    let http = {
+        let _control_context = control_handle.enter();
+        let http_listener = TcpListener::from_std(http_listener)?;
+        control_handle.spawn(async move {
+            let app = api::http::router(state);
+            if let Err(e) = axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "HTTP API server failed");
+            }
+        })
+    };
     tracing::info!(addr = %api_addr, "HTTP API ready");
 
-    tokio::spawn(level_ticker(Arc::clone(&gateway), levels_interval));
+    control_handle.spawn(level_ticker(Arc::clone(&gateway), levels_interval));
 
     let tcp = TcpListener::bind(audiosocket_listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen for AudioSocket on {audiosocket_listen}: {e}")
@@ -112,6 +178,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http_stop,
         cdr_stop,
         cdr_writer,
+        control_plane,
     })
 }
 
@@ -209,7 +276,10 @@ impl Running {
         let _ = self.cdr_writer.await;
         let gateway = Arc::clone(&self.gateway);
         tokio::task::spawn_blocking(move || gateway.finish()).await?;
-        self.store.close().await;
+        let store = Arc::clone(&self.store);
+        self.control_plane
+            .run(async move { store.close().await })
+            .await?;
         Ok(())
     }
 }

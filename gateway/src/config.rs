@@ -193,6 +193,9 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Interval of the level-meter events on the event stream, in ms.
     pub levels_interval_ms: u64,
+    /// Threads of the control plane's runtime (API, database, CDR writer), apart from
+    /// the call sessions' runtime so that busy calls cannot starve the API.
+    pub worker_threads: usize,
 }
 
 impl Default for ApiConfig {
@@ -200,6 +203,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             levels_interval_ms: 100,
+            worker_threads: 1,
         }
     }
 }
@@ -240,6 +244,44 @@ impl Default for VadConfig {
     }
 }
 
+/// The DNS server that serves AoDNS broadcasts (`dns` nodes). It binds when the first
+/// broadcast is created, so a gateway without broadcasts opens no DNS port.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// UDP and TCP address of the authoritative server (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Largest UDP reply sent to an EDNS client, whatever larger size it offers (512
+    /// without EDNS); a longer reply goes out truncated (TC) and the client retries over
+    /// TCP. 1232 avoids IP fragmentation (DNS flag day 2020) and bounds what a spoofed
+    /// query can reflect.
+    pub max_udp_payload: u16,
+    /// Queries per second each client address (IPv6: each /64) may make; beyond it
+    /// queries are dropped (every second UDP one is answered empty and truncated, so a
+    /// real client can retry over TCP). 0 turns the limit off.
+    pub rate_limit_qps: u32,
+    /// Queries a client may make at once above the rate (a new listener fetches the
+    /// whole window, 75 packs, in one burst).
+    pub rate_limit_burst: u32,
+    /// A TCP connection that sends no query for this long is closed.
+    pub tcp_timeout_ms: u64,
+    /// Threads of the DNS server's own runtime (kept apart from calls and the API).
+    pub worker_threads: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5053)),
+            max_udp_payload: 1232,
+            rate_limit_qps: 100,
+            rate_limit_burst: 300,
+            tcp_timeout_ms: 5_000,
+            worker_threads: 1,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -264,6 +306,12 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Voice activity detection.
     pub vad: VadConfig,
+    /// The DNS server of AoDNS broadcasts.
+    pub dns: DnsConfig,
+    /// AES67 flows and SAP.
+    pub aes67: crate::aes67::Aes67Config,
+    /// The media clock (PTP time for AES67 flows).
+    pub clock: crate::clock::ClockConfig,
 }
 
 /// One problem found while loading or validating the configuration.
@@ -501,6 +549,43 @@ impl Config {
                 ),
             );
         }
+        if !(1..=16).contains(&self.api.worker_threads) {
+            problem(
+                "api.worker_threads",
+                format!("{} is out of range (1..=16)", self.api.worker_threads),
+            );
+        }
+        let dns = &self.dns;
+        if !(512..=4096).contains(&dns.max_udp_payload) {
+            problem(
+                "dns.max_udp_payload",
+                format!("{} is out of range (512..=4096)", dns.max_udp_payload),
+            );
+        }
+        if dns.rate_limit_qps > 1_000_000 {
+            problem(
+                "dns.rate_limit_qps",
+                format!("{} is out of range (0..=1000000)", dns.rate_limit_qps),
+            );
+        }
+        if dns.rate_limit_qps > 0 && !(1..=1_000_000).contains(&dns.rate_limit_burst) {
+            problem(
+                "dns.rate_limit_burst",
+                format!("{} is out of range (1..=1000000)", dns.rate_limit_burst),
+            );
+        }
+        if !(100..=600_000).contains(&dns.tcp_timeout_ms) {
+            problem(
+                "dns.tcp_timeout_ms",
+                format!("{} is out of range (100..=600000)", dns.tcp_timeout_ms),
+            );
+        }
+        if !(1..=16).contains(&dns.worker_threads) {
+            problem(
+                "dns.worker_threads",
+                format!("{} is out of range (1..=16)", dns.worker_threads),
+            );
+        }
         if !(-96.0..=24.0).contains(&self.lobby.hold_gain_db) {
             problem(
                 "lobby.hold_gain_db",
@@ -557,6 +642,9 @@ impl Config {
                 }
             }
         }
+        for (field, message) in self.clock.problems() {
+            problem(&field, message);
+        }
         if self
             .log
             .level
@@ -567,6 +655,9 @@ impl Config {
                 "log.level",
                 format!("{:?} is not a valid log filter", self.log.level),
             );
+        }
+        for (field, message) in self.aes67.problems() {
+            problem(&field, message);
         }
         if problems.is_empty() {
             Ok(())
@@ -633,6 +724,26 @@ mod tests {
         assert_eq!(config.audiosocket.duplicate_uuid, DuplicatePolicy::Replace);
         assert_eq!(config.routes.len(), 2);
         assert_eq!(config.routes[1].matcher, api::model::RouteMatch::Default);
+    }
+
+    #[test]
+    fn dns_section_defaults_to_loopback_and_is_validated() {
+        let config = Config::default();
+        assert_eq!(config.dns.listen, SocketAddr::from(([127, 0, 0, 1], 5053)));
+        let config = Config::from_toml(
+            "[dns]\nlisten = \"127.0.0.1:0\"\nrate_limit_qps = 0\nmax_udp_payload = 4096\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.dns.rate_limit_qps, 0);
+        let mut bad = Config::default();
+        bad.dns.max_udp_payload = 100;
+        bad.dns.worker_threads = 0;
+        let Err(ConfigError::Invalid { problems }) = bad.validate() else {
+            panic!("expected problems");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["dns.max_udp_payload", "dns.worker_threads"]);
     }
 
     #[test]

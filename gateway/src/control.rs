@@ -4,12 +4,14 @@
 //! gateway metrics for `/metrics` are rendered here from the lock-free counters at
 //! scrape time.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use api::control::{
-    CallCounters, CallInfo, Control, ControlError, Event, Level, NodeConfig, NodeInfo, PatchInfo,
+    CallCounters, CallInfo, CallState, Control, ControlError, Event, Level, NodeConfig, NodeInfo,
+    PatchInfo,
 };
 use api::model::{NodeKind, NodeRef, PortRef, Route};
 use tokio::sync::broadcast;
@@ -40,7 +42,10 @@ pub fn level(meter: &LevelMeter) -> Level {
     }
 }
 
-fn call_info(handle: &CallHandle, patches: &[PatchInfo]) -> CallInfo {
+fn call_info<'a>(
+    handle: &CallHandle,
+    patches: impl IntoIterator<Item = &'a PatchInfo>,
+) -> CallInfo {
     let s = &handle.stats;
     CallInfo {
         uuid: handle.id,
@@ -56,7 +61,7 @@ fn call_info(handle: &CallHandle, patches: &[PatchInfo]) -> CallInfo {
         voice_level: level(&s.voice_level),
         ear_level: level(&s.ear_level),
         patches: patches
-            .iter()
+            .into_iter()
             .filter(|p| p.source.node() == &handle.node || p.sink.node() == &handle.node)
             .cloned()
             .collect(),
@@ -128,12 +133,46 @@ impl GatewayControl {
 
 impl Control for GatewayControl {
     fn calls(&self) -> Vec<CallInfo> {
-        let patches: Vec<PatchInfo> = self.patches();
-        self.gateway
-            .calls()
+        self.calls_page(None, 0, usize::MAX).1
+    }
+
+    fn calls_page(
+        &self,
+        state: Option<CallState>,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, Vec<CallInfo>) {
+        let mut handles = self.gateway.calls();
+        if let Some(wanted) = state {
+            handles.retain(|c| c.state() == wanted);
+        }
+        let total = handles.len();
+        let page: Vec<_> = handles.into_iter().skip(offset).take(limit).collect();
+        if page.is_empty() {
+            return (total, Vec::new());
+        }
+        // Index the patches by the calls on the page once, so a page of N calls with P
+        // patches costs N + P rather than N x P.
+        let on_page: std::collections::HashSet<&NodeRef> = page.iter().map(|c| &c.node).collect();
+        let mut by_call: HashMap<NodeRef, Vec<PatchInfo>> = HashMap::new();
+        for patch in self.patches() {
+            let (source, sink) = (patch.source.node(), patch.sink.node());
+            let touched = if source == sink {
+                &[source][..]
+            } else {
+                &[source, sink][..]
+            };
+            for &node in touched {
+                if on_page.contains(node) {
+                    by_call.entry(node.clone()).or_default().push(patch.clone());
+                }
+            }
+        }
+        let items = page
             .iter()
-            .map(|c| call_info(c, &patches))
-            .collect()
+            .map(|c| call_info(c, by_call.get(&c.node).into_iter().flatten()))
+            .collect();
+        (total, items)
     }
 
     fn call(&self, id: Uuid) -> Option<CallInfo> {
@@ -234,6 +273,45 @@ impl Control for GatewayControl {
 
     fn ready(&self) -> bool {
         !self.gateway.shutdown_token().is_cancelled()
+    }
+
+    fn reconfigure_node(
+        &self,
+        node: &NodeRef,
+        config: &NodeConfig,
+    ) -> Option<Result<NodeInfo, ControlError>> {
+        crate::jam::reconfigure(&self.gateway, node, config)?;
+        Some(self.node(node).ok_or(ControlError::NotFound {
+            message: format!("{node} vanished"),
+        }))
+    }
+
+    fn jam_mix(&self, node: &NodeRef) -> Result<Vec<api::jam::JamMixEntry>, ControlError> {
+        crate::jam::mix(&self.gateway, node)
+    }
+
+    fn set_jam_mix(
+        &self,
+        node: &NodeRef,
+        setting: api::jam::JamMixSetting,
+    ) -> Result<(), ControlError> {
+        crate::jam::set_mix(&self.gateway, node, setting)
+    }
+
+    fn reset_jam_mix(&self, node: &NodeRef, client_id: u32) -> Result<(), ControlError> {
+        crate::jam::reset_mix(&self.gateway, node, client_id)
+    }
+
+    fn flow_sdp(&self, name: &str) -> Option<String> {
+        self.gateway.aes67().flow_sdp(name)
+    }
+
+    fn sap_sessions(&self) -> Vec<api::control::SapSessionInfo> {
+        self.gateway.aes67().sap_sessions()
+    }
+
+    fn clock(&self) -> api::control::ClockStatus {
+        self.gateway.clock().status()
     }
 }
 
@@ -355,4 +433,14 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
         engine.block_time_ns_total as f64 / 1e9
     );
     let _ = writeln!(out, "{name}_count {cumulative}");
+
+    gateway.aes67().render_metrics(out);
+    gateway.clock().render_metrics(out);
+
+    let mut families = crate::node_service::MetricFamilies::default();
+    for (node, service) in gateway.node_services() {
+        service.render_metrics(&node, &mut families);
+    }
+    families.render(out);
+    gateway.dns().render_metrics(out);
 }

@@ -5,16 +5,28 @@
 //! - [`patchbay`]: the control side's validated model of the topology;
 //! - [`service`]: calls, routes, lobby and conferences tied together in [`Gateway`];
 //! - [`net`]: the tokio drivers (AudioSocket listener and sessions);
+//! - [`node_service`]: the I/O side of nodes that talk to the network;
+//! - [`jam`]: RTJam jam rooms, joined or hosted (engine node, socket thread, service);
+//! - [`dns`]: AoDNS broadcasts (`dns` nodes) and their authoritative DNS server;
+//! - [`clock`]: the PTP media clock AES67 flows stamp and pace with;
+//! - [`aes67`]: AES67 transmit and receive flows, their SDP and SAP;
+//! - [`ptp`]: the built-in PTPv2 follower behind the clock's `follow` mode;
 //! - [`config`]: configuration loading and validation;
 //! - [`app`]: start-up and graceful shutdown of the whole service.
 
+pub mod aes67;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod engine;
+pub mod jam;
 pub mod net;
+pub mod node_service;
 pub mod patchbay;
+pub mod ptp;
 pub mod service;
 
 pub use service::Gateway;

@@ -67,6 +67,9 @@ enum Command {
     /// List, add or delete patches (through the API).
     #[command(subcommand)]
     Patch(gateway::cli::PatchCommand),
+    /// Play an AoDNS broadcast from a DNS server to a WAV file or stdout, as the
+    /// reference client does (a JSON report goes to stderr at the end).
+    ListenDns(gateway::cli::ListenDnsArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +108,10 @@ fn main() -> ExitCode {
         Command::Hangup(args) => report(run_client(gateway::cli::hangup(args, config))),
         Command::Routes(command) => report(run_client(gateway::cli::routes(command, config))),
         Command::Patch(command) => report(run_client(gateway::cli::patch(command, config))),
+        Command::ListenDns(args) => {
+            init_logging(&config);
+            report(gateway::cli::listen_dns(args))
+        }
     }
 }
 
@@ -126,7 +133,17 @@ fn run_client(work: impl std::future::Future<Output = anyhow::Result<()>>) -> an
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    // hickory-server logs every DNS request at info; that is per packet, so it stays
+    // at warn unless the filter names hickory itself.
+    let level = if config.log.level.contains("hickory") {
+        config.log.level.clone()
+    } else {
+        format!(
+            "{},hickory_server=warn,hickory_proto=warn,hickory_net=warn",
+            config.log.level
+        )
+    };
+    let filter = tracing_subscriber::EnvFilter::new(&level);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -29,6 +29,7 @@ use crate::engine::driver::EngineThread;
 use crate::engine::player::{Clip, PlayerNode, PlayerState, load_clip};
 use crate::engine::recorder::{DiskWriter, RecorderStats};
 use crate::engine::{BUS_RATE, Engine, EngineStats, Retired, db_to_gain};
+use crate::node_service::NodeService;
 use crate::patchbay::{NodeSpec, PatchEntry, PatchRole, Patchbay, PatchbayError};
 
 /// Name of the lobby's hold-music player (`player:hold`).
@@ -217,6 +218,8 @@ struct Topology {
     player_states: HashMap<NodeRef, (PathBuf, Arc<PlayerState>)>,
     /// Nodes created through the API: their configuration and whether it is stored.
     configured: HashMap<NodeRef, (NodeConfig, bool)>,
+    /// The I/O side of nodes that have one (flows, rooms, broadcasts).
+    services: HashMap<NodeRef, Arc<dyn NodeService>>,
 }
 
 struct ConferenceMembers {
@@ -245,6 +248,16 @@ pub struct Gateway {
     engine_stats: Arc<EngineStats>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
+    /// PTP time for AES67 flows.
+    media_clock: Arc<dyn crate::clock::MediaClock>,
+    /// The DNS server of AoDNS broadcasts (started with the first one).
+    dns: Arc<crate::dns::DnsServer>,
+    /// Where broadcasts reserve their sequence numbers (the database, once open).
+    sequence_store: std::sync::OnceLock<Arc<dyn crate::dns::SequenceStore>>,
+    /// AES67 flows' threads, SDP and SAP.
+    aes67: crate::aes67::Aes67Hub,
+    /// The configured clock behind `media_clock` (status, metrics, stop).
+    clock: crate::clock::ClockHandle,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -259,6 +272,8 @@ impl Gateway {
     /// Starts the engine and disk threads and creates the configured players.
     pub fn start(config: Config) -> anyhow::Result<Arc<Gateway>> {
         let block = config.engine.block_samples;
+        // First, so a follower that cannot open its sockets fails start-up cleanly.
+        let clock = crate::clock::ClockHandle::start(&config.clock)?;
         let (command_tx, command_rx) = mpsc::channel();
         let (retired_tx, retired_rx) = mpsc::channel::<Retired>();
         // Everything the engine lets go of is dropped here, off the media thread.
@@ -285,6 +300,7 @@ impl Gateway {
                 recorder_stats: HashMap::new(),
                 player_states: HashMap::new(),
                 configured: HashMap::new(),
+                services: HashMap::new(),
             }),
             calls: Mutex::new(HashMap::new()),
             routes: RwLock::new(config.routes.clone()),
@@ -299,6 +315,15 @@ impl Gateway {
             engine_stats,
             events,
             shutdown: CancellationToken::new(),
+            dns: Arc::new(crate::dns::DnsServer::new(config.dns.clone())),
+            sequence_store: std::sync::OnceLock::new(),
+            aes67: crate::aes67::Aes67Hub::start(
+                &config.aes67,
+                config.engine.realtime_priority,
+                block,
+            ),
+            media_clock: clock.media_clock(),
+            clock,
             config,
         });
 
@@ -335,6 +360,32 @@ impl Gateway {
     /// The configuration the gateway runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The media clock AES67 flows stamp and pace with.
+    pub fn media_clock(&self) -> Arc<dyn crate::clock::MediaClock> {
+        Arc::clone(&self.media_clock)
+    }
+
+    /// The DNS server of AoDNS broadcasts.
+    pub fn dns(&self) -> &Arc<crate::dns::DnsServer> {
+        &self.dns
+    }
+
+    /// Sets where AoDNS broadcasts reserve their sequence numbers (once, before any
+    /// broadcast is created; without it numbering starts at 0 on every start).
+    pub fn set_sequence_store(&self, store: Arc<dyn crate::dns::SequenceStore>) {
+        let _ = self.sequence_store.set(store);
+    }
+
+    /// AES67 flows' SDP, the SAP directory and their threads.
+    pub fn aes67(&self) -> &crate::aes67::Aes67Hub {
+        &self.aes67
+    }
+
+    /// The configured clock (`GET /v1/clock`, metrics).
+    pub fn clock(&self) -> &crate::clock::ClockHandle {
+        &self.clock
     }
 
     /// Cancelled when shutdown begins.
@@ -522,8 +573,22 @@ impl Gateway {
                 .unwrap_or_default()
             };
             let clips: HashMap<PathBuf, anyhow::Result<Clip>> = clips.into_iter().collect();
+            // Find or create the broadcasts first: that may wait for the database.
+            let mut broadcasts = HashMap::new();
+            for action in &route.actions {
+                if let RouteAction::Broadcast { domain, .. } = action {
+                    let gateway = Arc::clone(self);
+                    let wanted = domain.clone();
+                    let found = tokio::task::spawn_blocking(move || {
+                        gateway.broadcast_node(&wanted).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                    broadcasts.insert(domain.clone(), found);
+                }
+            }
             for (index, action) in route.actions.iter().enumerate() {
-                if let Err(e) = self.apply_action(handle, index, action, &clips) {
+                if let Err(e) = self.apply_action(handle, index, action, &clips, &broadcasts) {
                     tracing::warn!(route = %route.name, action = index, error = %e, "route action failed");
                 }
             }
@@ -537,6 +602,7 @@ impl Gateway {
         index: usize,
         action: &RouteAction,
         clips: &HashMap<PathBuf, anyhow::Result<Clip>>,
+        broadcasts: &HashMap<String, Result<NodeRef, String>>,
     ) -> anyhow::Result<()> {
         let call = &handle.node;
         match action {
@@ -663,8 +729,87 @@ impl Gateway {
             RouteAction::Conference { name } => {
                 self.join_conference(call, name)?;
             }
+            RouteAction::Jam { room } => {
+                self.join_jam(call, room)?;
+            }
+            RouteAction::Broadcast { domain, gain_db } => {
+                let broadcast = match broadcasts.get(domain) {
+                    Some(Ok(node)) => node.clone(),
+                    Some(Err(e)) => anyhow::bail!("cannot broadcast on {domain}: {e}"),
+                    None => anyhow::bail!("broadcast {domain} was not prepared"),
+                };
+                let mut topology = lock(&self.topology);
+                let inputs = topology
+                    .patchbay
+                    .node(&broadcast)
+                    .map(|entry| entry.inputs.clone())
+                    .ok_or_else(|| anyhow::anyhow!("{broadcast} has gone"))?;
+                let mut made = Vec::new();
+                for input in inputs {
+                    made.push(topology.patchbay.connect(
+                        call.port("voice"),
+                        broadcast.port(&input),
+                        *gain_db,
+                        PatchRole::Normal,
+                        Some(call.clone()),
+                    )?);
+                }
+                drop(topology);
+                for patch in made {
+                    self.emit(Event::PatchCreated {
+                        patch: patch_info(&patch),
+                    });
+                }
+                self.refresh_lobby(std::slice::from_ref(call));
+                tracing::info!(%broadcast, domain, "caller on air over DNS");
+            }
         }
         Ok(())
+    }
+
+    /// The `dns` node broadcasting `domain`, created with the default settings (and
+    /// not stored) if none does yet. Blocking: a new broadcast reserves its sequence
+    /// numbers in the database.
+    pub fn broadcast_node(&self, domain: &str) -> Result<NodeRef, ControlError> {
+        let root =
+            codecs::aodns::ZoneRoot::parse(domain).map_err(|e| ControlError::Unprocessable {
+                message: e.to_string(),
+                field: Some("domain".into()),
+            })?;
+        let existing = || {
+            lock(&self.topology)
+                .configured
+                .iter()
+                .find(|(_, (config, _))| {
+                    matches!(config, NodeConfig::Dns { domain, .. }
+                        if codecs::aodns::ZoneRoot::parse(domain).is_ok_and(|r| r == root))
+                })
+                .map(|(node, _)| node.clone())
+        };
+        if let Some(node) = existing() {
+            return Ok(node);
+        }
+        // `music.example.com.` -> `dns:music-example-com`.
+        let name: String = root
+            .as_str()
+            .trim_end_matches('.')
+            .chars()
+            .map(|c| if c == '.' { '-' } else { c })
+            .take(64)
+            .collect();
+        let config: NodeConfig = serde_json::from_value(serde_json::json!({
+            "kind": "dns",
+            "domain": root.as_str().trim_end_matches('.'),
+        }))
+        .map_err(|e| ControlError::Unprocessable {
+            message: e.to_string(),
+            field: Some("domain".into()),
+        })?;
+        match self.create_configured_node(&name, &config, false) {
+            Ok(node) => Ok(node),
+            // Another call created it meanwhile.
+            Err(e) => existing().ok_or(e),
+        }
     }
 
     fn recording_path(&self, template: &str, handle: &CallHandle) -> PathBuf {
@@ -810,6 +955,80 @@ impl Gateway {
         Ok(())
     }
 
+    /// Seats `call` in jam room `jam:<room>`: the first seat with nothing patched to it
+    /// gets the caller's voice on `in<k>` and feeds `out<k>` to the ear. The patches are
+    /// the call's, so the seat frees itself when the call ends.
+    pub fn join_jam(&self, call: &NodeRef, room: &str) -> anyhow::Result<()> {
+        let jam = NodeRef::new(NodeKind::Jam, room)?;
+        let mut topology = lock(&self.topology);
+        let inputs = topology
+            .patchbay
+            .node(&jam)
+            .map(|entry| entry.inputs.clone())
+            .ok_or_else(|| anyhow::anyhow!("no jam room {jam} (create it through the API)"))?;
+        let patched: std::collections::HashSet<String> = topology
+            .patchbay
+            .patches_of(&jam)
+            .flat_map(|p| [&p.source, &p.sink])
+            .filter(|port| port.node() == &jam)
+            .map(|port| port.port().to_owned())
+            .collect();
+        let seats = inputs.iter().filter(|p| p.starts_with("in")).count();
+        let Some(k) = (1..=seats).find(|k| {
+            ["in", "out", "aux"]
+                .iter()
+                .all(|p| !patched.contains(&format!("{p}{k}")))
+        }) else {
+            anyhow::bail!("jam room {room} is full ({seats} seats)");
+        };
+        let voice = topology.patchbay.connect(
+            call.port("voice"),
+            jam.port(&format!("in{k}")),
+            0.0,
+            PatchRole::Normal,
+            Some(call.clone()),
+        )?;
+        let ear = match topology.patchbay.connect(
+            jam.port(&format!("out{k}")),
+            call.port("ear"),
+            0.0,
+            PatchRole::Normal,
+            Some(call.clone()),
+        ) {
+            Ok(ear) => ear,
+            Err(e) => {
+                let _ = topology.patchbay.disconnect(voice.id);
+                return Err(e.into());
+            }
+        };
+        drop(topology);
+        self.emit(Event::PatchCreated {
+            patch: patch_info(&voice),
+        });
+        self.emit(Event::PatchCreated {
+            patch: patch_info(&ear),
+        });
+        self.refresh_lobby(std::slice::from_ref(call));
+        tracing::info!(jam = room, seat = k, "joined jam room");
+        Ok(())
+    }
+
+    /// Tells every node service which of its ports are patched (a jam seat is in its
+    /// room only while something is patched to it). Called after every patch change.
+    fn sync_service_ports(&self) {
+        let topology = lock(&self.topology);
+        for (node, service) in &topology.services {
+            let ports: Vec<String> = topology
+                .patchbay
+                .patches_of(node)
+                .flat_map(|p| [&p.source, &p.sink])
+                .filter(|port| port.node() == node)
+                .map(|port| port.port().to_owned())
+                .collect();
+            service.ports_patched(&ports);
+        }
+    }
+
     /// Brings each call's lobby patch in line with its other patches: a call with no
     /// deliberate patch hears the hold music; one with any loses it.
     pub fn refresh_lobby(&self, calls: &[NodeRef]) {
@@ -884,6 +1103,7 @@ impl Gateway {
                 });
             }
         }
+        self.sync_service_ports();
     }
 
     /// Records a DTMF digit from a call.
@@ -1133,7 +1353,8 @@ impl Gateway {
         }
     }
 
-    /// Creates a node from an API configuration: a player, recorder or conference.
+    /// Creates a node from an API configuration: a player, recorder, conference, AES67
+    /// flow, jam room or AoDNS broadcast.
     pub fn create_configured_node(
         &self,
         name: &str,
@@ -1201,12 +1422,75 @@ impl Gateway {
                     },
                 );
             }
+            NodeConfig::Jam { .. } => {
+                crate::jam::create(self, &node, config, self.events.clone())?;
+            }
+            NodeConfig::Dns { .. } => {
+                let settings = crate::dns::BroadcastSettings::from_config(config)
+                    .map_err(|(field, why)| unprocessable(field, &why))?;
+                let inputs = settings.inputs();
+                let store = self.sequence_store.get().cloned();
+                let (engine_node, service) =
+                    crate::dns::broadcast::start(&node, settings, &self.dns, store)
+                        .map_err(broadcast_error)?;
+                self.add_service_node(
+                    NodeSpec {
+                        node: node.clone(),
+                        outputs: vec![],
+                        inputs,
+                        owner: None,
+                    },
+                    engine_node,
+                    service,
+                )
+                .map_err(|e| unprocessable("name", &e))?;
+            }
+            NodeConfig::Aes67Tx { .. } | NodeConfig::Aes67Rx { .. } => {
+                let flow = self.aes67.build(&node, config, self.media_clock())?;
+                self.add_service_node(flow.spec, flow.node, flow.service)
+                    .map_err(|e| unprocessable("name", &e))?;
+            }
         }
         lock(&self.topology)
             .configured
             .insert(node.clone(), (config.clone(), persistent));
         self.emit(Event::NodeCreated { node: node.clone() });
         Ok(node)
+    }
+
+    /// Adds an engine node together with its I/O side (see [`crate::node_service`]).
+    /// If the engine refuses the node, the service is stopped and the error returned.
+    pub fn add_service_node(
+        &self,
+        spec: NodeSpec,
+        node: Box<dyn crate::engine::Node>,
+        service: Arc<dyn NodeService>,
+    ) -> Result<(), PatchbayError> {
+        let name = spec.node.clone();
+        let mut topology = lock(&self.topology);
+        match topology.patchbay.add_node(spec, node) {
+            Ok(()) => {
+                topology.services.insert(name, service);
+                Ok(())
+            }
+            Err(e) => {
+                drop(topology);
+                service.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Every node service, for metrics.
+    pub fn node_services(&self) -> Vec<(NodeRef, Arc<dyn NodeService>)> {
+        let topology = lock(&self.topology);
+        let mut services: Vec<_> = topology
+            .services
+            .iter()
+            .map(|(node, service)| (node.clone(), Arc::clone(service)))
+            .collect();
+        services.sort_by(|a, b| a.0.cmp(&b.0));
+        services
     }
 
     /// Removes a node that is not a call, with its patches.
@@ -1228,19 +1512,36 @@ impl Gateway {
                 },
             })?;
             topology.configured.remove(node);
+            let service = topology.services.remove(node);
             topology.recorder_stats.remove(node);
             topology.player_states.remove(node);
             if node.kind() == NodeKind::Conference {
                 topology.conferences.remove(node.name());
             }
-            removed
+            (removed, service)
         };
+        let (removed, service) = removed;
+        if let Some(service) = service {
+            service.stop();
+        }
         for patch in &removed {
             self.emit(Event::PatchRemoved { id: patch.id });
         }
         self.emit(Event::NodeRemoved { node: node.clone() });
         self.refresh_lobby(&affected_calls(&removed));
         Ok(())
+    }
+
+    /// The I/O side of a node, if it has one.
+    pub fn node_service(&self, node: &NodeRef) -> Option<Arc<dyn NodeService>> {
+        lock(&self.topology).services.get(node).cloned()
+    }
+
+    /// Records a node's configuration after a live change (the node keeps running).
+    pub fn set_node_config(&self, node: &NodeRef, config: NodeConfig, persistent: bool) {
+        lock(&self.topology)
+            .configured
+            .insert(node.clone(), (config, persistent));
     }
 
     /// A node's API configuration and whether it is stored, if it has one.
@@ -1250,6 +1551,10 @@ impl Gateway {
 
     /// Kind-specific status of a node, for the API.
     pub fn node_status(&self, node: &NodeRef) -> Option<serde_json::Value> {
+        let service = lock(&self.topology).services.get(node).cloned();
+        if let Some(service) = service {
+            return Some(service.status());
+        }
         let topology = lock(&self.topology);
         if let Some((path, stats)) = topology.recorder_stats.get(node) {
             return Some(serde_json::json!({
@@ -1328,12 +1633,36 @@ impl Gateway {
     /// Graceful shutdown, part two (after every session ended): stops the engine and
     /// finalizes every recording. Blocking.
     pub fn finish(&self) {
+        let services: Vec<_> = lock(&self.topology).services.drain().collect();
+        for (_, service) in services {
+            service.stop();
+        }
+        self.dns.stop();
+        self.aes67.shutdown();
         if let Some(engine) = lock(&self.engine_thread).take() {
             engine.stop();
         }
         if let Some(disk) = lock(&self.disk).take() {
             disk.shutdown();
         }
+        self.clock.stop();
+    }
+}
+
+/// How the API reports a broadcast that could not start.
+fn broadcast_error(error: crate::dns::BroadcastError) -> ControlError {
+    use crate::dns::BroadcastError as B;
+    match error {
+        B::Zone(crate::dns::zone::ZoneError::Exists { .. }) => ControlError::Conflict {
+            message: error.to_string(),
+        },
+        B::Server(_) | B::Sequence { .. } | B::Thread(_) => ControlError::Unavailable {
+            message: error.to_string(),
+        },
+        other => ControlError::Unprocessable {
+            message: other.to_string(),
+            field: None,
+        },
     }
 }
 

@@ -272,22 +272,56 @@ pub fn active_span(x: &[f32], rate: u32, threshold: f32) -> Option<(usize, usize
     Some((first, last))
 }
 
-/// Fits a sine to the steady part of `x` (skipping `skip_s` at each end).
+/// The tone in `x` after `skip_s` at both ends, as the median 100 ms window sees it:
+/// the fit of the window with the median SNR, carrying the median frequency and level of
+/// all windows. One glitch (a caller's frames late on a stalled host) spoils a window,
+/// not the reading; a test that must see gaps looks for them explicitly.
 pub fn steady_fit(x: &[f32], rate: u32, skip_s: f64) -> SineFit {
     let skip = (skip_s * f64::from(rate)) as usize;
     assert!(
-        x.len() > 2 * skip + rate as usize / 10,
+        x.len() > 2 * skip + rate as usize / 2,
         "too little audio: {} samples",
         x.len()
     );
-    fit_sine(&x[skip..x.len() - skip], SampleRate::new(rate).unwrap()).expect("a tone")
+    let sample_rate = SampleRate::new(rate).unwrap();
+    let mut fits: Vec<SineFit> = x[skip..x.len() - skip]
+        .chunks_exact(rate as usize / 10)
+        .map(|w| fit_sine(w, sample_rate).expect("a tone"))
+        .collect();
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let frequency_hz = median(fits.iter().map(|f| f.frequency_hz).collect());
+    let amplitude = median(fits.iter().map(|f| f.amplitude).collect());
+    fits.sort_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
+    let middle = fits.len() / 2;
+    SineFit {
+        frequency_hz,
+        amplitude,
+        amplitude_dbfs: 20.0 * amplitude.log10(),
+        ..fits.swap_remove(middle)
+    }
 }
 
-/// Power (dBFS, as a sine's peak level) of the component at `hz`.
+/// Level (dBFS, as a sine's peak level) of the component at `hz`: the median of
+/// fixed-frequency fits over 100 ms windows, or one fit over all of `x` when it is
+/// shorter than 0.5 s. One dropout or phase jump (a thread stalled for tens of
+/// milliseconds on a busy host) spoils a window, not the reading; tests that must see
+/// gaps look for them explicitly.
 pub fn tone_level_dbfs(x: &[f32], rate: u32, hz: f64) -> f64 {
-    codecs::measure::fit_sine_at(x, SampleRate::new(rate).unwrap(), hz)
-        .map(|f| f.amplitude_dbfs)
-        .unwrap_or(-200.0)
+    let fit = |w: &[f32]| {
+        codecs::measure::fit_sine_at(w, SampleRate::new(rate).unwrap(), hz)
+            .map(|f| f.amplitude_dbfs)
+            .unwrap_or(-200.0)
+    };
+    let window = rate as usize / 10;
+    if x.len() < 5 * window {
+        return fit(x);
+    }
+    let mut levels: Vec<f64> = x.chunks_exact(window).map(fit).collect();
+    levels.sort_by(f64::total_cmp);
+    levels[levels.len() / 2]
 }
 
 /// A fresh random call UUID.

@@ -38,11 +38,8 @@ pub struct Page<T> {
     pub offset: usize,
 }
 
-fn paginate<T>(
-    mut all: Vec<T>,
-    offset: Option<usize>,
-    limit: Option<usize>,
-) -> Result<Page<T>, ApiError> {
+/// The page size asked for, or the default; 400 outside 1..=MAX_PAGE.
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::invalid_field(
@@ -50,6 +47,15 @@ fn paginate<T>(
             format!("must be 1..={MAX_PAGE}"),
         ));
     }
+    Ok(limit)
+}
+
+fn paginate<T>(
+    mut all: Vec<T>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+) -> Result<Page<T>, ApiError> {
+    let limit = page_limit(limit)?;
     let offset = offset.unwrap_or(0);
     let total = all.len();
     let items = if offset >= total {
@@ -86,11 +92,11 @@ async fn blocking<T: Send + 'static>(
 // stand-ins give the OpenAPI document their exact syntax, so clients and schemathesis
 // know what the server accepts. They are never built.
 
-/// A node reference, `kind:name`: `call:<uuid>`, or `player`, `recorder` or `conference`
-/// with a name of 1-64 letters, digits, `-` and `_`.
+/// A node reference, `kind:name`: `call:<uuid>`, or `player`, `recorder`, `conference`,
+/// `aes67tx`, `aes67rx`, `jam` or `dns` with a name of 1-64 letters, digits, `-` and `_`.
 #[derive(ToSchema)]
 #[schema(
-    pattern = "^(call:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|(player|recorder|conference):[A-Za-z0-9_-]{1,64})$",
+    pattern = "^(call:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|(player|recorder|conference|aes67tx|aes67rx|jam|dns):[A-Za-z0-9_-]{1,64})$",
     example = "player:hold"
 )]
 #[allow(dead_code)] // documentation only
@@ -99,7 +105,7 @@ pub struct NodeReference(String);
 /// A port reference, `kind:name.port`, e.g. `player:hold.out` or `call:<uuid>.ear`.
 #[derive(ToSchema)]
 #[schema(
-    pattern = "^(call:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|(player|recorder|conference):[A-Za-z0-9_-]{1,64})[.][A-Za-z0-9_]+$",
+    pattern = "^(call:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|(player|recorder|conference|aes67tx|aes67rx|jam|dns):[A-Za-z0-9_-]{1,64})[.][A-Za-z0-9_]+$",
     example = "player:hold.out"
 )]
 #[allow(dead_code)] // documentation only
@@ -139,11 +145,14 @@ pub async fn list_calls(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<CallQuery>,
 ) -> Result<Json<Page<CallInfo>>, ApiError> {
-    let mut calls = state.control.calls();
-    if let Some(wanted) = query.state {
-        calls.retain(|c| c.state == wanted);
-    }
-    Ok(Json(paginate(calls, query.offset, query.limit)?))
+    let limit = page_limit(query.limit)?;
+    let offset = query.offset.unwrap_or(0);
+    let (total, items) = state.control.calls_page(query.state, offset, limit);
+    Ok(Json(Page {
+        items,
+        total,
+        offset,
+    }))
 }
 
 /// One live call.
@@ -229,7 +238,7 @@ fn parse_node(text: &str) -> Result<NodeRef, ApiError> {
         .map_err(|e: crate::model::ModelError| ApiError::invalid_field("node", e.to_string()))
 }
 
-/// Creates a player, recorder or conference.
+/// Creates a player, recorder, conference, AES67 flow, jam room or AoDNS broadcast (`dns`).
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = NewNode,
     responses((status = 201, body = NodeInfo), (status = 400, body = Problem), (status = 409, body = Problem),
         (status = 422, body = Problem), (status = 503, body = Problem)),
@@ -290,7 +299,8 @@ pub struct NodeUpdate {
 }
 
 /// Replaces a configurable node's configuration. The node is rebuilt and its patches
-/// are restored where its ports still exist.
+/// are restored where its ports still exist; changes a node can take live (a jam
+/// room's tempo, member cap, allow-list, mix or silence policy) apply without a rebuild.
 #[utoipa::path(put, path = "/v1/nodes/{node}", tag = "nodes", params(("node" = NodeReference, Path, description = "`kind:name`")), request_body = NodeUpdate,
     responses((status = 200, body = NodeInfo), (status = 400, body = Problem), (status = 404, body = Problem),
         (status = 422, body = Problem), (status = 503, body = Problem)),
@@ -328,6 +338,10 @@ pub async fn replace_node(
     if current.persistent {
         let config = serde_json::to_value(&update.config).map_err(ApiError::internal)?;
         state.store.update_node_config(&node, &config).await?;
+    }
+    // A node that can take the change live (a jam room's tempo, say) keeps running.
+    if let Some(result) = state.control.reconfigure_node(&node, &update.config) {
+        return Ok(Json(result?));
     }
     let control = Arc::clone(&state.control);
     let patches: Vec<PatchInfo> = control
@@ -787,7 +801,7 @@ pub struct CdrQuery {
 
 /// Records of finished calls, newest first, a page at a time.
 #[utoipa::path(get, path = "/v1/cdrs", tag = "cdrs", params(CdrQuery),
-    responses((status = 200, description = "A page of records and the cursor of the next", content_type = "application/json"),
+    responses((status = 200, description = "A page of records and the cursor of the next", body = CdrPage),
         (status = 400, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_cdrs(
@@ -846,7 +860,8 @@ fn event_call(event: &Event) -> Option<Uuid> {
 
 /// Live events as Server-Sent Events: calls starting and ending, state changes, DTMF,
 /// talk start/stop (voice activity detection), level meters (about 10 Hz), patches,
-/// nodes and finished recordings. Each SSE message's `event` is the JSON's `type`.
+/// nodes, finished recordings and jam room members joining and leaving. Each SSE
+/// message's `event` is the JSON's `type`.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery),
     responses((status = 200, description = "An endless text/event-stream of Event objects", content_type = "text/event-stream", body = Event),
         (status = 400, body = Problem)),

@@ -4,9 +4,12 @@
 //! list (utoipa-axum), so a route cannot exist without being documented. Every `/v1`
 //! route sits behind [`auth::require_token`]; `/healthz`, `/readyz` and `/metrics` do not.
 
+mod aes67;
 pub mod auth;
+mod clock;
 pub mod error;
 mod handlers;
+mod jam;
 mod metrics;
 
 use std::sync::Arc;
@@ -67,7 +70,7 @@ impl AppState {
     ),
     modifiers(&BearerAuth),
     // Used only by path and query parameters, which utoipa does not collect.
-    components(schemas(handlers::NodeReference)),
+    components(schemas(handlers::NodeReference, aes67::FlowReference)),
     tags(
         (name = "calls", description = "Live calls"),
         (name = "nodes", description = "Patchbay nodes and their ports"),
@@ -76,7 +79,9 @@ impl AppState {
         (name = "cdrs", description = "Records of finished calls"),
         (name = "events", description = "Live event stream"),
         (name = "tokens", description = "API tokens"),
+        (name = "aes67", description = "AES67 flows' SDP and the sessions heard on SAP"),
         (name = "meta", description = "Health, readiness, the API document"),
+        (name = "clock", description = "The PTP media clock of AES67 flows"),
     )
 )]
 struct ApiDoc;
@@ -121,6 +126,8 @@ fn v1_routes() -> OpenApiRouter<AppState> {
             handlers::replace_node,
             handlers::delete_node
         ))
+        .routes(routes!(jam::get_jam_mix))
+        .routes(routes!(jam::set_jam_mix, jam::reset_jam_mix))
         .routes(routes!(handlers::list_patches, handlers::create_patch))
         .routes(routes!(
             handlers::get_patch,
@@ -138,6 +145,9 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(handlers::list_tokens, handlers::create_token))
         .routes(routes!(handlers::revoke_token))
         .routes(routes!(handlers::openapi_document))
+        .routes(routes!(aes67::flow_sdp))
+        .routes(routes!(aes67::sap_sessions))
+        .routes(routes!(clock::get_clock))
 }
 
 /// What the handlers' annotations cannot say by themselves.
@@ -328,7 +338,7 @@ mod tests {
     fn every_operation_documents_the_statuses_of_its_middleware_and_extractors() {
         let doc = document();
         let operations = operations(&doc);
-        assert_eq!(operations.len(), 24, "every /v1 operation");
+        assert_eq!(operations.len(), 30, "every /v1 operation");
         for (method, path, operation) in operations {
             let responses = operation["responses"].as_object().unwrap();
             let mut expected = vec!["401", "503"];

@@ -176,6 +176,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// The counter's value, `None` if it was never incremented.
     async fn get_counter(&self, name: &str) -> StoreResult<Option<i64>>;
+
+    /// Reserves `count` (1 to 2^20) AoDNS sequence numbers for the broadcast of
+    /// `domain` (its zone root as the gateway writes it) and returns the first: the
+    /// numbers `start..start + count`, where `start` is the domain's next free number
+    /// or `at_least` (0 to 2^62), whichever is larger. Atomic: concurrent and later
+    /// reservations never overlap these, so a broadcast's numbers keep increasing
+    /// across calls and restarts (aodns.md §6). `at_least` lets a broadcast that ran
+    /// past its reservation while the database was away record how far it got.
+    async fn reserve_dns_sequences(
+        &self,
+        domain: &str,
+        at_least: i64,
+        count: i64,
+    ) -> StoreResult<i64>;
+
+    /// The next number [`Store::reserve_dns_sequences`] would start from (before
+    /// `at_least`), `None` for a domain that never reserved any.
+    async fn next_dns_sequence(&self, domain: &str) -> StoreResult<Option<i64>>;
 }
 
 /// Opens the store named by `url` with default [`StoreOptions`]: `sqlite:` (e.g.
@@ -249,6 +267,30 @@ fn check_counter(name: &str, by: i64) -> StoreResult<()> {
             what: "counter",
             reason: format!("increment {by} is negative"),
         });
+    }
+    Ok(())
+}
+
+/// Largest block [`Store::reserve_dns_sequences`] hands out at once.
+const MAX_DNS_SEQUENCE_BLOCK: i64 = 1 << 20;
+/// Largest `at_least`: far beyond any real broadcast, and far from `i64` overflow.
+const MAX_DNS_SEQUENCE: i64 = 1 << 62;
+
+fn check_dns_sequences(domain: &str, at_least: i64, count: i64) -> StoreResult<()> {
+    let invalid = |reason: String| StoreError::Invalid {
+        what: "DNS sequence reservation",
+        reason,
+    };
+    if domain.is_empty() || domain.len() > 255 {
+        return Err(invalid("the domain must be 1 to 255 bytes long".into()));
+    }
+    if !(0..=MAX_DNS_SEQUENCE).contains(&at_least) {
+        return Err(invalid(format!(
+            "at_least {at_least} is out of range (0..=2^62)"
+        )));
+    }
+    if !(1..=MAX_DNS_SEQUENCE_BLOCK).contains(&count) {
+        return Err(invalid(format!("count {count} is out of range (1..=2^20)")));
     }
     Ok(())
 }

@@ -24,8 +24,9 @@ use super::records::{now, to_i64, to_u64};
 use super::{
     Backend, CdrFilter, CdrPage, CdrRecord, EndedBy, NewToken, NodeRecord, PatchRecord,
     RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr, TokenInfo,
-    check_counter, check_patch_gain, check_persistent_node, check_route, check_token_name,
-    json_from_value, node_from_columns, patch_key, port_from_column, sort_routes, token,
+    check_counter, check_dns_sequences, check_patch_gain, check_persistent_node, check_route,
+    check_token_name, json_from_value, node_from_columns, patch_key, port_from_column, sort_routes,
+    token,
 };
 use crate::model::{NodeKind, NodeRef, PortRef, Route};
 
@@ -724,5 +725,37 @@ impl Store for PgStore {
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| err(e, "counter", &name))
+    }
+
+    async fn reserve_dns_sequences(
+        &self,
+        domain: &str,
+        at_least: i64,
+        count: i64,
+    ) -> StoreResult<i64> {
+        check_dns_sequences(domain, at_least, count)?;
+        let mut conn = self.conn().await?;
+        // One statement: the upsert is atomic, so concurrent reservations never overlap.
+        sqlx::query_scalar(
+            "INSERT INTO dns_sequences (domain, next_sequence) VALUES ($1, $2 + $3) \
+             ON CONFLICT (domain) DO UPDATE \
+             SET next_sequence = GREATEST(dns_sequences.next_sequence, $2) + $3 \
+             RETURNING next_sequence - $3",
+        )
+        .bind(domain)
+        .bind(at_least)
+        .bind(count)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| err(e, "DNS sequence", &domain))
+    }
+
+    async fn next_dns_sequence(&self, domain: &str) -> StoreResult<Option<i64>> {
+        let mut conn = self.conn().await?;
+        sqlx::query_scalar("SELECT next_sequence FROM dns_sequences WHERE domain = $1")
+            .bind(domain)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| err(e, "DNS sequence", &domain))
     }
 }

@@ -164,7 +164,7 @@ impl fmt::Debug for NewToken {
 }
 
 /// Who ended a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EndedBy {
     /// The caller hung up (AudioSocket hangup, or Asterisk closed the connection).
@@ -196,7 +196,7 @@ impl EndedBy {
 }
 
 /// A call detail record: one per finished call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CdrRecord {
     /// The call's AudioSocket UUID.
     pub uuid: Uuid,
@@ -227,11 +227,12 @@ pub struct CdrRecord {
     /// The patches the call had, as text (`"call:<uuid>.voice -> recorder:x.in"`).
     pub patches: Vec<String>,
     /// Asterisk's address for the AudioSocket connection.
+    #[schema(value_type = Option<String>)]
     pub peer: Option<SocketAddr>,
 }
 
 /// A CDR as stored, with its id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredCdr {
     /// The row's id.
     pub id: i64,
@@ -322,11 +323,12 @@ impl<'de> Deserialize<'de> for CdrCursor {
 }
 
 /// One page of CDRs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CdrPage {
     /// The records, newest first.
     pub items: Vec<StoredCdr>,
-    /// Where the next page starts; `None` on the last page.
+    /// Where the next page starts (pass it as `cursor`); `null` on the last page.
+    #[schema(value_type = Option<String>)]
     pub next_cursor: Option<CdrCursor>,
 }
 

@@ -102,7 +102,7 @@ pub struct RxStats {
     pub late: u64,
     /// Packets too far ahead of the playout window (timestamps not aligned with ours).
     pub early: u64,
-    /// Frames played as silence after the stream started.
+    /// Frames played as silence once playout reached the stream's first frame.
     pub concealed_frames: u64,
     /// Datagrams that were not RTP or whose payload was not whole frames.
     pub malformed: u64,
@@ -244,6 +244,9 @@ pub struct JitterBuffer {
     seq: Option<SeqState>,
     lost_before: u64,
     out_of_window_run: u32,
+    /// Media time of the first frame ever stored; concealment counts from there.
+    first_frame: Option<u32>,
+    /// Whether playout has reached `first_frame`.
     started: bool,
     last_arrival: Option<u64>,
     stats: RxStats,
@@ -278,6 +281,7 @@ impl JitterBuffer {
             seq: None,
             lost_before: 0,
             out_of_window_run: 0,
+            first_frame: None,
             started: false,
             last_arrival: None,
             stats: RxStats::default(),
@@ -408,6 +412,10 @@ impl JitterBuffer {
                 let o = ts.wrapping_sub(now32);
                 self.offset = Some(o);
                 self.valid.fill(false);
+                if !self.started {
+                    // The old anchor's first frame means nothing on the new timeline.
+                    self.first_frame = None;
+                }
                 m_start = ts.wrapping_sub(o);
                 cursor = self.next_read.unwrap_or(now32.wrapping_sub(latency));
                 rel = i64::from(m_start.wrapping_sub(cursor) as i32);
@@ -429,7 +437,8 @@ impl JitterBuffer {
             &pkt.payload[skip * self.bytes_per_frame..],
             m_start.wrapping_add(skip as u32),
         );
-        self.started = true;
+        self.first_frame
+            .get_or_insert(m_start.wrapping_add(skip as u32));
         if skip > 0 {
             self.stats.late += 1;
             return PushOutcome::Late;
@@ -447,7 +456,8 @@ impl JitterBuffer {
     /// `out[c × frames .. (c + 1) × frames]`, `frames = out.len() / channels` (at most
     /// [`MAX_READ_FRAMES`]). `now` is the media clock at the block's playout; frames with
     /// media time `now − latency ..` are read, missing ones as silence. Returns the number
-    /// of frames concealed.
+    /// of frames read as silence (counted as concealed only once playout has reached the
+    /// stream's first frame).
     pub fn read_block(&mut self, now: u64, out: &mut [f32]) -> Result<usize, Aes67Error> {
         let ch = self.channels;
         if !out.len().is_multiple_of(ch) {
@@ -464,9 +474,17 @@ impl JitterBuffer {
             });
         }
         let start = (now as u32).wrapping_sub(self.cfg.latency_frames);
+        let mut missing = 0;
         let mut concealed = 0;
         for i in 0..frames {
             let m = start.wrapping_add(i as u32);
+            if !self.started
+                && let Some(first) = self.first_frame
+            {
+                // Frames before the stream's first are not missing, just not yet due
+                // (compared within ±2^31 frames, 12 hours).
+                self.started = m.wrapping_sub(first) as i32 >= 0;
+            }
             let slot = m as usize % RING_FRAMES;
             if self.valid[slot] && self.tags[slot] == m {
                 let src = &self.ring[slot * ch..(slot + 1) * ch];
@@ -478,14 +496,15 @@ impl JitterBuffer {
                 for c in 0..ch {
                     out[c * frames + i] = 0.0;
                 }
-                concealed += 1;
+                missing += 1;
+                if self.started {
+                    concealed += 1;
+                }
             }
         }
         self.next_read = Some(start.wrapping_add(frames as u32));
-        if self.started {
-            self.stats.concealed_frames += concealed as u64;
-        }
-        Ok(concealed)
+        self.stats.concealed_frames += concealed;
+        Ok(missing)
     }
 
     /// Decodes whole frames of `payload` into the ring from media time `m0` on.
@@ -634,6 +653,54 @@ mod tests {
             (s.lost, s.late, s.duplicate, s.reordered, s.concealed_frames),
             (0, 0, 0, 0, 0)
         );
+    }
+
+    #[test]
+    fn sheet_vector_12_3_decodes_to_its_samples() {
+        // aes67.md §12.3: L24 stereo, 2 frames, PT 98, seq 1, ts 0xFB038000 (TAI 1.7e9 s).
+        let packet: [u8; 24] = [
+            0x80, 0x62, 0x00, 0x01, 0xfb, 0x03, 0x80, 0x00, 0x12, 0x34, 0x56, 0x78, 0x20, 0x00,
+            0x00, 0xe0, 0x00, 0x00, 0x00, 0x00, 0x01, 0xff, 0xff, 0xff,
+        ];
+        let mut jb = jb();
+        let media = super::super::media_clock(1_700_000_000 * 1_000_000_000);
+        assert_eq!(jb.push(&packet, media), PushOutcome::Accepted);
+        assert_eq!(jb.ssrc(), Some(0x1234_5678));
+        let mut out = [9.0f32; 2 * 48];
+        jb.read_block(media + u64::from(LATENCY), &mut out).unwrap();
+        let lsb = 1.0 / 8_388_608.0;
+        assert_eq!(
+            (out[0], out[48]),
+            (0.25, -0.25),
+            "frame 0: +0x200000, -0x200000"
+        );
+        assert_eq!((out[1], out[49]), (lsb, -lsb), "frame 1: +1, -1");
+        assert!(out[2..48].iter().chain(&out[50..]).all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn lead_in_before_the_first_packet_is_not_concealment() {
+        // The first packet arrives early; playout runs for 5 ms before its first frame.
+        // Those 5 ms are silence but nothing was lost; a packet lost later is.
+        let mut jb = jb();
+        let packets = stream(BASE as u32, 100, 20);
+        assert_eq!(jb.push(&packets[0], BASE - 200), PushOutcome::Accepted);
+        let mut block = [0.0f32; 96];
+        let mut silent = 0;
+        for j in 0..5u64 {
+            silent += jb
+                .read_block(BASE - 240 + 48 * j + u64::from(LATENCY), &mut block)
+                .unwrap();
+        }
+        assert_eq!(silent, 240, "every lead-in frame read as silence");
+        assert_eq!(jb.stats().concealed_frames, 0);
+        let mut arr = normal_arrivals(BASE, 20);
+        arr[0] = None; // already pushed
+        arr[12] = None;
+        let (l, r) = play(&mut jb, &packets, BASE, &arr, 20);
+        check(&l, &r, 20, &[12]);
+        let s = jb.stats();
+        assert_eq!((s.lost, s.concealed_frames), (1, 48));
     }
 
     #[test]

@@ -168,16 +168,55 @@ impl ZoneRoot {
         if suffix[0] != b'.' || !suffix[1..].eq_ignore_ascii_case(root.as_bytes()) {
             return QueryTarget::OutOfZone;
         }
-        if label == SEQUENCE_LABEL.as_bytes() {
-            return QueryTarget::Sequence;
+        classify_record_label(label)
+    }
+
+    /// Labels of the root, e.g. 3 for `music.example.com.`.
+    pub fn label_count(&self) -> usize {
+        self.root_labels().count()
+    }
+
+    /// The root's labels, left to right, without the empty root label.
+    fn root_labels(&self) -> std::str::Split<'_, char> {
+        self.fqdn.strip_suffix('.').unwrap_or(&self.fqdn).split('.')
+    }
+
+    /// Classifies a query name given as its wire labels, left to right, without the
+    /// empty root label (what a DNS parser yields). Same rules as
+    /// [`ZoneRoot::classify`], but a label may hold any bytes, dots included: the DNS
+    /// server hands names over as labels, so an escaped `\.` inside a label can never
+    /// be mistaken for a label boundary.
+    pub fn classify_labels<L: AsRef<[u8]>>(&self, labels: &[L]) -> QueryTarget {
+        let Some(relative) = labels.len().checked_sub(self.label_count()) else {
+            return QueryTarget::OutOfZone;
+        };
+        let suffix_matches = labels[relative..]
+            .iter()
+            .zip(self.root_labels())
+            .all(|(label, root)| label.as_ref().eq_ignore_ascii_case(root.as_bytes()));
+        if !suffix_matches {
+            return QueryTarget::OutOfZone;
         }
-        match label
-            .strip_prefix(SEQ_LABEL_PREFIX.as_bytes())
-            .and_then(parse_canonical_u64)
-        {
-            Some(n) => QueryTarget::Seq(n),
-            None => QueryTarget::OtherInZone,
+        match &labels[..relative] {
+            [] => QueryTarget::Apex,
+            [label] => classify_record_label(label.as_ref()),
+            _ => QueryTarget::OtherInZone,
         }
+    }
+}
+
+/// What the single label under the root designates: compared exactly, as the reference
+/// does (aodns.md §2).
+fn classify_record_label(label: &[u8]) -> QueryTarget {
+    if label == SEQUENCE_LABEL.as_bytes() {
+        return QueryTarget::Sequence;
+    }
+    match label
+        .strip_prefix(SEQ_LABEL_PREFIX.as_bytes())
+        .and_then(parse_canonical_u64)
+    {
+        Some(n) => QueryTarget::Seq(n),
+        None => QueryTarget::OtherInZone,
     }
 }
 
@@ -320,6 +359,54 @@ mod tests {
         ];
         for (name, want) in cases {
             assert_eq!(root.classify(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn classifies_wire_labels_like_names() {
+        let root = ZoneRoot::parse("music.example.com").unwrap();
+        assert_eq!(root.label_count(), 3);
+        let cases: [(&[&[u8]], QueryTarget); 10] = [
+            (
+                &[b"sequence", b"music", b"example", b"com"],
+                QueryTarget::Sequence,
+            ),
+            (
+                &[b"seq_7", b"MUSIC", b"Example", b"com"],
+                QueryTarget::Seq(7),
+            ),
+            (
+                &[b"SEQ_7", b"music", b"example", b"com"],
+                QueryTarget::OtherInZone,
+            ),
+            (&[b"music", b"example", b"com"], QueryTarget::Apex),
+            (
+                &[b"a", b"seq_1", b"music", b"example", b"com"],
+                QueryTarget::OtherInZone,
+            ),
+            // A dot inside a label is a different name from two labels.
+            (
+                &[b"seq_1.music", b"example", b"com"],
+                QueryTarget::OutOfZone,
+            ),
+            (
+                &[b"x", b"seq_1.music", b"example", b"com"],
+                QueryTarget::OutOfZone,
+            ),
+            (
+                &[b"seq_1", b"music", b"example", b"org"],
+                QueryTarget::OutOfZone,
+            ),
+            (&[b"example", b"com"], QueryTarget::OutOfZone),
+            (&[], QueryTarget::OutOfZone),
+        ];
+        for (labels, want) in cases {
+            assert_eq!(root.classify_labels(labels), want, "{labels:?}");
+        }
+        // Agrees with the text form for every name that has one.
+        for name in ["seq_12.music.example.com.", "sequence.a.music.example.com."] {
+            let labels: Vec<&str> = name.trim_end_matches('.').split('.').collect();
+            assert_eq!(root.classify_labels(&labels), root.classify(name), "{name}");
         }
     }
 

@@ -279,8 +279,23 @@ pub struct Member {
 pub struct RoomCore {
     config: RoomConfig,
     members: Vec<Member>,
+    /// Members that left since the driver last drained them (for join/leave events).
+    departed: Vec<(Member, Departure)>,
     stats: RoomStats,
 }
+
+/// Why a member left the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Departure {
+    /// Silent for the member timeout (rtjam.md §3).
+    Expired,
+    /// Removed: kicked, or no longer admitted by a changed allow-list.
+    Removed,
+}
+
+/// Departures kept for the driver at most; beyond, the oldest undrained ones are lost.
+const MAX_DEPARTED: usize = 1024;
 
 impl RoomCore {
     /// An empty room. Member storage for the cap (or 16) is reserved up front.
@@ -289,6 +304,7 @@ impl RoomCore {
         RoomCore {
             config,
             members: Vec::with_capacity(reserve),
+            departed: Vec::with_capacity(reserve),
             stats: RoomStats::default(),
         }
     }
@@ -337,24 +353,56 @@ impl RoomCore {
     pub fn set_allow_list(&mut self, allow: AllowList) {
         self.config.allow = allow;
         let allow = &self.config.allow;
-        self.members.retain(|m| allow.allows(m.addr.ip()));
+        let gone: Vec<Member> = self
+            .members
+            .extract_if(.., |m| !allow.allows(m.addr.ip()))
+            .collect();
+        for member in gone {
+            self.note_departure(member, Departure::Removed);
+        }
     }
 
     /// Removes a member now (e.g. kicked); true if it existed.
     pub fn remove(&mut self, addr: SocketAddr) -> bool {
-        let before = self.members.len();
-        self.members.retain(|m| m.addr != addr);
-        self.members.len() != before
+        match self.members.iter().position(|m| m.addr == addr) {
+            Some(i) => {
+                let member = self.members.remove(i);
+                self.note_departure(member, Departure::Removed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands over the members that left since the last call, oldest first, with why.
+    /// Drivers that report departures call this after each datagram and expiry check;
+    /// at most 1024 undrained departures are kept.
+    pub fn drain_departed(&mut self) -> std::vec::Drain<'_, (Member, Departure)> {
+        self.departed.drain(..)
+    }
+
+    fn note_departure(&mut self, member: Member, why: Departure) {
+        if self.departed.len() >= MAX_DEPARTED {
+            self.departed.remove(0);
+        }
+        self.departed.push((member, why));
     }
 
     /// Drops members silent for the timeout at `now_us` (rtjam keeps a member while
     /// last_heard + 1 s > now). Returns how many were dropped.
     pub fn expire(&mut self, now_us: u64) -> usize {
         let timeout = self.config.member_timeout_us;
-        let before = self.members.len();
-        self.members
-            .retain(|m| m.last_heard_us.saturating_add(timeout) > now_us);
-        let gone = before - self.members.len();
+        let mut gone = 0;
+        // Rarely true: without an expired member this neither moves nor allocates.
+        while let Some(i) = self
+            .members
+            .iter()
+            .position(|m| m.last_heard_us.saturating_add(timeout) <= now_us)
+        {
+            let member = self.members.remove(i);
+            self.note_departure(member, Departure::Expired);
+            gone += 1;
+        }
         self.stats.expired += gone as u64;
         gone
     }
@@ -654,6 +702,40 @@ mod tests {
         assert_eq!(room.expire(T0 + 2_000_000), 1);
         assert!(room.members().is_empty());
         assert_eq!(room.next_expiry_us(), None);
+    }
+
+    #[test]
+    fn departures_are_reported_once_with_their_reason() {
+        let mut room = RoomCore::new(RoomConfig::default());
+        let (a, b, c) = (
+            addr("127.0.0.1:1"),
+            addr("127.0.0.1:2"),
+            addr("127.0.0.2:3"),
+        );
+        handle(&mut room, T0, a, packet(11, 0, 0, 0.0));
+        handle(&mut room, T0 + 500_000, b, packet(22, 0, 0, 0.0));
+        handle(&mut room, T0 + 500_000, c, packet(33, 0, 0, 0.0));
+        assert_eq!(room.drain_departed().count(), 0);
+        // a expires when b's next packet is handled 1 s after a was last heard.
+        handle(&mut room, T0 + 1_000_000, b, packet(22, 1, 0, 0.0));
+        let gone: Vec<_> = room
+            .drain_departed()
+            .map(|(m, why)| (m.client_id, m.addr, why))
+            .collect();
+        assert_eq!(gone, vec![(11, a, Departure::Expired)]);
+        assert_eq!(room.drain_departed().count(), 0, "reported once");
+        room.set_allow_list("127.0.0.1/32".parse().unwrap());
+        assert!(room.remove(b));
+        assert!(!room.remove(b));
+        let gone: Vec<_> = room
+            .drain_departed()
+            .map(|(m, why)| (m.client_id, why))
+            .collect();
+        assert_eq!(
+            gone,
+            vec![(33, Departure::Removed), (22, Departure::Removed)]
+        );
+        assert!(room.members().is_empty());
     }
 
     #[test]

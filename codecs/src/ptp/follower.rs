@@ -48,6 +48,9 @@ pub struct FollowerConfig {
     pub lock_threshold_ns: u64,
     /// Syncs needed in the fit before locking or rejecting outliers.
     pub min_samples_for_lock: usize,
+    /// Delay_Req/Delay_Resp exchanges needed before locking, so that the median path
+    /// delay is not one sample (the first request out of a socket is often slow).
+    pub min_delay_samples_for_lock: usize,
     /// Smallest residual (ns) treated as an outlier; the effective threshold is the larger
     /// of this and 5 × the fit RMS.
     pub outlier_floor_ns: u64,
@@ -55,7 +58,8 @@ pub struct FollowerConfig {
 
 impl FollowerConfig {
     /// Defaults: Delay_Req every second, a 64-Sync fit (8 s at the media profile's
-    /// 8 Syncs/s), lock below 100 µs RMS after 8 Syncs, outliers beyond 250 µs.
+    /// 8 Syncs/s), lock below 100 µs RMS after 8 Syncs and 3 delay exchanges, outliers
+    /// beyond 250 µs.
     pub const fn new(domain: u8, port_identity: PortIdentity) -> FollowerConfig {
         FollowerConfig {
             domain,
@@ -64,6 +68,7 @@ impl FollowerConfig {
             window: 64,
             lock_threshold_ns: 100_000,
             min_samples_for_lock: 8,
+            min_delay_samples_for_lock: 3,
             outlier_floor_ns: 250_000,
         }
     }
@@ -176,6 +181,28 @@ impl Fit {
     }
 }
 
+/// The local-clock -> PTP-time line the follower currently estimates, as a plain value
+/// a driver can hand to other threads (see [`Follower::mapping`]): PTP time at a local
+/// instant `l` is `ptp_ns + rate_ratio * (l - local_ns)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeMapping {
+    /// Local time of the reference point, ns (the newest Sync's receive time).
+    pub local_ns: u64,
+    /// PTP time at `local_ns`, ns since the PTP epoch (mean path delay included).
+    pub ptp_ns: i128,
+    /// Master nanoseconds per local nanosecond.
+    pub rate_ratio: f64,
+}
+
+impl TimeMapping {
+    /// PTP time at the local instant `local_ns` (extrapolating the line).
+    pub fn ptp_at(&self, local_ns: u64) -> i128 {
+        let dl = i128::from(local_ns) - i128::from(self.local_ns);
+        // dl spans seconds, so the f64 product is exact to well under a nanosecond.
+        self.ptp_ns + (self.rate_ratio * dl as f64).round() as i128
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Outstanding {
     sequence_id: u16,
@@ -207,6 +234,7 @@ pub struct Follower {
     delay_req_interval_ns: u64,
     next_sequence_id: u16,
     consecutive_outliers: u32,
+    last_offset: Option<i64>,
     stats: FollowerStats,
 }
 
@@ -235,6 +263,7 @@ impl Follower {
             delay_req_interval_ns: cfg.delay_req_interval_ns,
             next_sequence_id: 0,
             consecutive_outliers: 0,
+            last_offset: None,
             stats: FollowerStats::default(),
         }
     }
@@ -366,6 +395,7 @@ impl Follower {
             (Some(fit), Some(_))
                 if !self.sync_lost
                     && fit.n >= self.cfg.min_samples_for_lock
+                    && self.delay_count >= self.cfg.min_delay_samples_for_lock
                     && fit.rms_ns <= self.cfg.lock_threshold_ns as f64 =>
             {
                 LockState::Locked
@@ -420,15 +450,45 @@ impl Follower {
         self.fit.map(|f| f.rms_ns)
     }
 
+    /// The current local -> PTP mapping (a copyable snapshot of the fit and the path
+    /// delay), `None` until both exist. It does not say whether the follower is locked:
+    /// ask [`Follower::state`].
+    pub fn mapping(&self) -> Option<TimeMapping> {
+        let fit = self.fit?;
+        let d = self.mean_path_delay?;
+        Some(TimeMapping {
+            local_ns: fit.ref_local,
+            ptp_ns: fit.ref_master + i128::from(d),
+            rate_ratio: fit.slope,
+        })
+    }
+
+    /// Local receive time of the newest Sync used, ns.
+    pub fn last_sync_local_ns(&self) -> Option<u64> {
+        self.last_sync.map(|(_, t2)| t2)
+    }
+
+    /// The selected master's Sync interval (from its logMessageInterval), ns.
+    pub fn sync_interval_ns(&self) -> u64 {
+        self.sync_interval_ns
+    }
+
+    /// How far the estimate was from the newest accepted Sync before that Sync was
+    /// folded in, ns: `estimate - master` at its receive time (the IEEE 1588 sign of
+    /// offsetFromMaster; what `ptp4l` logs as "master offset"). A figure of tracking
+    /// quality: it stays within the timestamp jitter while locked. `None` until the fit
+    /// has `min_samples_for_lock` samples.
+    pub fn last_offset_ns(&self) -> Option<i64> {
+        self.last_offset
+    }
+
     /// Counters.
     pub fn stats(&self) -> FollowerStats {
         self.stats
     }
 
     fn local_to_ptp_i128(&self, local_ns: u64) -> Option<i128> {
-        let fit = self.fit?;
-        let d = self.mean_path_delay?;
-        Some(fit.master_at(local_ns) + i128::from(d))
+        Some(self.mapping()?.ptp_at(local_ns))
     }
 
     fn on_announce(&mut self, h: &Header, a: Announce, rx: u64) {
@@ -482,6 +542,7 @@ impl Follower {
         self.next_delay_req_at = None;
         self.delay_req_interval_ns = self.cfg.delay_req_interval_ns;
         self.consecutive_outliers = 0;
+        self.last_offset = None;
     }
 
     fn is_from_selected(&mut self, h: &Header) -> bool {
@@ -573,8 +634,11 @@ impl Follower {
 
     fn complete_sync(&mut self, t1: i128, t2: u64) {
         let min_samples = self.cfg.min_samples_for_lock;
+        let mut offset = None;
         if let Some(fit) = self.fit.filter(|f| f.n >= min_samples) {
-            let residual = (t1 - fit.master_at(t2)).abs() as f64;
+            let error = fit.master_at(t2) - t1;
+            offset = Some(error.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64);
+            let residual = error.abs() as f64;
             let threshold = (self.cfg.outlier_floor_ns as f64).max(5.0 * fit.rms_ns);
             if residual > threshold {
                 self.stats.outliers += 1;
@@ -586,9 +650,13 @@ impl Follower {
                 let selected = self.selected;
                 self.reset_servo();
                 self.selected = selected;
+                offset = None;
             }
         }
         self.consecutive_outliers = 0;
+        if offset.is_some() {
+            self.last_offset = offset;
+        }
         self.stats.syncs += 1;
         self.sync_lost = false;
         self.last_sync = Some((t1, t2));
@@ -860,6 +928,57 @@ mod tests {
             "one Delay_Req per second: {}",
             s.delay_reqs
         );
+    }
+
+    #[test]
+    fn mapping_snapshot_and_tracking_figures() {
+        let Outcome {
+            follower: f,
+            last_t2,
+        } = simulate(30, 0, None);
+        // The copyable snapshot maps exactly like the follower itself, and it is what a
+        // driver publishes: half a second ahead it is within 10 ns of the master.
+        let m = f.mapping().unwrap();
+        assert_eq!(m.local_ns, last_t2);
+        for l in [
+            last_t2,
+            last_t2 + 1,
+            last_t2 + 500_000_000,
+            last_t2 - 3_000_000_000,
+        ] {
+            assert_eq!(Some(m.ptp_at(l)), f.local_to_ptp_ns(l).map(i128::from));
+        }
+        let l = last_t2 + 500_000_000;
+        assert!((m.ptp_at(l) - master_of(l)).abs() <= 10);
+        assert_eq!(f.last_sync_local_ns(), Some(last_t2));
+        assert_eq!(f.sync_interval_ns(), SYNC_INTERVAL as u64);
+        // With exact timestamps the newest Sync was predicted to within a few ns.
+        let offset = f.last_offset_ns().unwrap();
+        assert!(offset.abs() <= 5, "offset {offset}");
+
+        let Outcome { follower: f, .. } = simulate(30, 20_000, None);
+        // 0..20 µs queueing on each leg: the prediction error stays within that spread.
+        let offset = f.last_offset_ns().unwrap();
+        assert!(offset.abs() <= 20_000, "offset {offset}");
+
+        // Before any fit there is nothing to publish or report.
+        let fresh = Follower::new(FollowerConfig::new(0, our_port()));
+        assert_eq!(fresh.mapping(), None);
+        assert_eq!(fresh.last_offset_ns(), None);
+        assert_eq!(fresh.last_sync_local_ns(), None);
+    }
+
+    #[test]
+    fn lock_waits_for_three_path_delay_samples() {
+        // One Delay_Req a second from the first Sync: after 2 s two exchanges, after 3 s
+        // three. The fit alone (16 Syncs) would be enough.
+        let Outcome { follower: f, .. } = simulate(2, 0, None);
+        assert_eq!(f.stats().delay_resps, 2);
+        assert!(f.mapping().is_some());
+        assert_eq!(f.state(), LockState::Acquiring);
+        let Outcome { follower: f, .. } = simulate(3, 0, None);
+        assert_eq!(f.stats().delay_resps, 3);
+        assert_eq!(f.state(), LockState::Locked);
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! The operator's subcommands: tokens (straight to the database), and calls, routes and
-//! patches through a running gateway's REST API.
+//! The operator's subcommands: tokens (straight to the database), calls, routes and
+//! patches through a running gateway's REST API, and `listen-dns`, an AoDNS listener.
 
 use api::store::{Scope, open_store};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::config::Config;
+
+mod listen_dns;
+pub use listen_dns::{ListenDnsArgs, ListenReport, listen_dns};
 
 /// `telepatch token ...`
 #[derive(Subcommand, Debug)]

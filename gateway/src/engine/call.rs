@@ -201,6 +201,9 @@ impl Uplink {
         };
         CallStats::add(&self.stats.frames_in, 1);
         CallStats::add(&self.stats.samples_in, samples as u64);
+        if self.drop_if_backlogged(samples) {
+            return;
+        }
 
         self.steer(samples);
 
@@ -212,6 +215,7 @@ impl Uplink {
                 UplinkCoding::Ulaw => pcm::ulaw_to_f32(chunk, &mut self.scratch_in),
                 UplinkCoding::Alaw => pcm::alaw_to_f32(chunk, &mut self.scratch_in),
             };
+            Self::tap_caller_rate(&mut self.vad, self.rate, &self.scratch_in[..n]);
             let produced = self
                 .resampler
                 .process(&self.scratch_in[..n], &mut self.scratch_out);
@@ -224,17 +228,38 @@ impl Uplink {
 
     /// Feeds caller-rate samples that are already float (tests, players of calls).
     pub fn push_samples(&mut self, samples: &[f32]) {
-        self.steer(samples.len());
         CallStats::add(&self.stats.frames_in, 1);
         CallStats::add(&self.stats.samples_in, samples.len() as u64);
+        if self.drop_if_backlogged(samples.len()) {
+            return;
+        }
+        self.steer(samples.len());
         let mut pushed = 0usize;
         for chunk in samples.chunks(UPLINK_CHUNK) {
+            Self::tap_caller_rate(&mut self.vad, self.rate, chunk);
             let produced = self.resampler.process(chunk, &mut self.scratch_out);
             pushed += self.push_bus(produced);
         }
         self.stats
             .uplink_frame_samples
             .store(u32::try_from(pushed).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Drops a frame of `samples` caller-rate samples unconverted, counting it as
+    /// overflow, when the ring has no room for it: converted, it would be dropped at the
+    /// ring anyway. That happens when a session's reader was starved and catches up on a
+    /// backlog faster than the engine drains it; resampling audio that is about to be
+    /// thrown away is exactly the work an overloaded gateway cannot afford, and it would
+    /// starve other calls' writers in turn. (Smaller bursts fit the ring and are trimmed
+    /// by the node from the oldest end, which keeps the newest audio continuous.)
+    fn drop_if_backlogged(&mut self, samples: usize) -> bool {
+        let bus_samples =
+            samples as u64 * u64::from(BUS_RATE.hz()) / u64::from(self.rate.hz().max(1));
+        if self.ring.slots() as u64 >= bus_samples {
+            return false;
+        }
+        CallStats::add(&self.stats.uplink_overflow_samples, bus_samples);
+        true
     }
 
     /// Updates the ratio correction before `samples` new caller samples are pushed.
@@ -264,14 +289,27 @@ impl Uplink {
             .store(correction.round() as i64 as u64, Ordering::Relaxed);
     }
 
-    /// Taps the caller's bus audio into voice activity detection.
+    /// Taps the caller's audio into voice activity detection.
     pub fn set_vad(&mut self, tap: super::vad::VadTap) {
         self.vad = Some(tap);
     }
 
+    /// Taps caller-rate samples into voice activity detection, when the detector takes
+    /// the caller's rate directly (cheaper than the bus copy, see `push_bus`).
+    fn tap_caller_rate(vad: &mut Option<super::vad::VadTap>, rate: SampleRate, samples: &[f32]) {
+        if let Some(vad) = vad.as_mut()
+            && super::vad::detects_at(rate.hz())
+        {
+            vad.feed(samples, rate.hz());
+        }
+    }
+
     fn push_bus(&mut self, produced: usize) -> usize {
-        if let Some(vad) = self.vad.as_mut() {
-            vad.feed(&self.scratch_out[..produced]);
+        // Callers at rates the detector cannot take are heard on the bus instead.
+        if let Some(vad) = self.vad.as_mut()
+            && !super::vad::detects_at(self.rate.hz())
+        {
+            vad.feed(&self.scratch_out[..produced], BUS_RATE.hz());
         }
         let (pushed, dropped) = self.ring.push_partial_slice(&self.scratch_out[..produced]);
         if !dropped.is_empty() {
@@ -544,5 +582,41 @@ impl Downlink {
         reply.pending_len -= n;
         CallStats::add(&self.stats.frames_out, 1);
         reply.frame_samples * 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_the_ring_has_no_room_for_is_dropped_before_resampling() {
+        let stats = Arc::new(CallStats::default());
+        let (mut uplink, _node, _downlink) = call_media(
+            SampleRate::HZ_8000,
+            20,
+            CallBuffering::default(),
+            Arc::clone(&stats),
+        )
+        .expect("call media");
+        let frame = [0.25f32; 160];
+        // Nothing drains the 250 ms ring: twelve 20 ms frames fit (960 bus samples each,
+        // less the few the resampler holds back), the thirteenth does not.
+        for _ in 0..12 {
+            uplink.push_samples(&frame);
+        }
+        let queued = uplink.queued();
+        assert!(queued > 11 * 960 && queued <= 12 * 960, "{queued}");
+        assert_eq!(stats.uplink_overflow_samples.load(Ordering::Relaxed), 0);
+        // Every further frame is dropped whole and counted in bus samples.
+        for _ in 0..10 {
+            uplink.push_samples(&frame);
+        }
+        assert_eq!(uplink.queued(), queued);
+        assert_eq!(
+            stats.uplink_overflow_samples.load(Ordering::Relaxed),
+            10 * 960
+        );
+        assert_eq!(stats.frames_in.load(Ordering::Relaxed), 22);
     }
 }

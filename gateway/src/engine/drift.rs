@@ -53,6 +53,7 @@ pub struct FillController {
     smoothed_error_ms: Option<f64>,
     integral_ms_s: f64,
     correction_ppm: f64,
+    dead_band_ms: f64,
 }
 
 impl FillController {
@@ -67,7 +68,16 @@ impl FillController {
             smoothed_error_ms: None,
             integral_ms_s: 0.0,
             correction_ppm: 0.0,
+            dead_band_ms: DEAD_BAND_MS,
         }
+    }
+
+    /// The same controller with another dead band (default [`DEAD_BAND_MS`]). A ring kept
+    /// only a few milliseconds deep (an AES67 flow's clock bridge) needs a band narrower
+    /// than its margin, or a real drift would run it dry before the loop reacts.
+    pub fn with_dead_band_ms(mut self, dead_band_ms: f64) -> FillController {
+        self.dead_band_ms = dead_band_ms.max(0.0);
+        self
     }
 
     /// Takes a fill measurement and the audio time since the previous one; returns the
@@ -91,10 +101,11 @@ impl FillController {
         };
         self.smoothed_error_ms = Some(smoothed);
 
-        let outside = if smoothed > DEAD_BAND_MS {
-            smoothed - DEAD_BAND_MS
-        } else if smoothed < -DEAD_BAND_MS {
-            smoothed + DEAD_BAND_MS
+        let band = self.dead_band_ms;
+        let outside = if smoothed > band {
+            smoothed - band
+        } else if smoothed < -band {
+            smoothed + band
         } else {
             0.0
         };

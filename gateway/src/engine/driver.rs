@@ -146,21 +146,7 @@ impl EngineThread {
 const ENGINE_FIFO_PRIORITY: u8 = 40;
 
 fn raise_priority() {
-    use thread_priority::{
-        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
-        set_thread_priority_and_policy, thread_native_id,
-    };
-    let result = ThreadPriorityValue::try_from(ENGINE_FIFO_PRIORITY)
-        .map_err(|e| e.to_string())
-        .and_then(|value| {
-            set_thread_priority_and_policy(
-                thread_native_id(),
-                ThreadPriority::Crossplatform(value),
-                ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
-            )
-            .map_err(|e| format!("{e:?}"))
-        });
-    match result {
+    match set_realtime_fifo(ENGINE_FIFO_PRIORITY) {
         Ok(()) => tracing::info!(
             priority = ENGINE_FIFO_PRIORITY,
             "engine thread runs with SCHED_FIFO"
@@ -171,6 +157,22 @@ fn raise_priority() {
              limit); running at normal priority"
         ),
     }
+}
+
+/// Puts the calling thread on `SCHED_FIFO` at `priority` (1..=99). Fails without
+/// `CAP_SYS_NICE` or an rtprio limit; the caller decides how loudly to say so.
+pub fn set_realtime_fifo(priority: u8) -> Result<(), String> {
+    use thread_priority::{
+        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    let value = ThreadPriorityValue::try_from(priority).map_err(|e| e.to_string())?;
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Crossplatform(value),
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    )
+    .map_err(|e| format!("{e:?}"))
 }
 
 impl Drop for EngineThread {

@@ -1,0 +1,307 @@
+//! The authoritative DNS server of the gateway's AoDNS broadcasts: one hickory
+//! [`Server`] on UDP and TCP (the same address), answering for every registered zone
+//! through [`AodnsHandler`].
+//!
+//! It starts when the first broadcast is created (a gateway without broadcasts opens no
+//! DNS port) and runs on its own small tokio runtime, so a query flood competes with
+//! calls and the API only for CPU, never for their runtimes' threads. A ticker on the
+//! same runtime samples every zone's query count once a second for the
+//! queries-per-second figures.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hickory_server::Server;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::{AodnsHandler, ServerCounters};
+use super::zone::Zones;
+use crate::config::DnsConfig;
+
+/// Responses a TCP connection may have queued (hickory's per-connection buffer).
+const TCP_RESPONSE_BUFFER: usize = 32;
+/// Tries to find a port free for both UDP and TCP when the configured port is 0.
+const BIND_ATTEMPTS: usize = 20;
+/// Socket receive buffer asked for the UDP socket, so bursts are not dropped by the
+/// kernel before the server reads them.
+const UDP_RECV_BUFFER: usize = 1 << 20;
+
+/// Why the DNS server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsServerError {
+    /// A socket could not be bound.
+    #[error("cannot listen for DNS on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server's runtime could not be built.
+    #[error("cannot start the DNS server's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The server was stopped (the gateway is shutting down).
+    #[error("the DNS server has been stopped")]
+    Stopped,
+}
+
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    shutdown: CancellationToken,
+    addr: SocketAddr,
+}
+
+enum State {
+    Idle,
+    Running(Running),
+    Stopped,
+}
+
+/// The DNS server. See the module documentation.
+pub struct DnsServer {
+    config: DnsConfig,
+    zones: Arc<Zones>,
+    counters: Arc<ServerCounters>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer")
+            .field("listen", &self.config.listen)
+            .field("addr", &self.addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DnsServer {
+    /// A server for `config`, not yet listening.
+    pub fn new(config: DnsConfig) -> DnsServer {
+        DnsServer {
+            config,
+            zones: Arc::new(Zones::new()),
+            counters: Arc::new(ServerCounters::default()),
+            state: Mutex::new(State::Idle),
+        }
+    }
+
+    /// The zones it answers for.
+    pub fn zones(&self) -> &Arc<Zones> {
+        &self.zones
+    }
+
+    /// Server-wide counters.
+    pub fn counters(&self) -> &ServerCounters {
+        &self.counters
+    }
+
+    /// The bound address, once started.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            State::Running(running) => Some(running.addr),
+            _ => None,
+        }
+    }
+
+    /// Starts the server if it is not running; returns its address. Blocking (binds
+    /// sockets, builds a runtime); call it off async threads.
+    pub fn ensure_started(&self) -> Result<SocketAddr, DnsServerError> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*state {
+            State::Running(running) => return Ok(running.addr),
+            State::Stopped => return Err(DnsServerError::Stopped),
+            State::Idle => {}
+        }
+        let (udp, tcp) = bind_pair(self.config.listen)?;
+        let addr = udp.local_addr().map_err(|source| DnsServerError::Bind {
+            addr: self.config.listen,
+            source,
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.config.worker_threads.max(1))
+            .thread_name("telepatch-dns")
+            .enable_all()
+            .build()
+            .map_err(DnsServerError::Runtime)?;
+        let shutdown = CancellationToken::new();
+        let handler = AodnsHandler::new(
+            Arc::clone(&self.zones),
+            self.config.rate_limit_qps,
+            self.config.rate_limit_burst,
+            self.config.max_udp_payload,
+            Arc::clone(&self.counters),
+        );
+        let tcp_timeout = Duration::from_millis(self.config.tcp_timeout_ms);
+        let bind_error = |source| DnsServerError::Bind { addr, source };
+        {
+            let _context = runtime.enter();
+            let udp = tokio::net::UdpSocket::from_std(udp).map_err(bind_error)?;
+            let tcp = tokio::net::TcpListener::from_std(tcp).map_err(bind_error)?;
+            let mut server = Server::new(handler);
+            server.register_socket(udp);
+            server.register_listener(tcp, tcp_timeout, TCP_RESPONSE_BUFFER);
+            let stop = shutdown.clone();
+            runtime.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {
+                        if let Err(e) = server.shutdown_gracefully().await {
+                            tracing::debug!(error = %e, "DNS server stopped with an error");
+                        }
+                    }
+                    result = server.block_until_done() => {
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "DNS server failed");
+                        }
+                    }
+                }
+            });
+            runtime.spawn(rate_ticker(Arc::clone(&self.zones), shutdown.clone()));
+        }
+        tracing::info!(%addr, "DNS server ready");
+        *state = State::Running(Running {
+            runtime,
+            shutdown,
+            addr,
+        });
+        Ok(addr)
+    }
+
+    /// Stops serving and releases the sockets. Later starts fail. Blocking.
+    pub fn stop(&self) {
+        let previous = std::mem::replace(
+            &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            State::Stopped,
+        );
+        if let State::Running(running) = previous {
+            running.shutdown.cancel();
+            running.runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+
+    /// Appends the server-wide Prometheus metrics (per-broadcast ones come from each
+    /// broadcast's node service).
+    pub fn render_metrics(&self, out: &mut String) {
+        if self.addr().is_none() {
+            return;
+        }
+        let c = &self.counters;
+        for (name, help, value) in [
+            (
+                "telepatch_dns_requests_total",
+                "DNS requests that reached the AoDNS handler.",
+                c.requests.load(Ordering::Relaxed),
+            ),
+            (
+                "telepatch_dns_refused_total",
+                "DNS queries refused: outside every broadcast's zone, or not class IN.",
+                c.refused.load(Ordering::Relaxed),
+            ),
+            (
+                "telepatch_dns_errors_total",
+                "DNS requests answered FORMERR, NOTIMP or BADVERS.",
+                c.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "telepatch_dns_rate_limited_total",
+                "DNS queries dropped by the per-address rate limit.",
+                c.rate_limited.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let state = std::mem::replace(
+            self.state.get_mut().unwrap_or_else(PoisonError::into_inner),
+            State::Stopped,
+        );
+        if let State::Running(running) = state {
+            running.shutdown.cancel();
+            // Dropping a runtime inside another runtime's async context would panic.
+            running.runtime.shutdown_background();
+        }
+    }
+}
+
+/// Binds UDP and TCP on the same address; with port 0, on the same free port.
+fn bind_pair(
+    listen: SocketAddr,
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsServerError> {
+    let mut last_error = None;
+    for _ in 0..BIND_ATTEMPTS {
+        let udp = udp_socket(listen).map_err(|source| DnsServerError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let port = udp
+            .local_addr()
+            .map_err(|source| DnsServerError::Bind {
+                addr: listen,
+                source,
+            })?
+            .port();
+        let tcp_addr = SocketAddr::new(listen.ip(), port);
+        match std::net::TcpListener::bind(tcp_addr) {
+            Ok(tcp) => {
+                let nonblocking = tcp.set_nonblocking(true);
+                nonblocking.map_err(|source| DnsServerError::Bind {
+                    addr: tcp_addr,
+                    source,
+                })?;
+                return Ok((udp, tcp));
+            }
+            // Another program holds the TCP side of the port the OS gave us for UDP.
+            Err(e) if listen.port() == 0 => last_error = Some(e),
+            Err(source) => {
+                return Err(DnsServerError::Bind {
+                    addr: tcp_addr,
+                    source,
+                });
+            }
+        }
+    }
+    Err(DnsServerError::Bind {
+        addr: listen,
+        source: last_error.unwrap_or_else(|| std::io::Error::other("no free port")),
+    })
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: the kernel caps it at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Samples every zone's query count once a second.
+async fn rate_ticker(zones: Arc<Zones>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = Instant::now();
+        for zone in zones.all() {
+            zone.sample_rate(now);
+        }
+    }
+}
