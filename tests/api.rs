@@ -81,6 +81,7 @@ fn tone_wav(dir: &std::path::Path, hz: f64, dbfs: f64, seconds: f64) -> std::pat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_patched_through_the_api_hears_the_player() {
+    common::retry_if_host_stalled(|| async {
     let gateway = GatewayProcess::start("");
     let api = Client::new(&gateway, gateway.token("ops", "admin"));
     let wav = tone_wav(gateway.dir.path(), 700.0, -6.0, 2.0);
@@ -122,6 +123,8 @@ async fn a_call_patched_through_the_api_hears_the_player() {
         (level + 12.0).abs() < 0.5,
         "heard the player at {level:.2} dBFS, expected -12"
     );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

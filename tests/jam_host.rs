@@ -55,6 +55,7 @@ fn assert_forwarded_intact(from: &JammerLog, to: &JammerLog) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_rtjam_jammers_and_a_caller_share_a_hosted_room() {
+    common::retry_if_host_stalled(|| async {
     let caller = uuid();
     let config = format!(
         r#"
@@ -250,4 +251,6 @@ actions = [{{ action = "jam", room = "band" }}]
         (&left["client_id"], &left["reason"]),
         (&json!(1002), &json!("timeout"))
     );
+    })
+    .await;
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::control::{GatewayControl, level};
+use crate::engine::BUS_RATE;
 use crate::net::listener;
 use crate::service::Gateway;
 
@@ -162,6 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(addr = %api_addr, "HTTP API ready");
 
     control_handle.spawn(level_ticker(Arc::clone(&gateway), levels_interval));
+    control_handle.spawn(engine_watch(Arc::clone(&gateway)));
 
     let tcp = TcpListener::bind(audiosocket_listen).await.map_err(|e| {
         anyhow::anyhow!("cannot listen for AudioSocket on {audiosocket_listen}: {e}")
@@ -214,6 +216,40 @@ async fn restore(gateway: &Arc<Gateway>, store: &dyn Store) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// Says in the log when the engine thread was held up: a catch-up longer than any seen
+/// before, and every schedule restart (the bus time it skipped, and the audio in it, is
+/// lost). The engine only counts; this task, off the media path, does the talking.
+async fn engine_watch(gateway: Arc<Gateway>) {
+    /// Catch-ups shorter than this are routine scheduling jitter.
+    const NOTEWORTHY_CATCH_UP_MS: f64 = 20.0;
+    let shutdown = gateway.shutdown_token();
+    let stats = gateway.engine_stats();
+    let block_ms = gateway.block_samples() as f64 * 1000.0 / f64::from(BUS_RATE.hz());
+    let mut seen = stats.snapshot();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = stats.snapshot();
+        if now.late_restarts > seen.late_restarts {
+            tracing::warn!(
+                restarts = now.late_restarts - seen.late_restarts,
+                skipped_ms = (now.skipped_blocks - seen.skipped_blocks) as f64 * block_ms,
+                "engine thread was held up too long to catch up (a host stall?); it \
+                 restarted its schedule and the audio of the skipped time is lost"
+            );
+        }
+        let behind_ms = now.blocks_behind_max as f64 * block_ms;
+        if now.blocks_behind_max > seen.blocks_behind_max && behind_ms >= NOTEWORTHY_CATCH_UP_MS {
+            tracing::info!(behind_ms, "engine thread woke late and caught up");
+        }
+        seen = now;
+    }
 }
 
 /// Publishes every call's level meters about ten times a second, while anyone listens.

@@ -98,6 +98,9 @@ pub struct EngineConfig {
     pub conference_members: usize,
     /// Run the engine thread with real-time (`SCHED_FIFO`) priority when allowed.
     pub realtime_priority: bool,
+    /// Lock the process's memory (`mlockall`) when allowed, so that no page the media
+    /// threads touch is paged out and read back from disk in the middle of a block.
+    pub lock_memory: bool,
 }
 
 impl Default for EngineConfig {
@@ -106,6 +109,7 @@ impl Default for EngineConfig {
             block_samples: DEFAULT_BLOCK_SAMPLES,
             conference_members: 16,
             realtime_priority: true,
+            lock_memory: true,
         }
     }
 }

@@ -385,6 +385,12 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
         "Times the engine fell too far behind and restarted its schedule.",
         engine.late_restarts as f64,
     );
+    metric(
+        "telepatch_engine_skipped_blocks_total",
+        "counter",
+        "Blocks the engine skipped when it restarted its schedule (bus time lost to stalls).",
+        engine.skipped_blocks as f64,
+    );
     if let Some(cdr) = gateway.cdr_stats() {
         metric(
             "telepatch_cdr_pending",

@@ -157,6 +157,17 @@ fn init_logging(config: &Config) {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    if config.engine.lock_memory {
+        // Before the runtime and the media threads start, so all of them are covered.
+        match gateway::engine::driver::lock_process_memory() {
+            Ok(()) => tracing::info!("process memory locked (mlockall)"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot lock the process's memory (needs CAP_IPC_LOCK or a larger \
+                 RLIMIT_MEMLOCK); pages the media threads use may be paged out"
+            ),
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -398,6 +398,11 @@ impl Gateway {
         self.events.subscribe()
     }
 
+    /// Samples per engine block.
+    pub fn block_samples(&self) -> usize {
+        self.block
+    }
+
     /// Engine counters.
     pub fn engine_stats(&self) -> Arc<EngineStats> {
         Arc::clone(&self.engine_stats)

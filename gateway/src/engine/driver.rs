@@ -51,11 +51,12 @@ impl Pacer {
         self.start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
-    /// Decides what to do at `now`. Returns `(step, restarted)`.
-    pub fn step(&mut self, now: Instant) -> (PacerStep, bool) {
+    /// Decides what to do at `now`. Returns the step and, when the schedule was
+    /// restarted, how many due blocks it gave up on.
+    pub fn step(&mut self, now: Instant) -> (PacerStep, Option<u64>) {
         let next = self.deadline(self.done);
         if now < next {
-            return (PacerStep::SleepUntil(next), false);
+            return (PacerStep::SleepUntil(next), None);
         }
         let elapsed = now.duration_since(self.start).as_nanos();
         let due = u64::try_from(elapsed / self.period.as_nanos().max(1)).unwrap_or(u64::MAX) + 1;
@@ -64,10 +65,10 @@ impl Pacer {
             // Hopelessly behind: run one block now and restart the schedule from here.
             self.start = now;
             self.done = 1;
-            return (PacerStep::Run(1), true);
+            return (PacerStep::Run(1), Some(owed - 1));
         }
         self.done += owed;
-        (PacerStep::Run(owed), false)
+        (PacerStep::Run(owed), None)
     }
 }
 
@@ -105,9 +106,9 @@ impl EngineThread {
                                 std::thread::sleep(deadline - now);
                             }
                         }
-                        (PacerStep::Run(blocks), restarted) => {
-                            if restarted {
-                                stats.record_late_restart();
+                        (PacerStep::Run(blocks), skipped) => {
+                            if let Some(skipped) = skipped {
+                                stats.record_late_restart(skipped);
                             }
                             if blocks > 1 {
                                 stats.record_catch_up(blocks);
@@ -175,6 +176,20 @@ pub fn set_realtime_fifo(priority: u8) -> Result<(), String> {
     .map_err(|e| format!("{e:?}"))
 }
 
+/// Locks every page the process has mapped and every page it touches from now on
+/// (`mlockall`: `MCL_CURRENT`, then `MCL_FUTURE | MCL_ONFAULT`), so memory reclaim (the
+/// kernel's, or a virtual machine's proactive reclaim of cold pages) cannot take code or
+/// buffers the media threads need and make a real-time thread wait for the disk. Future
+/// mappings are locked as they are touched rather than up front, so reserved but unused
+/// memory (thread stacks, allocator arenas) costs nothing. Fails without `CAP_IPC_LOCK`
+/// or a large enough `RLIMIT_MEMLOCK`; the caller decides how loudly to say so.
+pub fn lock_process_memory() -> Result<(), String> {
+    use rustix::mm::{MlockAllFlags, mlockall};
+    mlockall(MlockAllFlags::CURRENT).map_err(|e| format!("mlockall(MCL_CURRENT): {e}"))?;
+    mlockall(MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT)
+        .map_err(|e| format!("mlockall(MCL_FUTURE | MCL_ONFAULT): {e}"))
+}
+
 impl Drop for EngineThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -189,11 +204,11 @@ mod tests {
     fn sleeps_until_the_next_absolute_deadline() {
         let t0 = Instant::now();
         let mut pacer = Pacer::new(t0, Duration::from_millis(1));
-        assert_eq!(pacer.step(t0), (PacerStep::Run(1), false));
+        assert_eq!(pacer.step(t0), (PacerStep::Run(1), None));
         // Processing took 300 µs: the next deadline is still t0 + 1 ms, not +1.3 ms.
         assert_eq!(
             pacer.step(t0 + Duration::from_micros(300)),
-            (PacerStep::SleepUntil(t0 + Duration::from_millis(1)), false)
+            (PacerStep::SleepUntil(t0 + Duration::from_millis(1)), None)
         );
     }
 
@@ -201,15 +216,15 @@ mod tests {
     fn catches_up_the_blocks_it_owes_after_a_late_wake() {
         let t0 = Instant::now();
         let mut pacer = Pacer::new(t0, Duration::from_millis(1));
-        assert_eq!(pacer.step(t0), (PacerStep::Run(1), false));
+        assert_eq!(pacer.step(t0), (PacerStep::Run(1), None));
         // Woke 4.5 ms late: blocks 1..=5 are due.
         assert_eq!(
             pacer.step(t0 + Duration::from_micros(5_500)),
-            (PacerStep::Run(5), false)
+            (PacerStep::Run(5), None)
         );
         assert_eq!(
             pacer.step(t0 + Duration::from_micros(5_600)),
-            (PacerStep::SleepUntil(t0 + Duration::from_millis(6)), false)
+            (PacerStep::SleepUntil(t0 + Duration::from_millis(6)), None)
         );
     }
 
@@ -234,12 +249,13 @@ mod tests {
         let mut pacer = Pacer::new(t0, Duration::from_millis(1));
         pacer.step(t0);
         let later = t0 + Duration::from_secs(2);
-        assert_eq!(pacer.step(later), (PacerStep::Run(1), true));
+        // Blocks 1..=2000 were due: one runs now, 1999 are given up.
+        assert_eq!(pacer.step(later), (PacerStep::Run(1), Some(1999)));
         assert_eq!(
             pacer.step(later + Duration::from_micros(10)),
             (
                 PacerStep::SleepUntil(later + Duration::from_millis(1)),
-                false
+                None
             )
         );
     }

@@ -15,6 +15,7 @@ pub const BLOCK_TIME_BUCKETS_US: [u64; 10] = [10, 25, 50, 100, 200, 400, 700, 1_
 pub struct EngineStats {
     blocks: AtomicU64,
     late_restarts: AtomicU64,
+    skipped_blocks: AtomicU64,
     blocks_behind_max: AtomicU64,
     block_time_ns_total: AtomicU64,
     block_time_ns_max: AtomicU64,
@@ -28,6 +29,9 @@ pub struct EngineSnapshot {
     pub blocks: u64,
     /// Times the driver fell so far behind that it restarted its schedule.
     pub late_restarts: u64,
+    /// Blocks never processed because the driver restarted its schedule: the bus time
+    /// (and the audio in it) lost to stalls.
+    pub skipped_blocks: u64,
     /// The most blocks the driver ever had to catch up in one go.
     pub blocks_behind_max: u64,
     /// Sum of measured block processing times, in nanoseconds.
@@ -61,9 +65,11 @@ impl EngineStats {
         self.blocks_behind_max.fetch_max(behind, Ordering::Relaxed);
     }
 
-    /// Records that the driver gave up catching up and restarted its schedule.
-    pub fn record_late_restart(&self) {
+    /// Records that the driver gave up catching up and restarted its schedule, leaving
+    /// `skipped` blocks unprocessed.
+    pub fn record_late_restart(&self, skipped: u64) {
         self.late_restarts.fetch_add(1, Ordering::Relaxed);
+        self.skipped_blocks.fetch_add(skipped, Ordering::Relaxed);
     }
 
     /// Reads every counter.
@@ -71,6 +77,7 @@ impl EngineStats {
         EngineSnapshot {
             blocks: self.blocks.load(Ordering::Relaxed),
             late_restarts: self.late_restarts.load(Ordering::Relaxed),
+            skipped_blocks: self.skipped_blocks.load(Ordering::Relaxed),
             blocks_behind_max: self.blocks_behind_max.load(Ordering::Relaxed),
             block_time_ns_total: self.block_time_ns_total.load(Ordering::Relaxed),
             block_time_ns_max: self.block_time_ns_max.load(Ordering::Relaxed),
