@@ -198,6 +198,11 @@ impl GatewayProcess {
         })
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The recordings directory.
     pub fn recordings(&self) -> PathBuf {
         self.dir.path().join("recordings")

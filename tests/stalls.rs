@@ -1,0 +1,141 @@
+//! End to end: the gateway on a machine that stops. The test freezes the whole gateway
+//! process (`SIGSTOP`, then `SIGCONT` 300 ms later), as a host that deschedules a
+//! virtual machine does: the engine must restart its schedule rather than burst, say how
+//! much bus time it skipped (log and `/metrics`), and the recording of a call that went
+//! on through the freeze must be shorter by exactly that (docs/OPERATIONS.md, "Engine
+//! stalls"). And the gateway locks its memory unless told not to.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{GatewayProcess, active_span, read_wav, uuid, wait_recording};
+use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source};
+
+const RECORD_ALL: &str = r#"
+[[routes]]
+name = "record-everything"
+match = "default"
+actions = [{ action = "record", path = "{uuid}.wav" }]
+"#;
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+async fn metric(gateway: &GatewayProcess, name: &str) -> f64 {
+    let metrics = reqwest::get(format!("{}/metrics", gateway.api_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+}
+
+/// Kibibytes of locked memory of a process, from `/proc/<pid>/status`.
+fn locked_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmLck in /proc/<pid>/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_gateway_skips_the_frozen_time_and_says_so() {
+    common::retry_if_host_stalled(|| async {
+        let gateway = GatewayProcess::start(RECORD_ALL);
+        let id = uuid();
+        let call = tokio::spawn(
+            FakeCall::new(gateway.addr, id)
+                .source(Source::tone(1000.0, -6.0))
+                .duration(Duration::from_secs(3))
+                .run(),
+        );
+        gateway
+            .wait_log("recording started", Duration::from_secs(5))
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            metric(&gateway, "telepatch_engine_late_restarts_total").await,
+            0.0
+        );
+
+        signal(gateway.pid(), "STOP");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        signal(gateway.pid(), "CONT");
+
+        let report = call.await.unwrap().unwrap();
+        assert_eq!(report.end, CallEnd::Completed);
+        let line = gateway
+            .wait_log("engine thread was held up too long", Duration::from_secs(5))
+            .expect("the skipped time is logged");
+        assert_eq!(
+            metric(&gateway, "telepatch_engine_late_restarts_total").await,
+            1.0
+        );
+        // One block is 1 ms by default.
+        let skipped_s = metric(&gateway, "telepatch_engine_skipped_blocks_total").await / 1000.0;
+        assert!(
+            (0.29..1.0).contains(&skipped_s),
+            "skipped {skipped_s:.3} s for a 300 ms freeze"
+        );
+        assert!(
+            line.contains(&format!("skipped_ms={}", skipped_s * 1000.0)),
+            "log and metric agree: {line}"
+        );
+
+        // The call's 3 s of tone, less what the bus skipped, within a frame.
+        let path = gateway.recordings().join(format!("{id}.wav"));
+        wait_recording(&gateway, &path);
+        let (channels, rate) = read_wav(&path);
+        let (first, last) = active_span(&channels[0], rate, 0.05).expect("the tone");
+        let tone_s = (last - first) as f64 / f64::from(rate);
+        println!("skipped {skipped_s:.3} s; recorded tone {tone_s:.3} s; {line}");
+        assert!(
+            (tone_s - (3.0 - skipped_s)).abs() <= 0.020,
+            "tone lasts {tone_s:.3} s; 3 s less {skipped_s:.3} s skipped expected"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_locks_its_memory_unless_told_not_to() {
+    let locked = GatewayProcess::start("");
+    if locked
+        .wait_log("process memory locked", Duration::from_secs(2))
+        .is_some()
+    {
+        assert!(locked_kib(locked.pid()) > 0, "VmLck of a locked gateway");
+    } else {
+        // Without CAP_IPC_LOCK the gateway says why and goes on.
+        assert!(
+            locked
+                .wait_log("cannot lock the process's memory", Duration::from_secs(2))
+                .is_some()
+        );
+    }
+    let unlocked = GatewayProcess::start("[engine]\nlock_memory = false\n");
+    assert_eq!(
+        locked_kib(unlocked.pid()),
+        0,
+        "VmLck with lock_memory = false"
+    );
+    assert!(unlocked.logs().iter().all(|l| !l.contains("memory locked")));
+}
