@@ -11,7 +11,9 @@
 //! [`ListenerState`](codecs::aodns::ListenerState); this module is its blocking driver.
 //!
 //! Playback is paced by the clock as a sound card would: each 60 ms frame starts when
-//! the previous one ends, or when it arrives if the player ran dry (an underrun). At
+//! the previous one ends, or when it arrives if the player ran dry (an underrun). The
+//! player thread asks for real-time priority and the process locks its memory (both
+//! best effort), so other work on the machine does not make it run dry. At
 //! the end a JSON report goes to stderr: packs played and skipped, and the wall-clock
 //! time the first sample was played, from which (with no underrun) sample `k` played
 //! at `playout_start_unix_ms + k / rate`.
@@ -41,6 +43,9 @@ const FRAME: Duration = Duration::from_millis(60);
 /// A frame starting this much after the previous one ended is an underrun (the rest is
 /// the scheduler's jitter).
 const UNDERRUN_SLACK: Duration = Duration::from_millis(30);
+
+/// Real-time priority of the player thread, when allowed (below the gateway engine's).
+const PLAYER_FIFO_PRIORITY: u8 = 30;
 
 /// `telepatch listen-dns`
 #[derive(Args, Debug, Clone)]
@@ -361,11 +366,21 @@ pub fn listen_dns(args: ListenDnsArgs) -> anyhow::Result<()> {
         .duration
         .map(|seconds| (seconds / FRAME.as_secs_f64()).ceil() as u64);
 
+    // Playback keeps time like a sound card: like the gateway's media threads, the player
+    // asks for real-time priority and the process locks its memory, both best effort.
+    if let Err(e) = crate::engine::driver::lock_process_memory() {
+        tracing::debug!(error = %e, "memory not locked");
+    }
     let player = {
         let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
         std::thread::Builder::new()
             .name("listen-dns-player".into())
-            .spawn(move || play(&state, &stop, sink, format, max_frames))?
+            .spawn(move || {
+                if let Err(e) = crate::engine::driver::set_realtime_fifo(PLAYER_FIFO_PRIORITY) {
+                    tracing::debug!(error = %e, "player runs at normal priority");
+                }
+                play(&state, &stop, sink, format, max_frames)
+            })?
     };
 
     let sequence_name = Name::from_ascii(root.sequence_name())?;
