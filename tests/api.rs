@@ -315,20 +315,8 @@ async fn finished_calls_leave_records_and_metrics_count_them() {
     let duration = record["duration_ms"].as_u64().unwrap();
     assert!((1_900..3_000).contains(&duration), "duration {duration} ms");
 
-    let metrics = reqwest::get(format!("{}/metrics", gateway.api_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
-    };
+    let metrics = common::metrics_text(&gateway).await;
+    let value = |name: &str| common::metric_value(&metrics, name);
     assert_eq!(value("telepatch_calls_total"), 1.0);
     assert_eq!(value("telepatch_calls_active"), 0.0);
     assert_eq!(

@@ -113,12 +113,7 @@ async fn bad_datagrams_are_dropped_and_counted_without_disturbing_the_room() {
     ids.sort_unstable();
     assert_eq!(ids, [1001, 1002], "no member from bad datagrams");
     // Prometheus has the same counts.
-    let metrics = reqwest::get(format!("{}/metrics", gateway.api_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&gateway).await;
     assert!(
         metrics.contains(&format!(
             "telepatch_jam_datagrams_dropped_total{{node=\"jam:room\",reason=\"too_long\"}} {rounds}"

@@ -7,16 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{GatewayProcess, active_span, read_wav, steady_fit, uuid, wait_recording};
+use common::{GatewayProcess, RECORD_ALL, active_span, read_wav, steady_fit, uuid, wait_recording};
 use sip_glue::audiosocket::AudioKind;
 use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source, WireCodec};
-
-const RECORD_ALL: &str = r#"
-[[routes]]
-name = "record-everything"
-match = "default"
-actions = [{ action = "record", path = "{uuid}.wav" }]
-"#;
 
 /// Checks one recording of a 3 s, -6 dBFS, 1 kHz tone; returns the fitted SNR.
 fn check_recording(gateway: &GatewayProcess, id: uuid::Uuid, min_snr_db: f64) -> f64 {

@@ -11,15 +11,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{GatewayProcess, active_span, read_wav, uuid, wait_recording};
+use common::{
+    GatewayProcess, RECORD_ALL, active_span, metric_value, metrics_text, read_wav, uuid,
+    wait_recording,
+};
 use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source};
-
-const RECORD_ALL: &str = r#"
-[[routes]]
-name = "record-everything"
-match = "default"
-actions = [{ action = "record", path = "{uuid}.wav" }]
-"#;
 
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
@@ -31,18 +27,7 @@ fn signal(pid: u32, name: &str) {
 }
 
 async fn metric(gateway: &GatewayProcess, name: &str) -> f64 {
-    let metrics = reqwest::get(format!("{}/metrics", gateway.api_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    metric_value(&metrics_text(gateway).await, name)
 }
 
 /// Kibibytes of locked memory of a process, from `/proc/<pid>/status`.

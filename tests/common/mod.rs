@@ -375,6 +375,35 @@ pub fn tone_level_dbfs(x: &[f32], rate: u32, hz: f64) -> f64 {
     levels[levels.len() / 2]
 }
 
+/// Routes every call to a recording named after its UUID.
+pub const RECORD_ALL: &str = r#"
+[[routes]]
+name = "record-everything"
+match = "default"
+actions = [{ action = "record", path = "{uuid}.wav" }]
+"#;
+
+/// The gateway's `/metrics`, as Prometheus text.
+pub async fn metrics_text(gateway: &GatewayProcess) -> String {
+    reqwest::get(format!("{}/metrics", gateway.api_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of an unlabelled metric in Prometheus text; panics, showing the text, if
+/// it is missing.
+pub fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+}
+
 /// A wake-up of the host watch this late during a failed attempt means the machine
 /// itself stopped for long enough to spoil a wall-clock measurement (a quiet run of the
 /// whole suite on the 2-core development VM saw at most 12 ms).
