@@ -126,7 +126,10 @@ pub fn report_since(since: SystemTime) -> String {
         "watchers at normal priority (no real-time privilege)"
     };
     if stalls.is_empty() {
-        return format!("host watch ({kind}): no wake-up 10 ms or more late");
+        return format!(
+            "host watch ({kind}): no wake-up {} ms or more late",
+            STALL.as_millis()
+        );
     }
     let longest = stalls.iter().map(|s| s.late).max().unwrap_or_default();
     let listed: Vec<String> = stalls
@@ -143,8 +146,9 @@ pub fn report_since(since: SystemTime) -> String {
         })
         .collect();
     format!(
-        "host watch ({kind}): {} wake-ups 10 ms or more late, longest {:.1} ms: {}",
+        "host watch ({kind}): {} wake-ups {} ms or more late, longest {:.1} ms: {}",
         stalls.len(),
+        STALL.as_millis(),
         longest.as_secs_f64() * 1000.0,
         listed.join(", ")
     )

@@ -159,36 +159,32 @@ impl GatewayProcess {
 
     /// Waits for a log line containing every one of `needles`.
     pub fn wait_log_all(&self, needles: &[&str], limit: Duration) -> Option<String> {
-        let until = Instant::now() + limit;
-        off_the_runtime(|| {
-            loop {
-                if let Some(line) = self
-                    .logs()
-                    .into_iter()
-                    .find(|l| needles.iter().all(|n| l.contains(n)))
-                {
-                    return Some(line);
-                }
-                if Instant::now() > until {
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        self.poll_logs(limit, |logs| {
+            logs.iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .cloned()
         })
     }
 
     /// Waits until `count` log lines contain `needle`; returns the last.
     pub fn wait_log_count(&self, needle: &str, count: usize, limit: Duration) -> Option<String> {
+        self.poll_logs(limit, |logs| {
+            let matching: Vec<&String> = logs.iter().filter(|l| l.contains(needle)).collect();
+            (matching.len() >= count).then(|| matching[matching.len() - 1].clone())
+        })
+    }
+
+    /// Reads the log every 20 ms until `found` returns something or `limit` passes.
+    fn poll_logs<T>(
+        &self,
+        limit: Duration,
+        mut found: impl FnMut(&[String]) -> Option<T>,
+    ) -> Option<T> {
         let until = Instant::now() + limit;
         off_the_runtime(|| {
             loop {
-                let matching: Vec<String> = self
-                    .logs()
-                    .into_iter()
-                    .filter(|l| l.contains(needle))
-                    .collect();
-                if matching.len() >= count {
-                    return matching.last().cloned();
+                if let Some(hit) = found(&self.logs()) {
+                    return Some(hit);
                 }
                 if Instant::now() > until {
                     return None;
