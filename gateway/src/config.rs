@@ -50,6 +50,10 @@ pub struct AudioSocketConfig {
     pub max_calls: usize,
     /// How long a new connection may take to send its ID message.
     pub id_timeout_ms: u64,
+    /// Connections that have not sent their ID yet, at most (beyond: closed at once).
+    pub max_unidentified: usize,
+    /// ...of which at most this many from one source address.
+    pub max_unidentified_per_source: usize,
     /// Largest audio message accepted, in milliseconds at its kind's rate (§10.7).
     pub max_message_ms: u32,
     /// Duplicate-UUID policy.
@@ -76,6 +80,8 @@ impl Default for AudioSocketConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             max_calls: 500,
             id_timeout_ms: 2_000,
+            max_unidentified: 256,
+            max_unidentified_per_source: 128,
             max_message_ms: 1_000,
             duplicate_uuid: DuplicatePolicy::Reject,
             reply_rate: ReplyRate::Caller,
@@ -482,6 +488,22 @@ impl Config {
             problem(
                 "audiosocket.max_calls",
                 format!("{} is out of range (1..=20000)", a.max_calls),
+            );
+        }
+        if a.max_unidentified == 0 || a.max_unidentified > 100_000 {
+            problem(
+                "audiosocket.max_unidentified",
+                format!("{} is out of range (1..=100000)", a.max_unidentified),
+            );
+        }
+        if a.max_unidentified_per_source == 0 || a.max_unidentified_per_source > a.max_unidentified
+        {
+            problem(
+                "audiosocket.max_unidentified_per_source",
+                format!(
+                    "{} is out of range (1..=max_unidentified, {})",
+                    a.max_unidentified_per_source, a.max_unidentified
+                ),
             );
         }
         if !(100..=60_000).contains(&a.id_timeout_ms) {
