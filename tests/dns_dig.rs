@@ -394,3 +394,43 @@ async fn the_apex_has_ns_and_soa_naming_the_configured_name_server() {
         "ns1.telepatch.test. . 201307231 3600 10800 86400 3600"
     );
 }
+
+/// A deleted broadcast nobody had asked about is kept for the audio it lists (a pack
+/// of silence, 4.56 s) plus 15 s; answers in that time carry TTLs that end with it, and
+/// then the zone is gone (REFUSED, like any other zone's names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_zone_goes_when_its_grace_period_ends() {
+    let gateway = GatewayProcess::start(DNS_CONFIG);
+    let api = Api::new(&gateway);
+    let sequence = format!("sequence.{DOMAIN}");
+    api.create_broadcast("music", DOMAIN, 12).await;
+    let server = dns_addr(&gateway);
+    let (status, _) = api
+        .send(reqwest::Method::DELETE, "/v1/nodes/dns:music", None)
+        .await;
+    assert_eq!(status, 204);
+    let deleted_at = std::time::Instant::now();
+    let line = gateway
+        .wait_log("its zone stays served", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("{}", gateway.logs().join("\n")));
+    let grace_s: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grace_s="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // 4.56 s listed and 15 s, rounded down (a second pack of silence if a busy host
+    // took 4.56 s between the creation and the delete).
+    assert!((19..=24).contains(&grace_s), "{line}");
+    dig_sequence(server, &sequence);
+    let soa = dig(server, &["+noall", "+authority", "TXT", &sequence]);
+    let soa_ttl: u32 = soa.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(u64::from(soa_ttl) <= grace_s, "the SOA's 60 s cut: {soa}");
+    let gone = gateway
+        .wait_log("AoDNS zone no longer served", Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("{}", gateway.logs().join("\n")));
+    let kept = deleted_at.elapsed();
+    assert!(kept >= Duration::from_secs(grace_s), "{kept:?}: {gone}");
+    let refused = dig(server, &["TXT", &sequence]);
+    assert!(refused.contains("status: REFUSED"), "{refused}");
+}

@@ -414,3 +414,66 @@ async fn rate_ticker(zones: Arc<Zones>, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::UdpSocket;
+
+    use hickory_server::proto::op::{Message, Query};
+    use hickory_server::proto::rr::RecordType;
+
+    use super::*;
+    use crate::dns::zone::{Zone, ZoneSnapshot, sequence_record};
+
+    fn sequence_query(id: u16) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = id;
+        message.add_query(Query::query(
+            Name::from_ascii("sequence.a.example.").unwrap(),
+            RecordType::TXT,
+        ));
+        message.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_held_server_answers_queries_sent_while_held_once_released() {
+        let server = DnsServer::new(DnsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..DnsConfig::default()
+        });
+        server.hold();
+        let addr = server.ensure_started().unwrap();
+        // A listener asks before its zone is restored: nothing is read yet, so it is
+        // neither refused nor told NODATA.
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        client.send_to(&sequence_query(7), addr).unwrap();
+        let mut buffer = [0u8; 4096];
+        assert!(
+            client.recv_from(&mut buffer).is_err(),
+            "answered while held"
+        );
+        // The zone comes back (with its pack of silence listed), then the server serves.
+        let root = ZoneRoot::parse("a.example").unwrap();
+        let zone = Arc::new(Zone::new(root.clone(), server.nameserver()).unwrap());
+        let name = Name::from_ascii(root.sequence_name()).unwrap();
+        zone.publish(ZoneSnapshot {
+            sequence: Some(sequence_record(&name, "q:yEDjaKjAlBYEtp")),
+            listed: Some((0, 2)),
+            packs: BTreeMap::new(),
+        });
+        server.zones().insert(zone).unwrap();
+        server.release().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (len, _) = client.recv_from(&mut buffer).unwrap();
+        let reply = Message::from_vec(&buffer[..len]).unwrap();
+        assert_eq!(reply.metadata.id, 7, "the query sent while held");
+        assert_eq!(reply.answers.len(), 1, "{reply:?}");
+        server.stop();
+    }
+}
