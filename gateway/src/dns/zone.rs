@@ -68,8 +68,9 @@ pub fn sequence_record(name: &Name, text: &str) -> Record {
 /// Everything a zone serves at one moment. Immutable once published.
 #[derive(Debug, Default)]
 pub struct ZoneSnapshot {
-    /// The `sequence` TXT record; `None` until the first pack closes (the reference
-    /// publishes nothing before that either, and an empty list would crash clients).
+    /// The `sequence` TXT record; `None` only in a zone not yet served (a broadcast
+    /// publishes a pack of silence first: an empty list would crash clients, and a
+    /// missing `sequence` makes them spin).
     pub sequence: Option<Record>,
     /// Numbers listed in `sequence`, oldest and newest.
     pub listed: Option<(u64, u64)>,
