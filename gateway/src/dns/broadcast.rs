@@ -412,6 +412,9 @@ pub struct RetiringBroadcast {
     root: ZoneRoot,
     control: Arc<EncoderControl>,
     thread: JoinHandle<Option<Handover>>,
+    /// Removed here if the encoder thread panicked instead of removing it.
+    zone: Arc<Zone>,
+    zones: Arc<Zones>,
 }
 
 impl std::fmt::Debug for RetiringBroadcast {
@@ -439,6 +442,7 @@ impl RetiringBroadcast {
         self.thread.thread().unpark();
         if self.thread.join().is_err() {
             tracing::error!(domain = %self.root, "AoDNS encoder thread panicked");
+            self.zones.remove(&self.zone);
         }
     }
 
@@ -453,7 +457,14 @@ impl RetiringBroadcast {
     fn take_over(self) -> Option<Handover> {
         self.control.set(Command::HandOver);
         self.thread.thread().unpark();
-        self.thread.join().ok().flatten()
+        match self.thread.join() {
+            Ok(handover) => handover,
+            Err(_) => {
+                tracing::error!(domain = %self.root, "AoDNS encoder thread panicked");
+                self.zones.remove(&self.zone);
+                None
+            }
+        }
     }
 }
 
@@ -1052,6 +1063,8 @@ impl NodeService for BroadcastService {
                 root: self.settings.root.clone(),
                 control: Arc::clone(&self.control),
                 thread,
+                zone: Arc::clone(&self.zone),
+                zones: Arc::clone(self.server.zones()),
             });
         }
         tracing::info!(domain = %self.settings.root, "AoDNS broadcast stopped");
