@@ -234,3 +234,43 @@ async fn what_a_peer_can_make_the_gateway_log_is_bounded() {
     );
     assert!(logs.len() < 200, "{} log lines in all", logs.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_source_networks_may_connect() {
+    // Asterisk is "at" 127.0.0.2; a stranger on 127.0.0.1 claiming a UUID gets nothing.
+    let gateway = GatewayProcess::start("[audiosocket]\nallow = \"127.0.0.2/32\"\n");
+    let mut stranger = TcpStream::connect(gateway.addr).await.unwrap();
+    let _ = stranger.write_all(&id_message(uuid())).await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), stranger.read_to_end(&mut rest))
+        .await
+        .expect("the stranger's connection is closed at once");
+    assert!(
+        read.is_err() || rest.is_empty(),
+        "the stranger got {rest:?}"
+    );
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut asterisk = socket.connect(gateway.addr).await.unwrap();
+    asterisk.write_all(&id_message(uuid())).await.unwrap();
+    for _ in 0..25 {
+        asterisk.write_all(&audio_message(0x10, 160)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut header = [0u8; 3];
+    asterisk.read_exact(&mut header).await.unwrap();
+    assert_eq!(
+        header,
+        [0x10, 0x01, 0x40],
+        "the allowed caller hears 20 ms replies"
+    );
+    drop(asterisk);
+
+    let metrics = metrics_text(&gateway).await;
+    assert_eq!(
+        metric_value(&metrics, "telepatch_audiosocket_source_refused_total"),
+        1.0
+    );
+    assert_eq!(metric_value(&metrics, "telepatch_calls_total"), 1.0);
+}

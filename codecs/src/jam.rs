@@ -24,6 +24,7 @@ pub use packet::{
     ParseError, STANDARD_FRAMES, STANDARD_PACKET_LEN, decode_sample, encode_sample, write_packet,
 };
 pub use room::{
-    AllowList, Departure, DropReason, Member, RoomConfig, RoomCore, RoomOutcome, RoomStats, Tempo,
+    AllowList, Departure, DropReason, InvalidNetwork, Member, RoomConfig, RoomCore, RoomOutcome,
+    RoomStats, Tempo,
 };
 pub use sender::JamSender;

@@ -40,6 +40,45 @@ pub enum ReplyRate {
     Fixed(u32),
 }
 
+/// A list of source networks, written as text (`"127.0.0.0/8, ::1"`) and parsed once,
+/// when the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SourceNetworks {
+    text: String,
+    parsed: codecs::jam::AllowList,
+}
+
+impl SourceNetworks {
+    /// 127.0.0.0/8 and ::1.
+    pub fn loopback() -> SourceNetworks {
+        SourceNetworks {
+            text: "127.0.0.0/8, ::1".into(),
+            parsed: codecs::jam::AllowList::loopback(),
+        }
+    }
+
+    /// Whether `ip` is inside one of the networks.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.parsed.allows(ip)
+    }
+}
+
+impl TryFrom<String> for SourceNetworks {
+    type Error = codecs::jam::InvalidNetwork;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        let parsed = text.parse()?;
+        Ok(SourceNetworks { text, parsed })
+    }
+}
+
+impl From<SourceNetworks> for String {
+    fn from(networks: SourceNetworks) -> String {
+        networks.text
+    }
+}
+
 /// The AudioSocket listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,6 +89,10 @@ pub struct AudioSocketConfig {
     pub max_calls: usize,
     /// How long a new connection may take to send its ID message.
     pub id_timeout_ms: u64,
+    /// Source networks Asterisk may connect from (CIDR prefixes or addresses); others
+    /// are closed at once. The UUID is a call's only credential, so keep this to the
+    /// Asterisk hosts.
+    pub allow: SourceNetworks,
     /// Connections that have not sent their ID yet, at most (beyond: closed at once).
     pub max_unidentified: usize,
     /// ...of which at most this many from one source address.
@@ -80,6 +123,7 @@ impl Default for AudioSocketConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             max_calls: 500,
             id_timeout_ms: 2_000,
+            allow: SourceNetworks::loopback(),
             max_unidentified: 256,
             max_unidentified_per_source: 128,
             max_message_ms: 1_000,
@@ -761,6 +805,35 @@ mod tests {
         let config = Config::default();
         assert!(config.audiosocket.listen.ip().is_loopback());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn audiosocket_sources_default_to_loopback_and_are_parsed_once() {
+        let config = Config::from_toml("").unwrap();
+        assert!(
+            config
+                .audiosocket
+                .allow
+                .allows("127.0.0.1".parse().unwrap())
+        );
+        assert!(config.audiosocket.allow.allows("::1".parse().unwrap()));
+        assert!(!config.audiosocket.allow.allows("10.0.0.1".parse().unwrap()));
+        let config =
+            Config::from_toml("[audiosocket]\nallow = \"10.1.0.0/16, 192.0.2.7\"\n").unwrap();
+        assert!(config.audiosocket.allow.allows("10.1.2.3".parse().unwrap()));
+        assert!(
+            config
+                .audiosocket
+                .allow
+                .allows("192.0.2.7".parse().unwrap())
+        );
+        assert!(
+            !config
+                .audiosocket
+                .allow
+                .allows("127.0.0.1".parse().unwrap())
+        );
+        assert!(Config::from_toml("[audiosocket]\nallow = \"10.1.0.0/99\"\n").is_err());
     }
 
     #[test]

@@ -374,6 +374,12 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
         (totals.downlink_underruns + underruns) as f64,
     );
     metric(
+        "telepatch_audiosocket_source_refused_total",
+        "counter",
+        "AudioSocket connections from sources outside audiosocket.allow.",
+        totals.source_refused as f64,
+    );
+    metric(
         "telepatch_unidentified_refused_total",
         "counter",
         "Connections closed before their ID because too many were waiting for theirs.",

@@ -213,6 +213,8 @@ pub struct Totals {
     pub writer_stalls: u64,
     /// Connections closed unidentified because too many were waiting for their ID.
     pub unidentified_refused: u64,
+    /// Connections from sources outside `audiosocket.allow`.
+    pub source_refused: u64,
 }
 
 /// Topology guarded by one mutex: the patchbay and conference membership.
@@ -1313,6 +1315,11 @@ impl Gateway {
     /// Counts a refused connection.
     pub fn count_refused(&self) {
         lock(&self.totals).refused += 1;
+    }
+
+    /// Counts a connection from a source outside `audiosocket.allow`.
+    pub fn count_source_refused(&self) {
+        lock(&self.totals).source_refused += 1;
     }
 
     /// Counts a connection closed before its ID because too many were waiting for theirs.

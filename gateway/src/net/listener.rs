@@ -51,6 +51,15 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
+                if !config.allow.allows(peer.ip()) {
+                    gateway.count_source_refused();
+                    if refused_logged.allow() {
+                        warn!(%peer, suppressed = refused_logged.take_suppressed(),
+                            "AudioSocket connection from outside audiosocket.allow; closing it");
+                    }
+                    drop(stream);
+                    continue;
+                }
                 match unidentified.admit(peer.ip()) {
                     Ok(place) => {
                         sessions.spawn(session::run(
