@@ -176,3 +176,46 @@ pub fn tone_level_near(x: &[f32], rate: u32, hz: f64) -> f64 {
     levels.sort_by(f64::total_cmp);
     levels[levels.len() / 2]
 }
+
+/// Level in dBFS of the tone near `hz` (within ±0.6 %, see [`tone_level_near`]) in each
+/// `window_ms` window of `x`, in order.
+pub fn tone_levels_near(x: &[f32], rate: u32, hz: f64, window_ms: u32) -> Vec<f64> {
+    let window = (rate * window_ms / 1000) as usize;
+    x.chunks_exact(window)
+        .map(|w| {
+            (-12..=12)
+                .map(|k| {
+                    crate::common::tone_level_dbfs(w, rate, hz * (1.0 + f64::from(k) * 0.0005))
+                })
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect()
+}
+
+/// Asserts that every `window_ms` window of `x` carries the tone at `hz` within
+/// `tolerance_db` of `dbfs`: no window muted, none with a gap of more than a few
+/// milliseconds.
+pub fn assert_tone_in_every_window(
+    x: &[f32],
+    rate: u32,
+    hz: f64,
+    dbfs: f64,
+    tolerance_db: f64,
+    window_ms: u32,
+) {
+    let levels = tone_levels_near(x, rate, hz, window_ms);
+    assert!(!levels.is_empty(), "less than one window of audio");
+    let off: Vec<(usize, f64)> = levels
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, level)| (level - dbfs).abs() > tolerance_db)
+        .collect();
+    assert!(
+        off.is_empty(),
+        "{} of {} {window_ms} ms windows miss the {hz} Hz tone's {dbfs:.1} dBFS \
+         (window, dBFS): {off:.1?}",
+        off.len(),
+        levels.len()
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! Per block (1 ms by default) the node
 //! 1. drains the receive rings into [`JamReceiver`]s: one adaptive jitter buffer per
-//!    remote jammer (rtjam.md §10), keyed by client_id;
+//!    remote jammer (rtjam.md §10), keyed by client_id and the member stream the socket
+//!    thread tagged the packet with;
 //! 2. *produces* each seat's output: every remote jammer at its gain (the jammer's
 //!    channel 1 and 2 summed), plus in a hosted room every other seat (one block late,
 //!    like a conference); and a stereo mix of the whole room with each jammer's pan;
@@ -296,7 +297,7 @@ impl JamNode {
                 if let Some(d) = first.first() {
                     // Malformed datagrams never get here (the socket thread checks), and
                     // the receiver counts anything it refuses.
-                    let _ = receiver.rx.receive(d.time_us, d.as_bytes());
+                    let _ = receiver.rx.receive_from(d.time_us, d.source, d.as_bytes());
                 }
                 chunk.commit_all();
             }
@@ -312,7 +313,9 @@ impl JamNode {
                     Ordering::Relaxed,
                 );
                 let buffer = seat.buffer();
-                let stats = buffer.stats();
+                // The jammer's current stream: a jammer that left and came back, or a
+                // new one on the seat, starts from zero.
+                let stats = seat.stats();
                 slot.depth_samples.store(
                     u32::try_from(buffer.depth_samples()).unwrap_or(u32::MAX),
                     Ordering::Relaxed,
