@@ -144,7 +144,8 @@ actions = [{{ action = "jam", room = "band" }}]
         let jammer = jammer.finish();
         let listener = listener.finish();
 
-        // The caller heard the jammer's tone in every window, flood or not.
+        // The caller heard the jammer's tone in every window, flood or not (a gap of more
+        // than about 30 ms in a window would take 3 dB off it).
         assert_eq!(report.end, CallEnd::Completed);
         let rate = report.received_rate.unwrap().hz();
         let half = rate as usize / 2;
@@ -153,7 +154,7 @@ actions = [{{ action = "jam", room = "band" }}]
             rate,
             440.0,
             -12.04,
-            1.5,
+            3.0,
             100,
         );
         // The other jammer got every packet of the jammer, in order, intact.
@@ -188,8 +189,14 @@ actions = [{{ action = "jam", room = "band" }}]
 
         // Counted: the excess, the refused ports; at most 16 members.
         let counters = &status["counters"];
-        assert!(counters["rate_limited"].as_u64().unwrap() > 5_000, "{counters}");
-        assert!(counters["room_full"].as_u64().unwrap() > 1_000, "{counters}");
+        assert!(
+            counters["rate_limited"].as_u64().unwrap() > 5_000,
+            "{counters}"
+        );
+        assert!(
+            counters["room_full"].as_u64().unwrap() > 1_000,
+            "{counters}"
+        );
         assert_eq!(status["max_members"], 16);
         assert_eq!(status["max_packet_rate"], 500);
         let network: Vec<&serde_json::Value> = status["members"]
@@ -203,7 +210,10 @@ actions = [{{ action = "jam", room = "band" }}]
             .iter()
             .find(|m| m["address"] == flood_addr.to_string())
             .expect("the flood source is a member");
-        assert!(flooder["rate_limited"].as_u64().unwrap() > 5_000, "{flooder}");
+        assert!(
+            flooder["rate_limited"].as_u64().unwrap() > 5_000,
+            "{flooder}"
+        );
         let metrics = common::metrics_text(&gateway).await;
         for reason in ["rate_limited", "room_full"] {
             assert!(
