@@ -50,13 +50,9 @@ actions = [{{ action = "jam", room = "{room}" }}]
 }
 
 /// Checks what the caller heard from 0.5 s to 0.5 s before the end: the jammer's tone
-/// at its level, in every 100 ms window within `window_db` (the stranger's packets in
-/// the jammer's buffer mute it; the machine's own scheduling hiccups cost a window a
-/// few dB at most), and never the stranger.
-fn assert_caller_heard_only_the_jammer(
-    report: &sip_glue::fake_asterisk::CallReport,
-    window_db: f64,
-) {
+/// at its level in every 100 ms window (the stranger's packets in the jammer's buffer
+/// mute it), and never the stranger.
+fn assert_caller_heard_only_the_jammer(report: &sip_glue::fake_asterisk::CallReport) {
     assert_eq!(report.end, CallEnd::Completed);
     let rate = report.received_rate.unwrap().hz();
     let half = rate as usize / 2;
@@ -66,7 +62,7 @@ fn assert_caller_heard_only_the_jammer(
         (level - TONE_DBFS).abs() < 1.0,
         "the jammer heard at {level:.1} dBFS"
     );
-    assert_tone_in_every_window(heard, rate, 440.0, TONE_DBFS, window_db, 100);
+    assert_tone_in_every_window(heard, rate, 440.0, TONE_DBFS);
     let stranger = tone_level_near(heard, rate, 880.0);
     assert!(
         stranger < -40.0,
@@ -117,7 +113,7 @@ async fn a_stranger_under_a_members_client_id_does_not_silence_it_in_a_hosted_ro
         let jammer = jammer.finish();
         let listener = listener.finish();
 
-        assert_caller_heard_only_the_jammer(&report, 3.0);
+        assert_caller_heard_only_the_jammer(&report);
 
         // The client_id stays with the member that held it; the stranger is no member.
         let members: Vec<&serde_json::Value> = status["members"]
@@ -223,8 +219,7 @@ async fn a_stranger_relayed_by_the_room_server_does_not_silence_the_jammer_in_a_
         eprintln!("counters: {}", status["counters"]);
         eprintln!("jammer: {}", member(&status, JAMMER).unwrap());
 
-        // The seat's buffer adapts to this machine's scheduling: a few underruns.
-        assert_caller_heard_only_the_jammer(&report, 6.0);
+        assert_caller_heard_only_the_jammer(&report);
 
         let counters = &status["counters"];
         let intruder = counters["intruder"].as_u64().unwrap();
