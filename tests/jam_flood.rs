@@ -62,7 +62,7 @@ fn flood(
                 sent.fetch_add(1, Ordering::Relaxed);
             }
             // ... and every 50 ms one from each of the other ports.
-            if round % 5 == 0 {
+            if round.is_multiple_of(5) {
                 for (i, port) in ports.iter().enumerate() {
                     let header = Header {
                         client_id: 5_000 + i as u32,

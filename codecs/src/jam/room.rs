@@ -1135,7 +1135,7 @@ mod tests {
             let (_, sent) = handle(&mut room, t, flood, packet(3, tick as u32, 0, 0.0));
             flood_sent += 1;
             flood_to_b += sent.iter().filter(|(to, _)| *to == b).count() as u64;
-            if tick % 2_000 == 0 {
+            if tick.is_multiple_of(2_000) {
                 // B plays too (it would leave the room after 1 s of silence).
                 handle(&mut room, t, b, packet(2, tick as u32, 0, 0.0));
             }
@@ -1174,7 +1174,7 @@ mod tests {
             };
             let (out, _) = handle(&mut room, at, a, packet(1, k, 0, 0.1));
             assert!(matches!(out, RoomOutcome::Forwarded { .. }), "{k}: {out:?}");
-            if k % 300 == 0 {
+            if k.is_multiple_of(300) {
                 handle(&mut room, at, b, packet(2, k, 0, 0.0));
             }
         }

@@ -969,6 +969,50 @@ mod tests {
     }
 
     #[test]
+    fn a_returning_jammers_published_counters_start_again() {
+        let mut rig = rig(NodeMode::Join, 1, false);
+        rig.shared.seats[0].active.store(true, Ordering::Relaxed);
+        let mut buf = [0u8; 1024];
+        let silence = vec![0.0; BLOCK];
+        // 500 ms from jammer 77 with every 20th packet lost on the way.
+        let mut jammer = JamSender::new(77);
+        let mut k = 0u64;
+        for b in 0..500u64 {
+            while k * 128 * 1_000_000 / 48_000 <= b * 1_000 {
+                let at = T0 + k * 128 * 1_000_000 / 48_000;
+                let n = jammer
+                    .write_packet(at, &[0.5; 128], &[0.0; 128], &mut buf)
+                    .unwrap();
+                if k % 20 != 19 {
+                    rig.deliver(0, &buf[..n], at);
+                }
+                k += 1;
+            }
+            rig.block(T0 + b * 1_000, &silence);
+        }
+        let slot = &rig.shared.jammers[0][0];
+        assert!(slot.lost.load(Ordering::Relaxed) >= 8);
+        // Gone for 1.5 s, then back with a clean stream.
+        assert!(stream(&mut rig, 500, 2_000, None, 0) < 200);
+        let mut back = JamSender::new(77);
+        stream(&mut rig, 2_000, 2_500, Some(&mut back), 2_000);
+        let slot = &rig.shared.jammers[0][0];
+        assert_eq!(slot.client(), Some(77));
+        let counts = [
+            &slot.lost,
+            &slot.late,
+            &slot.underruns,
+            &slot.overruns,
+            &slot.reordered,
+            &slot.duplicates,
+        ]
+        .map(|c| c.load(Ordering::Relaxed));
+        assert_eq!(counts, [0; 6]);
+        let packets = slot.packets.load(Ordering::Relaxed);
+        assert!((180..=190).contains(&packets), "{packets}");
+    }
+
+    #[test]
     fn channel_two_carries_the_aux_input() {
         let mut rig = rig(NodeMode::Join, 1, true);
         assert_eq!(rig.inputs(), 2);
