@@ -113,9 +113,12 @@ actions = [{{ action = "jam", room = "band" }}]
     // While everyone plays: the room knows both jammers and the caller's seat.
     let (status, _) = api
         .wait_status("band", Duration::from_secs(5), |s| {
+            // The seat list and the member list are read one after the other: wait
+            // until both show the seat, which becomes active while the call is set up.
             member(s, 1001).is_some_and(|m| m["round_trip_ms"].is_number())
                 && member(s, 1002).is_some()
                 && member(s, SEAT_CLIENT_ID).is_some()
+                && s["seats"][0]["active"] == true
         })
         .await
         .expect("members in the status");

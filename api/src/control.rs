@@ -222,10 +222,16 @@ pub enum NodeConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schema(minimum = 1, maximum = 1000)]
         tempo_bpm: Option<u32>,
-        /// Host: most network members at once (1-1024; default unlimited, like rtjam).
+        /// Host: most network members at once (1-1024; default 16). rtjam has no cap.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schema(minimum = 1, maximum = 1024)]
         max_members: Option<u16>,
+        /// Host: datagrams per second one member may send, with 0.4 s of burst; the
+        /// excess is dropped (1-100000; default 500: a jammer sends 375, one with
+        /// 64-frame packets 750). rtjam has no limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1, maximum = 100000)]
+        max_packet_rate: Option<u32>,
         /// Host: source networks admitted, CIDR prefixes or addresses (default loopback
         /// only: `["127.0.0.0/8", "::1/128"]`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -534,6 +540,7 @@ impl NodeConfig {
                 suppress_silence,
                 tempo_bpm,
                 max_members,
+                max_packet_rate,
                 allow,
                 mix,
             } => Some(crate::jam::JamFields {
@@ -547,6 +554,7 @@ impl NodeConfig {
                 suppress_silence: *suppress_silence,
                 tempo_bpm: *tempo_bpm,
                 max_members: *max_members,
+                max_packet_rate: *max_packet_rate,
                 allow: allow.as_deref(),
                 mix,
             }),

@@ -20,6 +20,13 @@ pub const DEFAULT_HOST_LISTEN: &str = "127.0.0.1:7891";
 pub const DEFAULT_JOIN_LISTEN: &str = "127.0.0.1:0";
 /// Most seats one jam node has.
 pub const MAX_SEATS: u16 = 32;
+/// A hosted room's member cap unless configured: what its seats can hear at once.
+pub const DEFAULT_MAX_MEMBERS: u16 = 16;
+/// A hosted room's packet rate per member unless configured, datagrams per second: a
+/// jammer sends 375 (rtjam.md §2), plus a third for margin.
+pub const DEFAULT_MAX_PACKET_RATE: u32 = 500;
+/// Highest packet rate per member that can be configured.
+pub const MAX_PACKET_RATE: u32 = 100_000;
 /// Most per-jammer mix settings one node keeps.
 pub const MAX_MIX_SETTINGS: usize = 64;
 /// Highest gain of a jammer in the mix, dB (rtjam clamps its linear gain to ×8).
@@ -163,7 +170,9 @@ pub struct JamSpec {
     /// Host: metronome tempo.
     pub tempo_bpm: u32,
     /// Host: member cap.
-    pub max_members: Option<u16>,
+    pub max_members: u16,
+    /// Host: datagrams per second one member may send.
+    pub max_packet_rate: u32,
     /// Host: admitted source networks, as written.
     pub allow: Vec<String>,
     /// Per-jammer mix settings.
@@ -247,6 +256,8 @@ pub struct JamFields<'a> {
     pub tempo_bpm: Option<u32>,
     /// Host: member cap.
     pub max_members: Option<u16>,
+    /// Host: packet rate per member.
+    pub max_packet_rate: Option<u32>,
     /// Host: allow-list.
     pub allow: Option<&'a [String]>,
     /// Per-jammer mix settings.
@@ -267,6 +278,9 @@ impl JamFields<'_> {
                 }
                 if self.max_members.is_some() {
                     return only_for("max_members", "host");
+                }
+                if self.max_packet_rate.is_some() {
+                    return only_for("max_packet_rate", "host");
                 }
                 if self.allow.is_some() {
                     return only_for("allow", "host");
@@ -347,10 +361,19 @@ impl JamFields<'_> {
                 format!("{tempo_bpm} is out of range (1..=1000)"),
             ));
         }
-        if let Some(max) = self.max_members
-            && !(1..=1024).contains(&max)
-        {
-            return Err(("max_members", format!("{max} is out of range (1..=1024)")));
+        let max_members = self.max_members.unwrap_or(DEFAULT_MAX_MEMBERS);
+        if !(1..=1024).contains(&max_members) {
+            return Err((
+                "max_members",
+                format!("{max_members} is out of range (1..=1024)"),
+            ));
+        }
+        let max_packet_rate = self.max_packet_rate.unwrap_or(DEFAULT_MAX_PACKET_RATE);
+        if !(1..=MAX_PACKET_RATE).contains(&max_packet_rate) {
+            return Err((
+                "max_packet_rate",
+                format!("{max_packet_rate} is out of range (1..={MAX_PACKET_RATE})"),
+            ));
         }
         let allow = match self.allow {
             Some(list) => {
@@ -388,7 +411,8 @@ impl JamFields<'_> {
             channel2: self.channel2,
             suppress_silence: self.suppress_silence,
             tempo_bpm,
-            max_members: self.max_members,
+            max_members,
+            max_packet_rate,
             allow,
             mix: self.mix.to_vec(),
         })
@@ -411,6 +435,7 @@ mod tests {
             suppress_silence: false,
             tempo_bpm: None,
             max_members: None,
+            max_packet_rate: None,
             allow: None,
             mix: &[],
         }
@@ -454,6 +479,7 @@ mod tests {
         assert_eq!(spec.listen, "127.0.0.1:7891".parse::<SocketAddr>().unwrap());
         assert_eq!(spec.tempo_bpm, 120);
         assert_eq!(spec.allow, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!((spec.max_members, spec.max_packet_rate), (16, 500));
         assert_eq!(spec.client_id, default_client_id("room"));
         assert!((10_000..40_000).contains(&spec.client_id));
     }
@@ -473,7 +499,27 @@ mod tests {
         assert_eq!(host.spec("x").unwrap_err().0, "port");
         let wide = [String::from("10.0.0.0/33")];
         let word = [String::from("nonsense")];
-        let cases: [(JamFields<'_>, &str); 9] = [
+        let join_rate = JamFields {
+            host: Some("h"),
+            max_packet_rate: Some(750),
+            ..fields(JamMode::Join)
+        };
+        assert_eq!(join_rate.spec("x").unwrap_err().0, "max_packet_rate");
+        let cases: [(JamFields<'_>, &str); 11] = [
+            (
+                JamFields {
+                    max_packet_rate: Some(0),
+                    ..fields(JamMode::Host)
+                },
+                "max_packet_rate",
+            ),
+            (
+                JamFields {
+                    max_members: Some(0),
+                    ..fields(JamMode::Host)
+                },
+                "max_members",
+            ),
             (
                 JamFields {
                     client_id: Some(39_999),

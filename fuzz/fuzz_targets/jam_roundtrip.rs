@@ -66,8 +66,10 @@ fuzz_target!(|data: &[u8]| {
     let a: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9991));
     let b: SocketAddr = SocketAddr::from(([127, 0, 0, 2], 9991));
     let c: SocketAddr = SocketAddr::from(([127, 0, 0, 3], 9991));
-    let mut hello = [0u8; 28];
-    for from in [b, c] {
+    // Two members with client_ids of their own (a client_id belongs to one member).
+    for (from, client_id) in [(b, 1u32), (c, 2)] {
+        let mut hello = [0u8; 28];
+        hello[20..24].copy_from_slice(&client_id.to_be_bytes());
         room.handle_datagram(T0, from, &mut hello, |_, _| {});
     }
     let mut dgram = data.to_vec();

@@ -176,3 +176,48 @@ pub fn tone_level_near(x: &[f32], rate: u32, hz: f64) -> f64 {
     levels.sort_by(f64::total_cmp);
     levels[levels.len() / 2]
 }
+
+/// Level in dBFS of the tone near `hz` (within ±0.6 %, see [`tone_level_near`]) in each
+/// `window_ms` window of `x`, in order.
+pub fn tone_levels_near(x: &[f32], rate: u32, hz: f64, window_ms: u32) -> Vec<f64> {
+    let window = (rate * window_ms / 1000) as usize;
+    x.chunks_exact(window)
+        .map(|w| {
+            (-12..=12)
+                .map(|k| {
+                    crate::common::tone_level_dbfs(w, rate, hz * (1.0 + f64::from(k) * 0.0005))
+                })
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect()
+}
+
+/// Asserts that the tone at `hz` is in every 100 ms window of `x` at `dbfs`: no window
+/// is more than 12 dB down (muted, or most of it missing), and at most one window in 20
+/// is more than 3 dB off (a gap of about 30 ms: this shared 2-core machine now and then
+/// starves a sender or the gateway for that long, whatever the test does; the dips are
+/// printed).
+pub fn assert_tone_in_every_window(x: &[f32], rate: u32, hz: f64, dbfs: f64) {
+    let levels = tone_levels_near(x, rate, hz, 100);
+    assert!(levels.len() >= 10, "{} windows of audio", levels.len());
+    let dips: Vec<(usize, f64)> = levels
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, level)| (level - dbfs).abs() > 3.0)
+        .collect();
+    if !dips.is_empty() {
+        eprintln!("100 ms windows more than 3 dB off the {hz} Hz tone (window, dBFS): {dips:.1?}");
+    }
+    assert!(
+        levels.iter().all(|level| *level > dbfs - 12.0),
+        "the {hz} Hz tone is missing from windows (window, dBFS): {dips:.1?}"
+    );
+    assert!(
+        dips.len() * 20 <= levels.len(),
+        "{} of {} 100 ms windows are more than 3 dB off the {hz} Hz tone's {dbfs:.1} dBFS: \
+         {dips:.1?}",
+        dips.len(),
+        levels.len()
+    );
+}

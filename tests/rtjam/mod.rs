@@ -144,6 +144,17 @@ pub struct JammerLog {
 impl Jammer {
     /// Starts sending to `room` from a fresh loopback socket.
     pub fn start(room: SocketAddr, client_id: u32, voice: Voice) -> Jammer {
+        Jammer::start_lossy(room, client_id, voice, None)
+    }
+
+    /// Same, but every `lose_every`-th packet is lost on the way: its sequence number is
+    /// used and nothing is sent.
+    pub fn start_lossy(
+        room: SocketAddr,
+        client_id: u32,
+        voice: Voice,
+        lose_every: Option<u32>,
+    ) -> Jammer {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
@@ -202,6 +213,10 @@ impl Jammer {
                     let ch2: Vec<f32> = (0..128).map(|i| tone(voice.ch2, i)).collect();
                     position += 128;
                     if !sending.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    if lose_every.is_some_and(|n| sequence % n == n - 1) {
+                        sequence += 1;
                         continue;
                     }
                     let header = Header {

@@ -143,7 +143,9 @@ pub enum PushOutcome {
     ChannelMismatch,
 }
 
-/// Counters of one jitter buffer (cumulative; they survive resets).
+/// Counters of one jitter buffer (cumulative over the buffer's life; they survive
+/// resets). [`JitterStats::since`] gives the counts of one stretch, e.g. one jammer's
+/// stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct JitterStats {
@@ -175,6 +177,28 @@ pub struct JitterStats {
     pub timeline_jumps: u64,
     /// Packets dropped for exceeding `max_frames`.
     pub oversized: u64,
+}
+
+impl JitterStats {
+    /// What was counted since `earlier` (a snapshot of the same buffer).
+    pub fn since(&self, earlier: &JitterStats) -> JitterStats {
+        JitterStats {
+            packets: self.packets.saturating_sub(earlier.packets),
+            reordered: self.reordered.saturating_sub(earlier.reordered),
+            duplicates: self.duplicates.saturating_sub(earlier.duplicates),
+            late: self.late.saturating_sub(earlier.late),
+            lost: self.lost.saturating_sub(earlier.lost),
+            underruns: self.underruns.saturating_sub(earlier.underruns),
+            overruns: self.overruns.saturating_sub(earlier.overruns),
+            overrun_samples: self.overrun_samples.saturating_sub(earlier.overrun_samples),
+            slips_dropped: self.slips_dropped.saturating_sub(earlier.slips_dropped),
+            slips_inserted: self.slips_inserted.saturating_sub(earlier.slips_inserted),
+            resyncs: self.resyncs.saturating_sub(earlier.resyncs),
+            expirations: self.expirations.saturating_sub(earlier.expirations),
+            timeline_jumps: self.timeline_jumps.saturating_sub(earlier.timeline_jumps),
+            oversized: self.oversized.saturating_sub(earlier.oversized),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

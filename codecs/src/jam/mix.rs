@@ -2,6 +2,13 @@
 //! one [`JitterBuffer`] per seat, and mixes the seats with per-channel gain, mute and
 //! pan into a mono or stereo output (rtjam.md §3, §10).
 //!
+//! A driver that can tell senders apart (a hosted room knows each member's address)
+//! passes a *source* with every datagram: seats are then keyed by source and client_id,
+//! so a second sender using a jammer's client_id gets a seat of its own instead of
+//! playing into the jammer's buffer. A jammer's *stream* lasts from the packet that
+//! seats it until its buffer expires (1 s without audio, rtjam.md §3); its counters
+//! ([`RemoteSeat::stats`]) start from zero with each stream.
+//!
 //! rtjam's client has 11 remote seats (24 mixer channels minus the local pair, two per
 //! jammer); a 12th remote jammer is not heard. Gain is set in dB and stored linear,
 //! clamped to ×0..×8 like rtjam's ChannelGain (rtjam.md §8). Pan uses rtjam's law,
@@ -10,7 +17,7 @@
 
 use std::ops::Range;
 
-use super::jitter::{JitterBuffer, JitterConfig, JitterConfigError, PushOutcome};
+use super::jitter::{JitterBuffer, JitterConfig, JitterConfigError, JitterStats, PushOutcome};
 use super::packet::{JamChannel, JamPacket, ParseError};
 
 /// Remote seats of the stock rtjam client (rtjam.md §3).
@@ -123,7 +130,10 @@ impl ChannelStrip {
 pub struct RemoteSeat {
     owner: Option<u32>,
     last_owner: Option<u32>,
+    source: u64,
     buffer: JitterBuffer,
+    /// The buffer's counters when the current stream took the seat.
+    baseline: JitterStats,
     strips: [ChannelStrip; 2],
 }
 
@@ -133,9 +143,26 @@ impl RemoteSeat {
         self.owner
     }
 
-    /// The seat's jitter buffer (statistics, depth).
+    /// The source the jammer's packets come from (0 when the driver gives none).
+    pub fn source(&self) -> u64 {
+        self.source
+    }
+
+    /// The seat's jitter buffer (depth, delay; its counters are the seat's lifetime
+    /// totals).
     pub fn buffer(&self) -> &JitterBuffer {
         &self.buffer
+    }
+
+    /// Counters of the current jammer's stream: from the packet that seated it (the
+    /// first, or the first after its buffer expired, or from a new source) on.
+    pub fn stats(&self) -> JitterStats {
+        self.buffer.stats().since(&self.baseline)
+    }
+
+    /// Starts counting a new stream.
+    fn new_stream(&mut self) {
+        self.baseline = *self.buffer.stats();
     }
 
     /// The strip of one channel.
@@ -230,7 +257,9 @@ impl JamReceiver {
         let seat = RemoteSeat {
             owner: None,
             last_owner: None,
+            source: 0,
             buffer,
+            baseline: JitterStats::default(),
             strips: [ChannelStrip::UNITY; 2],
         };
         let block = config.max_block.max(1);
@@ -281,15 +310,26 @@ impl JamReceiver {
     }
 
     /// Parses and routes one received datagram (arrival in µs on the clock later
-    /// passed to the mix calls).
+    /// passed to the mix calls), from a driver that does not tell sources apart.
     pub fn receive(
         &mut self,
         arrival_us: u64,
         datagram: &[u8],
     ) -> Result<ReceiveOutcome, ParseError> {
+        self.receive_from(arrival_us, 0, datagram)
+    }
+
+    /// Parses and routes one received datagram from `source` (see the module
+    /// documentation).
+    pub fn receive_from(
+        &mut self,
+        arrival_us: u64,
+        source: u64,
+        datagram: &[u8],
+    ) -> Result<ReceiveOutcome, ParseError> {
         self.stats.datagrams += 1;
         match JamPacket::parse(datagram) {
-            Ok(packet) => Ok(self.receive_packet(arrival_us, &packet)),
+            Ok(packet) => Ok(self.receive_packet_from(arrival_us, source, &packet)),
             Err(e) => {
                 self.stats.malformed += 1;
                 Err(e)
@@ -300,6 +340,16 @@ impl JamReceiver {
     /// Routes one parsed packet: notes server_time and beat, then queues its audio on the
     /// sender's seat, assigning a free seat to a new client_id (rtjam.md §10 step 1).
     pub fn receive_packet(&mut self, arrival_us: u64, packet: &JamPacket<'_>) -> ReceiveOutcome {
+        self.receive_packet_from(arrival_us, 0, packet)
+    }
+
+    /// [`receive_packet`](Self::receive_packet) for a packet from `source`.
+    pub fn receive_packet_from(
+        &mut self,
+        arrival_us: u64,
+        source: u64,
+        packet: &JamPacket<'_>,
+    ) -> ReceiveOutcome {
         let header = packet.header();
         self.last_server_time = header.server_time;
         self.last_beat = Some(header.beat);
@@ -311,7 +361,7 @@ impl JamReceiver {
             self.stats.own_client_id += 1;
             return ReceiveOutcome::OwnClientId;
         }
-        let Some(seat) = self.seat_for(header.client_id, arrival_us) else {
+        let Some(seat) = self.seat_for(header.client_id, source, arrival_us) else {
             self.stats.no_free_seat += 1;
             return ReceiveOutcome::NoFreeSeat {
                 client_id: header.client_id,
@@ -321,10 +371,21 @@ impl JamReceiver {
         ReceiveOutcome::Audio { seat, pushed }
     }
 
-    /// The seat this client_id owns, or a free one: preferably the seat it had before
-    /// (keeping its strip settings), else one never used, else any whose jammer expired.
-    fn seat_for(&mut self, client_id: u32, arrival_us: u64) -> Option<usize> {
-        if let Some(i) = self.seat_of(client_id) {
+    /// The seat this client_id owns from `source`, or a free one: preferably the seat
+    /// it had before (keeping its strip settings), else one never used, else any whose
+    /// jammer expired. A stream that starts here starts its counters.
+    fn seat_for(&mut self, client_id: u32, source: u64, arrival_us: u64) -> Option<usize> {
+        if let Some(i) = self
+            .seats
+            .iter()
+            .position(|s| s.owner == Some(client_id) && s.source == source)
+        {
+            let seat = &mut self.seats[i];
+            if seat.buffer.is_expired(arrival_us) {
+                // Back after the expiry, before a read freed the seat: a new stream.
+                seat.buffer.reset();
+                seat.new_stream();
+            }
             return Some(i);
         }
         let free = |s: &RemoteSeat| s.owner.is_none() || s.buffer.is_expired(arrival_us);
@@ -343,7 +404,9 @@ impl JamReceiver {
             seat.strips = [ChannelStrip::UNITY; 2];
         }
         seat.buffer.reset();
+        seat.new_stream();
         seat.owner = Some(client_id);
+        seat.source = source;
         seat.last_owner = Some(client_id);
         self.stats.seats_assigned += 1;
         Some(pick)
@@ -735,6 +798,136 @@ mod tests {
         assert!(
             out.iter().all(|&v| (f64::from(v) - expected).abs() < 1e-6),
             "{out:?}"
+        );
+    }
+    /// Streams jammer `id` from `source` for `ms` milliseconds from `start` (packets on
+    /// their 2.667 ms grid, `skip` left out), reading the mix every 1 ms.
+    fn play(
+        rx: &mut JamReceiver,
+        start: u64,
+        ms: u64,
+        streams: &mut [(u32, u64, &mut JamSender, Option<u32>)],
+    ) -> Vec<f32> {
+        let mut buf = [0u8; 1024];
+        let mut out = Vec::new();
+        let mut block = [0.0f32; 48];
+        let mut k = 0u64;
+        for t in 0..ms {
+            while k * N as u64 * 1_000_000 / 48_000 <= t * 1_000 {
+                let at = start + k * N as u64 * 1_000_000 / 48_000;
+                for (id, source, sender, skip) in streams.iter_mut() {
+                    let level = 0.1 * f32::from((*id % 7) as u8 + 1);
+                    let n = sender
+                        .write_packet(at, &[level; N], &[0.0; N], &mut buf)
+                        .unwrap();
+                    if *skip != Some(k as u32) {
+                        rx.receive_from(at, *source, &buf[..n]).unwrap();
+                    }
+                }
+                k += 1;
+            }
+            rx.mix_mono(start + t * 1_000, &mut block);
+            out.extend_from_slice(&block);
+        }
+        out
+    }
+
+    #[test]
+    fn a_returning_jammer_starts_with_fresh_counters() {
+        let mut rx = JamReceiver::new(ReceiverConfig {
+            seats: 2,
+            ..ReceiverConfig::default()
+        })
+        .unwrap();
+        // 300 ms with packet 40 lost: one loss, one underrun.
+        let mut first = JamSender::new(10);
+        play(&mut rx, T0, 300, &mut [(10, 0, &mut first, Some(40))]);
+        let seat = rx.seat_of(10).unwrap();
+        let s = rx.seats()[seat].stats();
+        assert_eq!((s.lost, s.underruns), (1, 1), "{s:?}");
+        // Gone for 1.5 s: the seat is freed.
+        play(&mut rx, T0 + 300_000, 1_500, &mut []);
+        assert_eq!(rx.seat_of(10), None);
+        // Back with a clean stream: its counters start again; the buffer keeps totals.
+        let mut back = JamSender::new(10);
+        play(
+            &mut rx,
+            T0 + 1_800_000,
+            300,
+            &mut [(10, 0, &mut back, None)],
+        );
+        let seat = rx.seat_of(10).unwrap();
+        let s = rx.seats()[seat].stats();
+        assert_eq!(
+            (
+                s.packets,
+                s.lost,
+                s.late,
+                s.underruns,
+                s.overruns,
+                s.expirations
+            ),
+            (113, 0, 0, 0, 0, 0),
+            "{s:?}"
+        );
+        assert_eq!(rx.seats()[seat].buffer().stats().lost, 1, "lifetime total");
+        // The same when the jammer returns before anything read its seat.
+        let mut rx2 = JamReceiver::new(ReceiverConfig::default()).unwrap();
+        let mut buf = [0u8; 1024];
+        let mut s1 = JamSender::new(20);
+        for k in [0u64, 1, 3] {
+            let n = s1.write_packet(T0, &[0.1; N], &[0.1; N], &mut buf).unwrap();
+            rx2.receive(T0 + k * 2_667, &buf[..n]).unwrap();
+        }
+        let n = s1.write_packet(T0, &[0.1; N], &[0.1; N], &mut buf).unwrap();
+        rx2.receive(T0 + 1_200_000, &buf[..n]).unwrap();
+        let s = rx2.seats()[0].stats();
+        assert_eq!((s.packets, s.expirations), (1, 0), "{s:?}");
+    }
+
+    #[test]
+    fn two_sources_under_one_client_id_get_a_seat_each() {
+        let mut rx = JamReceiver::new(ReceiverConfig::default()).unwrap();
+        let mut jammer = JamSender::new(7);
+        // 200 ms alone, then a second sender from another source under the same
+        // client_id, from sequence 0 (0.1 and 0.1 · 8 = 0.8 on the wire as set by `play`).
+        let alone = play(&mut rx, T0, 200, &mut [(7, 1, &mut jammer, None)]);
+        let mut intruder = JamSender::new(7);
+        let both = play(
+            &mut rx,
+            T0 + 200_000,
+            300,
+            &mut [(7, 1, &mut jammer, None), (7, 2, &mut intruder, None)],
+        );
+        let seats: Vec<(u32, u64)> = rx
+            .seats()
+            .iter()
+            .filter_map(|s| Some((s.client_id()?, s.source())))
+            .collect();
+        assert_eq!(seats, [(7, 1), (7, 2)]);
+        let first = rx.seats()[0].stats();
+        assert_eq!(
+            (
+                first.lost,
+                first.late,
+                first.resyncs,
+                first.duplicates,
+                first.underruns
+            ),
+            (0, 0, 0, 0, 0),
+            "the jammer's stream is untouched: {first:?}"
+        );
+        // The jammer is heard throughout, the second sender added beside it.
+        let level = wire(0.1);
+        assert!(
+            alone[200..]
+                .iter()
+                .all(|&v| (f64::from(v) - level - wire(0.0)).abs() < 1e-4)
+        );
+        assert!(
+            both[200..]
+                .iter()
+                .all(|&v| (f64::from(v) - 2.0 * (level + wire(0.0))).abs() < 1e-4)
         );
     }
 }

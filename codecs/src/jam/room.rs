@@ -4,8 +4,17 @@
 //! Members are keyed by source address and created by their first datagram; each valid
 //! datagram is stamped with the server time and metronome beat, sent whole to every
 //! other member, and its 28-byte header is echoed to the sender. A member silent for
-//! 1 s is dropped. Unlike rtjam (which admits anyone, rtjam.md §7) the room takes an
-//! allow-list of source networks and an optional member cap, and counts every drop.
+//! 1 s is dropped. Unlike rtjam (which admits anyone, rtjam.md §7) the room protects its
+//! members, and counts every drop:
+//! * an allow-list of source networks and a member cap (16 by default);
+//! * a packet-rate limit per member (a token bucket: 500 datagrams per second by
+//!   default, with 0.4 s of burst; a jammer sends 375), so one source cannot flood the
+//!   others;
+//! * a client_id belongs to the member that holds it: a datagram carrying it from any
+//!   other address is an intruder's (rtjam's clients key jammers by client_id, so a
+//!   second stream under the same id would silence the first for everyone) and is
+//!   dropped, never forwarded. The ids of the hosting node's own seats are held too.
+//!
 //! "mix" mode (rtjam.md §4) is not implemented.
 //!
 //! The driver owns the socket and the clock: it passes each datagram with its source
@@ -26,6 +35,15 @@ pub const MEMBER_TIMEOUT_US: u64 = 1_000_000;
 pub const MAX_ROUND_TRIP_US: u64 = 100_000;
 /// Weight of a new round-trip sample in the smoothed value (≈ 0.34 s at 375 pkt/s).
 const RTT_SMOOTHING: f64 = 1.0 / 128.0;
+/// Default member cap: what a hosting node's seats can hear at once, and well within
+/// what one core forwards (rtjam's own client hears 11 others, rtjam.md §3).
+pub const DEFAULT_MAX_MEMBERS: usize = 16;
+/// Default datagrams per second one member may send: a jammer sends 375 (rtjam.md §2),
+/// plus a third for margin.
+pub const DEFAULT_MAX_PACKET_RATE: u32 = 500;
+/// Burst a member's token bucket holds, in seconds of its rate: a sender that stalled
+/// for up to about 0.5 s may catch up at once.
+pub const PACKET_BURST_SECONDS: f64 = 0.4;
 
 /// Metronome tempo in beats per minute (1..=1000; rtjam's default is 120).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -168,21 +186,31 @@ impl FromStr for AllowList {
 pub struct RoomConfig {
     /// Metronome tempo (default 120 BPM).
     pub tempo: Tempo,
-    /// Most members at once; `None` is unbounded, as rtjam (default `None`).
+    /// Most members at once; `None` is unbounded, as rtjam (default 16,
+    /// [`DEFAULT_MAX_MEMBERS`]).
     pub max_members: Option<NonZeroUsize>,
     /// Source networks admitted (default loopback only; rtjam admits everyone).
     pub allow: AllowList,
     /// Silence after which a member is dropped (default 1 s, rtjam.md §3).
     pub member_timeout_us: u64,
+    /// Datagrams per second one member may send, with [`PACKET_BURST_SECONDS`] of
+    /// burst; the excess is dropped. `None` is unlimited, as rtjam (default 500,
+    /// [`DEFAULT_MAX_PACKET_RATE`]).
+    pub max_packet_rate: Option<NonZeroU32>,
+    /// client_ids the room holds for itself (a hosting node's seats): refused from the
+    /// network like any client_id another member holds (default none).
+    pub local_client_ids: Vec<u32>,
 }
 
 impl Default for RoomConfig {
     fn default() -> Self {
         RoomConfig {
             tempo: Tempo::DEFAULT,
-            max_members: None,
+            max_members: NonZeroUsize::new(DEFAULT_MAX_MEMBERS),
             allow: AllowList::loopback(),
             member_timeout_us: MEMBER_TIMEOUT_US,
+            max_packet_rate: NonZeroU32::new(DEFAULT_MAX_PACKET_RATE),
+            local_client_ids: Vec::new(),
         }
     }
 }
@@ -197,6 +225,13 @@ pub enum DropReason {
     NotAllowed,
     /// A new source while the room is at its member cap.
     RoomFull,
+    /// A member over its packet rate.
+    RateLimited,
+    /// A client_id another member (or the room itself) holds, from another address.
+    Intruder {
+        /// The client_id it carried.
+        client_id: u32,
+    },
 }
 
 /// What [`RoomCore::handle_datagram`] did.
@@ -230,6 +265,10 @@ pub struct RoomDrops {
     pub not_allowed: u64,
     /// Room at its member cap.
     pub room_full: u64,
+    /// Over the sending member's packet rate.
+    pub rate_limited: u64,
+    /// A client_id held by another member (or the room), from another address.
+    pub intruder: u64,
 }
 
 /// Counters of a [`RoomCore`].
@@ -271,7 +310,15 @@ pub struct Member {
     pub sequence_gaps: u64,
     /// Smoothed round trip (now − echoed server_time), µs, once measured (rtjam.md §5).
     pub round_trip_us: Option<f64>,
+    /// Identifies this member's stream: unique among the members a room ever had, so a
+    /// client_id that leaves and comes back (or changes hands) is a new stream.
+    pub stream: u64,
+    /// Datagrams dropped for going over the packet rate.
+    pub rate_limited: u64,
     last_sequence: u32,
+    /// Token bucket of the packet-rate limit, and when it was last refilled (µs).
+    tokens: f64,
+    refilled_us: u64,
 }
 
 /// The room: members, forwarding, expiry, metronome.
@@ -282,6 +329,8 @@ pub struct RoomCore {
     /// Members that left since the driver last drained them (for join/leave events).
     departed: Vec<(Member, Departure)>,
     stats: RoomStats,
+    /// Stream number of the next member.
+    next_stream: u64,
 }
 
 /// Why a member left the room.
@@ -306,6 +355,7 @@ impl RoomCore {
             members: Vec::with_capacity(reserve),
             departed: Vec::with_capacity(reserve),
             stats: RoomStats::default(),
+            next_stream: 1,
         }
     }
 
@@ -347,6 +397,27 @@ impl RoomCore {
     /// Changes the member cap; members beyond it stay until they expire.
     pub fn set_max_members(&mut self, max: Option<NonZeroUsize>) {
         self.config.max_members = max;
+    }
+
+    /// Changes the packet-rate limit per member (`None`: unlimited).
+    pub fn set_max_packet_rate(&mut self, rate: Option<NonZeroU32>) {
+        self.config.max_packet_rate = rate;
+    }
+
+    /// Sets the client_ids the room holds for itself (a hosting node's seats).
+    pub fn set_local_client_ids(&mut self, ids: Vec<u32>) {
+        self.config.local_client_ids = ids;
+    }
+
+    /// Whether `client_id` is held by the room itself or by a member other than the
+    /// one at index `except`.
+    fn client_id_taken(&self, client_id: u32, except: Option<usize>) -> bool {
+        self.config.local_client_ids.contains(&client_id)
+            || self
+                .members
+                .iter()
+                .enumerate()
+                .any(|(i, m)| m.client_id == client_id && Some(i) != except)
     }
 
     /// Replaces the allow-list and removes members it no longer admits.
@@ -417,10 +488,10 @@ impl RoomCore {
     }
 
     /// Handles one datagram from `from` received at `now_us` (rtjam.md §4): expires
-    /// silent members, checks source and packet, updates or creates the member,
+    /// silent members, checks source, rate and packet, updates or creates the member,
     /// stamps server_time = `now_us` and the beat into `datagram` in place, then calls
     /// `send(addr, bytes)` with the whole datagram for every other member and with the
-    /// 28-byte header for the sender.
+    /// 28-byte header for the sender. A dropped datagram sends nothing.
     pub fn handle_datagram(
         &mut self,
         now_us: u64,
@@ -434,11 +505,28 @@ impl RoomCore {
             self.stats.drops.not_allowed += 1;
             return RoomOutcome::Dropped(DropReason::NotAllowed);
         }
+        let existing = self.members.iter().position(|m| m.addr == from);
+        if let Some(i) = existing {
+            // First, as the cheapest way out of a flood.
+            let rate = self.config.max_packet_rate;
+            if !self.members[i].take_token(now_us, rate) {
+                self.members[i].rate_limited += 1;
+                self.stats.drops.rate_limited += 1;
+                return RoomOutcome::Dropped(DropReason::RateLimited);
+            }
+        }
         let header = match JamPacket::parse(datagram) {
             Ok(p) => *p.header(),
             Err(e) => return self.drop_malformed(e),
         };
-        let joined = match self.members.iter().position(|m| m.addr == from) {
+        let changed_id = existing.is_none_or(|i| self.members[i].client_id != header.client_id);
+        if changed_id && self.client_id_taken(header.client_id, existing) {
+            self.stats.drops.intruder += 1;
+            return RoomOutcome::Dropped(DropReason::Intruder {
+                client_id: header.client_id,
+            });
+        }
+        let joined = match existing {
             Some(i) => {
                 self.members[i].update(now_us, &header);
                 false
@@ -452,7 +540,10 @@ impl RoomCore {
                     self.stats.drops.room_full += 1;
                     return RoomOutcome::Dropped(DropReason::RoomFull);
                 }
-                self.members.push(Member::new(from, now_us, &header));
+                let mut member = Member::new(from, now_us, &header, self.next_stream);
+                self.next_stream += 1;
+                member.take_token(now_us, self.config.max_packet_rate);
+                self.members.push(member);
                 self.stats.joined += 1;
                 true
             }
@@ -486,7 +577,7 @@ impl RoomCore {
 }
 
 impl Member {
-    fn new(addr: SocketAddr, now_us: u64, header: &JamHeader) -> Member {
+    fn new(addr: SocketAddr, now_us: u64, header: &JamHeader, stream: u64) -> Member {
         let mut m = Member {
             addr,
             client_id: header.client_id,
@@ -495,10 +586,31 @@ impl Member {
             packets: 0,
             sequence_gaps: 0,
             round_trip_us: None,
+            stream,
+            rate_limited: 0,
             last_sequence: header.sequence,
+            tokens: f64::MAX,
+            refilled_us: now_us,
         };
         m.update(now_us, header);
         m
+    }
+
+    /// Takes one datagram's token from the bucket at `now_us`; false when the member is
+    /// over `rate` (always true without a limit).
+    fn take_token(&mut self, now_us: u64, rate: Option<NonZeroU32>) -> bool {
+        let Some(rate) = rate else { return true };
+        let rate = f64::from(rate.get());
+        let burst = (rate * PACKET_BURST_SECONDS).max(1.0);
+        let elapsed_s = now_us.saturating_sub(self.refilled_us) as f64 / 1e6;
+        self.refilled_us = self.refilled_us.max(now_us);
+        self.tokens = (self.tokens + elapsed_s * rate).min(burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     fn update(&mut self, now_us: u64, header: &JamHeader) {
@@ -923,13 +1035,172 @@ mod tests {
             handle(&mut room, T0, *a, packet(i as u32, 0, 0, 0.0));
         }
         let cap = room.members.capacity();
-        let mut dgram = packet(1, 1, 0, 0.3);
+        let mut dgrams: Vec<Vec<u8>> = (0..12).map(|i| packet(i, 1, 0, 0.3)).collect();
         let mut copies = 0;
         for k in 0..1_000u64 {
-            let from = addrs[(k % 12) as usize];
-            room.handle_datagram(T0 + k, from, &mut dgram, |_, _| copies += 1);
+            let i = (k % 12) as usize;
+            room.handle_datagram(T0 + k, addrs[i], &mut dgrams[i], |_, _| copies += 1);
         }
         assert_eq!(room.members.capacity(), cap);
         assert_eq!(copies, 1_000 * 12);
+    }
+    #[test]
+    fn a_client_id_belongs_to_the_member_that_holds_it() {
+        let mut room = RoomCore::new(RoomConfig {
+            local_client_ids: vec![500, 501],
+            ..RoomConfig::default()
+        });
+        let (a, b, stranger) = (
+            addr("127.0.0.1:1"),
+            addr("127.0.0.1:2"),
+            addr("127.0.0.1:3"),
+        );
+        handle(&mut room, T0, a, packet(7, 0, 0, 0.5));
+        handle(&mut room, T0, b, packet(8, 0, 0, 0.0));
+        let stream_a = room.member(a).unwrap().stream;
+        // A stranger streams under A's client_id, interleaved with A, at A's rate: none
+        // of it goes anywhere, and A goes on as before.
+        for k in 1..=100u32 {
+            let t = T0 + u64::from(k) * 2_667;
+            let (out, sent) = handle(&mut room, t, stranger, packet(7, 1_000 + k, 0, -0.5));
+            assert_eq!(
+                out,
+                RoomOutcome::Dropped(DropReason::Intruder { client_id: 7 })
+            );
+            assert!(sent.is_empty(), "an intruder's datagram was sent on");
+            let (out, sent) = handle(&mut room, t + 1, a, packet(7, k, 0, 0.5));
+            assert_eq!(
+                out,
+                RoomOutcome::Forwarded {
+                    recipients: 1,
+                    joined: false
+                }
+            );
+            assert_eq!(sent.len(), 2);
+        }
+        assert_eq!(room.stats().drops.intruder, 100);
+        assert!(room.member(stranger).is_none());
+        let m = room.member(a).unwrap();
+        assert_eq!((m.packets, m.sequence_gaps, m.stream), (101, 0, stream_a));
+        // A member may not take another member's id, nor one the room holds (its seats').
+        let (out, _) = handle(&mut room, T0 + 300_000, b, packet(7, 1, 0, 0.0));
+        assert_eq!(
+            out,
+            RoomOutcome::Dropped(DropReason::Intruder { client_id: 7 })
+        );
+        assert_eq!(room.member(b).unwrap().client_id, 8);
+        let (out, _) = handle(&mut room, T0 + 300_000, stranger, packet(501, 0, 0, 0.0));
+        assert_eq!(
+            out,
+            RoomOutcome::Dropped(DropReason::Intruder { client_id: 501 })
+        );
+        // Once A has left (1 s of silence) its client_id is free again: whoever takes it
+        // is a new stream.
+        let a_last = T0 + 100 * 2_667 + 1;
+        handle(&mut room, a_last + 500_000, b, packet(8, 1, 0, 0.0));
+        let (out, _) = handle(
+            &mut room,
+            a_last + 1_000_000,
+            stranger,
+            packet(7, 0, 0, 0.0),
+        );
+        assert_eq!(
+            out,
+            RoomOutcome::Forwarded {
+                recipients: 1,
+                joined: true
+            }
+        );
+        let newcomer = room.member(stranger).unwrap();
+        assert_ne!(newcomer.stream, stream_a);
+        assert_eq!((newcomer.packets, newcomer.sequence_gaps), (1, 0));
+        assert_eq!(room.stats().drops.intruder, 102);
+    }
+
+    #[test]
+    fn a_flooding_member_is_held_to_its_packet_rate_and_the_others_are_untouched() {
+        let mut room = RoomCore::new(RoomConfig::default());
+        let (a, b, flood) = (
+            addr("127.0.0.1:1"),
+            addr("127.0.0.1:2"),
+            addr("127.0.0.1:3"),
+        );
+        handle(&mut room, T0, a, packet(1, 0, 0, 0.5));
+        handle(&mut room, T0, b, packet(2, 0, 0, 0.0));
+        handle(&mut room, T0, flood, packet(3, 0, 0, 0.0));
+        // For 2 s, A sends like a jammer (375 per second) and the flood 20 000 per second.
+        let (mut flood_to_b, mut a_to_b, mut a_sent, mut flood_sent) = (1u64, 0u64, 0u32, 1u64);
+        for tick in 1..=40_000u64 {
+            let t = T0 + tick * 50;
+            let (_, sent) = handle(&mut room, t, flood, packet(3, tick as u32, 0, 0.0));
+            flood_sent += 1;
+            flood_to_b += sent.iter().filter(|(to, _)| *to == b).count() as u64;
+            if tick.is_multiple_of(2_000) {
+                // B plays too (it would leave the room after 1 s of silence).
+                handle(&mut room, t, b, packet(2, tick as u32, 0, 0.0));
+            }
+            if u64::from(a_sent + 1) * 2_667 <= tick * 50 {
+                a_sent += 1;
+                let (out, sent) = handle(&mut room, t, a, packet(1, a_sent, 0, 0.5));
+                assert!(matches!(out, RoomOutcome::Forwarded { .. }), "{out:?}");
+                a_to_b += sent.iter().filter(|(to, _)| *to == b).count() as u64;
+            }
+        }
+        assert_eq!(a_to_b, u64::from(a_sent), "every packet of A reached B");
+        // The flood got its burst (0.4 s of 500 per second) and 2 s of its rate.
+        assert!((1_195..=1_201).contains(&flood_to_b), "{flood_to_b}");
+        let dropped = flood_sent - flood_to_b;
+        assert_eq!(room.stats().drops.rate_limited, dropped);
+        assert_eq!(room.member(flood).unwrap().rate_limited, dropped);
+        assert_eq!(room.member(a).unwrap().rate_limited, 0);
+        // Unlimited, as rtjam, when asked for.
+        room.set_max_packet_rate(None);
+        let (out, _) = handle(&mut room, T0 + 2_000_001, flood, packet(3, 0, 0, 0.0));
+        assert!(matches!(out, RoomOutcome::Forwarded { .. }));
+    }
+
+    #[test]
+    fn a_jammer_catching_up_after_a_stall_is_not_limited() {
+        let mut room = RoomCore::new(RoomConfig::default());
+        let (a, b) = (addr("127.0.0.1:1"), addr("127.0.0.1:2"));
+        handle(&mut room, T0, b, packet(2, 0, 0, 0.0));
+        // 375 packets a second, but packets 100..250 stall for 400 ms and leave together.
+        for k in 0..1_000u32 {
+            let due = T0 + u64::from(k) * 2_667;
+            let at = if (100..250).contains(&k) {
+                T0 + 250 * 2_667
+            } else {
+                due
+            };
+            let (out, _) = handle(&mut room, at, a, packet(1, k, 0, 0.1));
+            assert!(matches!(out, RoomOutcome::Forwarded { .. }), "{k}: {out:?}");
+            if k.is_multiple_of(300) {
+                handle(&mut room, at, b, packet(2, k, 0, 0.0));
+            }
+        }
+        assert_eq!(room.stats().drops.rate_limited, 0);
+    }
+
+    #[test]
+    fn the_default_member_cap_is_sixteen() {
+        let mut room = RoomCore::new(RoomConfig::default());
+        for port in 1..=16u16 {
+            let (out, _) = handle(
+                &mut room,
+                T0,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                packet(u32::from(port), 0, 0, 0.0),
+            );
+            assert!(matches!(out, RoomOutcome::Forwarded { joined: true, .. }));
+        }
+        let (out, sent) = handle(
+            &mut room,
+            T0,
+            SocketAddr::from(([127, 0, 0, 1], 17)),
+            packet(17, 0, 0, 0.0),
+        );
+        assert_eq!(out, RoomOutcome::Dropped(DropReason::RoomFull));
+        assert!(sent.is_empty());
+        assert_eq!(DEFAULT_MAX_MEMBERS, 16);
     }
 }

@@ -16,11 +16,19 @@
 //!   server_time the seat received (the room's latency loop, §5). Datagrams from anyone
 //!   but the room server are dropped. A server given by name is looked up only once a
 //!   seat is in use ([`RoomServer`]). The room's header-only echo of our own packet
-//!   carries our client_time back, which gives the round trip on our own clock.
+//!   carries our client_time back, which gives the round trip on our own clock. The
+//!   room relays whatever its members send, so a second sender using a jammer's
+//!   client_id arrives from the room server too: a [`StreamGuard`] per client_id keeps
+//!   the established stream and drops the other (counted as `intruder`).
 //! * **host**: one socket; [`RoomCore`] forwards every valid datagram to the other
-//!   members and echoes its header to the sender (§4). Every forwarded audio packet also
-//!   goes to the engine node (the seats hear the members), and the seats' packets go to
-//!   every member stamped like forwarded ones ("packets from the room").
+//!   members and echoes its header to the sender (§4), within each member's packet rate,
+//!   refusing a client_id another member holds. Every forwarded audio packet also goes
+//!   to the engine node tagged with its member's stream (the seats hear the members),
+//!   and the seats' packets go to every member stamped like forwarded ones ("packets
+//!   from the room").
+//!
+//! Intruders and rate-limited members are counted per datagram and logged at most once
+//! per [`LOG_INTERVAL_US`] per kind.
 
 use std::collections::HashMap;
 use std::io;
@@ -34,7 +42,10 @@ use std::time::Duration;
 use api::control::Event;
 use api::model::NodeRef;
 use codecs::jam::packet::{HEADER_LEN, MAX_DATAGRAM_LEN, stamp_server_fields};
-use codecs::jam::{Departure, DropReason, JamHeader, JamPacket, RoomCore, RoomOutcome};
+use codecs::jam::{
+    Departure, DropReason, JamHeader, JamPacket, RoomCore, RoomOutcome, StreamGuard, StreamPoint,
+    Verdict,
+};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
 use super::shared::JamShared;
@@ -56,6 +67,39 @@ const MAX_ROUND_TRIP_US: u64 = 5_000_000;
 const TOS_LOW_DELAY: u32 = 0x10;
 /// Socket buffer sizes: a hosted room receives from every member at once.
 const SOCKET_BUFFER_BYTES: usize = 1 << 20;
+/// Least time between two log lines about intruders (or about rate-limited members) of
+/// one node; the lines say how many were not logged.
+pub const LOG_INTERVAL_US: u64 = 10_000_000;
+
+/// At most one log line per interval for one kind of event.
+#[derive(Debug, Clone)]
+pub struct LogLimiter {
+    interval_us: u64,
+    next_us: u64,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// One line per `interval_us`.
+    pub fn new(interval_us: u64) -> LogLimiter {
+        LogLimiter {
+            interval_us,
+            next_us: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether to log an event at `now_us`: `Some(events not logged since the last
+    /// line)`, or `None` (counted as not logged).
+    pub fn check(&mut self, now_us: u64) -> Option<u64> {
+        if now_us < self.next_us {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next_us = now_us.saturating_add(self.interval_us);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
 
 /// The current time in µs since the Unix epoch: the clock of rtjam's server_time and
 /// client_time (rtjam.md §2). Injected so the engine node runs on virtual time in tests.
@@ -85,6 +129,9 @@ pub struct Datagram {
     pub len: u16,
     /// The local seat that sends it (engine to socket thread).
     pub seat: u16,
+    /// The member stream it belongs to (socket thread to engine): a hosted room's member
+    /// or a joined room's stream of one client_id, numbered by the socket thread.
+    pub source: u64,
     /// Arrival time (socket thread to engine), µs since the Unix epoch.
     pub time_us: u64,
     /// The datagram.
@@ -97,6 +144,7 @@ impl Datagram {
         Datagram {
             len: 0,
             seat: 0,
+            source: 0,
             time_us: 0,
             bytes: [0; MAX_DATAGRAM_LEN],
         }
@@ -113,6 +161,13 @@ impl Datagram {
         d
     }
 
+    /// A copy of `bytes` from member stream `source`.
+    pub fn from_source(bytes: &[u8], time_us: u64, source: u64) -> Datagram {
+        let mut d = Datagram::copy_of(bytes, time_us);
+        d.source = source;
+        d
+    }
+
     /// The used bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len).min(MAX_DATAGRAM_LEN)]
@@ -124,6 +179,7 @@ impl std::fmt::Debug for Datagram {
         f.debug_struct("Datagram")
             .field("len", &self.len)
             .field("seat", &self.seat)
+            .field("source", &self.source)
             .field("time_us", &self.time_us)
             .finish()
     }
@@ -164,10 +220,15 @@ impl Wake {
 pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// A remote jammer a joined room's sockets hear from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RemoteJammer {
     /// Its client_id.
     pub client_id: u32,
+    /// One of the node's own seats, heard through the room.
+    pub local: bool,
+    /// Its stream, numbered by the tracker: a client_id that leaves and comes back is
+    /// a new stream.
+    pub stream: u64,
     /// When it was first heard, µs.
     pub joined_us: u64,
     /// When it was last heard, µs.
@@ -177,43 +238,95 @@ pub struct RemoteJammer {
     /// Times its sequence was not the previous + 1.
     pub sequence_gaps: u64,
     last_sequence: u32,
+    guard: StreamGuard,
+}
+
+/// What [`RemoteTracker::heard`] made of an audio packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// A jammer's stream starts with it.
+    Joined {
+        /// The stream.
+        stream: u64,
+    },
+    /// It continues the jammer's stream.
+    Continues {
+        /// The stream.
+        stream: u64,
+    },
+    /// Not the jammer's stream (see [`StreamGuard`]): drop it.
+    Refused {
+        /// A second stream seen interleaved with the jammer's: an intruder.
+        interleaved: bool,
+    },
 }
 
 /// The remote jammers of a joined room, keyed by client_id (rtjam.md §3: the client
-/// side keys jammers by client_id and forgets them after 1 s).
+/// side keys jammers by client_id and forgets them after 1 s), one stream each.
 #[derive(Debug, Default)]
 pub struct RemoteTracker {
     jammers: Vec<RemoteJammer>,
+    next_stream: u64,
 }
 
 impl RemoteTracker {
-    /// Notes an audio packet; true if the jammer is new.
-    pub fn heard(&mut self, now_us: u64, header: &JamHeader) -> bool {
-        if let Some(j) = self
+    /// Notes an audio packet carrying `frames` frames (`local`: from one of the node's
+    /// own seats), and says whether it belongs to its jammer's stream.
+    pub fn heard(&mut self, now_us: u64, header: &JamHeader, frames: usize, local: bool) -> Heard {
+        let point = StreamPoint {
+            arrival_us: now_us,
+            sequence: header.sequence,
+            client_time: header.client_time,
+            frames,
+        };
+        let Some(j) = self
             .jammers
             .iter_mut()
             .find(|j| j.client_id == header.client_id)
-        {
-            j.last_heard_us = j.last_heard_us.max(now_us);
-            // Every seat gets a copy of the same packet: count it once.
-            if header.sequence != j.last_sequence {
-                if header.sequence != j.last_sequence.wrapping_add(1) {
-                    j.sequence_gaps += 1;
-                }
-                j.packets += 1;
+        else {
+            self.next_stream += 1;
+            let mut guard = StreamGuard::default();
+            guard.check(&point);
+            self.jammers.push(RemoteJammer {
+                client_id: header.client_id,
+                local,
+                stream: self.next_stream,
+                joined_us: now_us,
+                last_heard_us: now_us,
+                packets: 1,
+                sequence_gaps: 0,
+                last_sequence: header.sequence,
+                guard,
+            });
+            return Heard::Joined {
+                stream: self.next_stream,
+            };
+        };
+        match j.guard.check(&point) {
+            Verdict::Refused { interleaved } => return Heard::Refused { interleaved },
+            Verdict::NewStream => {
+                // Silent for the expiry, back before `expire` saw it: a new stream.
+                self.next_stream += 1;
+                j.stream = self.next_stream;
+                j.joined_us = now_us;
+                j.last_heard_us = now_us;
+                j.packets = 1;
+                j.sequence_gaps = 0;
                 j.last_sequence = header.sequence;
+                return Heard::Joined { stream: j.stream };
             }
-            return false;
+            _ => {}
         }
-        self.jammers.push(RemoteJammer {
-            client_id: header.client_id,
-            joined_us: now_us,
-            last_heard_us: now_us,
-            packets: 1,
-            sequence_gaps: 0,
-            last_sequence: header.sequence,
-        });
-        true
+        j.last_heard_us = j.last_heard_us.max(now_us);
+        // Every seat gets a copy of the same packet: count it once.
+        if header.sequence != j.last_sequence {
+            if header.sequence != j.last_sequence.wrapping_add(1) {
+                j.sequence_gaps += 1;
+            }
+            j.packets += 1;
+            j.last_sequence = header.sequence;
+        }
+        Heard::Continues { stream: j.stream }
     }
 
     /// Removes the jammers silent for [`JAMMER_TIMEOUT_US`] and hands them to `gone`.
@@ -227,9 +340,9 @@ impl RemoteTracker {
         }
     }
 
-    /// The jammers, in the order they joined.
-    pub fn jammers(&self) -> &[RemoteJammer] {
-        &self.jammers
+    /// The remote jammers (not the node's own seats), in the order they joined.
+    pub fn jammers(&self) -> impl Iterator<Item = &RemoteJammer> {
+        self.jammers.iter().filter(|j| !j.local)
     }
 }
 
@@ -432,6 +545,8 @@ impl IoThread {
                 context,
                 stop: flag,
                 buf: [0; RECEIVE_BUFFER],
+                intruder_log: LogLimiter::new(LOG_INTERVAL_US),
+                rate_log: LogLimiter::new(LOG_INTERVAL_US),
             };
             match plan {
                 IoPlan::Join {
@@ -478,6 +593,8 @@ struct Worker {
     context: IoContext,
     stop: Arc<AtomicBool>,
     buf: [u8; RECEIVE_BUFFER],
+    intruder_log: LogLimiter,
+    rate_log: LogLimiter,
 }
 
 fn timeout() -> Timespec {
@@ -521,6 +638,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Worker {
     fn count(&self, counter: impl Fn(&super::shared::IoCounters) -> &std::sync::atomic::AtomicU64) {
         counter(&self.context.shared.io).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logs (rate-limited) a datagram of a second stream under `client_id`.
+    fn log_intruder(&mut self, now_us: u64, client_id: u32, from: SocketAddr) {
+        if let Some(suppressed) = self.intruder_log.check(now_us) {
+            tracing::warn!(
+                node = %self.context.node,
+                client_id,
+                address = %from,
+                not_logged = suppressed,
+                "jam intruder: a second stream under an established client_id, dropped"
+            );
+        }
     }
 
     // ------------------------------------------------------------------------ join
@@ -615,19 +745,35 @@ impl Worker {
                     if packet.is_header_only() {
                         continue;
                     }
-                    if self.context.shared.is_own(header.client_id) {
-                        // Another seat of ours, heard through the room: it is in the
-                        // seat's mix, but not a remote jammer of the node.
-                    } else if lock(tracker).heard(now, &header) {
-                        (self.context.events)(Event::JamMemberJoined {
-                            node: self.context.node.clone(),
-                            client_id: header.client_id,
-                            address: server.to_string(),
-                        });
-                    }
+                    // Another seat of ours, heard through the room, is in the seat's
+                    // mix but not a remote jammer of the node.
+                    let local = self.context.shared.is_own(header.client_id);
+                    let heard = lock(tracker).heard(now, &header, packet.frames(), local);
+                    let stream = match heard {
+                        Heard::Joined { stream } => {
+                            if !local {
+                                (self.context.events)(Event::JamMemberJoined {
+                                    node: self.context.node.clone(),
+                                    client_id: header.client_id,
+                                    address: server.to_string(),
+                                });
+                            }
+                            stream
+                        }
+                        Heard::Continues { stream } => stream,
+                        Heard::Refused { interleaved: true } => {
+                            self.count(|c| &c.intruder);
+                            self.log_intruder(now, header.client_id, server);
+                            continue;
+                        }
+                        Heard::Refused { interleaved: false } => {
+                            self.count(|c| &c.out_of_stream);
+                            continue;
+                        }
+                    };
                     if links[k]
                         .recv
-                        .push(Datagram::copy_of(datagram, now))
+                        .push(Datagram::from_source(datagram, now, stream))
                         .is_err()
                     {
                         self.count(|c| &c.receive_ring_full);
@@ -637,7 +783,7 @@ impl Worker {
             let now = self.context.clock.now_us();
             let mut gone = Vec::new();
             lock(tracker).expire(now, |j| gone.push(j));
-            for jammer in gone {
+            for jammer in gone.into_iter().filter(|j| !j.local) {
                 (self.context.events)(Event::JamMemberLeft {
                     node: self.context.node.clone(),
                     client_id: jammer.client_id,
@@ -708,10 +854,11 @@ impl Worker {
                                     address: from.to_string(),
                                 });
                             }
+                            let stream = room.member(from).map_or(0, |m| m.stream);
                             if n > HEADER_LEN
                                 && link
                                     .recv
-                                    .push(Datagram::copy_of(&self.buf[..n], now))
+                                    .push(Datagram::from_source(&self.buf[..n], now, stream))
                                     .is_err()
                             {
                                 self.count(|c| &c.receive_ring_full);
@@ -724,6 +871,23 @@ impl Worker {
                             self.count(|c| &c.not_allowed);
                         }
                         RoomOutcome::Dropped(DropReason::RoomFull) => self.count(|c| &c.room_full),
+                        RoomOutcome::Dropped(DropReason::RateLimited) => {
+                            self.count(|c| &c.rate_limited);
+                            if let Some(suppressed) = self.rate_log.check(now) {
+                                tracing::warn!(
+                                    node = %self.context.node,
+                                    address = %from,
+                                    client_id = room.member(from).map_or(0, |m| m.client_id),
+                                    rate = room.config().max_packet_rate.map_or(0, |r| r.get()),
+                                    not_logged = suppressed,
+                                    "jam member over its packet rate: excess dropped"
+                                );
+                            }
+                        }
+                        RoomOutcome::Dropped(DropReason::Intruder { client_id }) => {
+                            self.count(|c| &c.intruder);
+                            self.log_intruder(now, client_id, from);
+                        }
                         _ => {}
                     }
                     self.departures(&mut room, &mut events);
@@ -775,7 +939,6 @@ fn note_round_trip(seat: &super::shared::SeatShared, now_us: u64, client_time: u
 pub fn remote_jammers(tracker: &Mutex<RemoteTracker>) -> HashMap<u32, RemoteJammer> {
     lock(tracker)
         .jammers()
-        .iter()
         .map(|j| (j.client_id, j.clone()))
         .collect()
 }
@@ -795,18 +958,84 @@ mod tests {
     #[test]
     fn tracker_counts_each_packet_once_and_expires_after_a_second() {
         let mut t = RemoteTracker::default();
-        assert!(t.heard(0, &header(7, 0)));
-        assert!(!t.heard(10, &header(7, 0)), "second seat's copy");
-        assert!(!t.heard(2_667, &header(7, 1)));
-        assert!(!t.heard(8_000, &header(7, 3)));
-        let j = &t.jammers()[0];
+        assert_eq!(
+            t.heard(0, &header(7, 0), 128, false),
+            Heard::Joined { stream: 1 }
+        );
+        assert_eq!(
+            t.heard(10, &header(7, 0), 128, false),
+            Heard::Continues { stream: 1 },
+            "second seat's copy"
+        );
+        assert_eq!(
+            t.heard(2_667, &header(7, 1), 128, false),
+            Heard::Continues { stream: 1 }
+        );
+        assert_eq!(
+            t.heard(8_000, &header(7, 3), 128, false),
+            Heard::Continues { stream: 1 }
+        );
+        let j = t.jammers().next().unwrap();
         assert_eq!((j.packets, j.sequence_gaps), (3, 1));
         let mut gone = Vec::new();
         t.expire(1_007_999, |j| gone.push(j.client_id));
         assert!(gone.is_empty());
         t.expire(1_008_000, |j| gone.push(j.client_id));
         assert_eq!(gone, [7]);
-        assert!(t.jammers().is_empty());
+        assert!(t.jammers().next().is_none());
+        // Back: a new stream.
+        assert_eq!(
+            t.heard(1_010_000, &header(7, 0), 128, false),
+            Heard::Joined { stream: 2 }
+        );
+    }
+
+    #[test]
+    fn tracker_keeps_a_jammers_stream_and_refuses_a_second_one_under_its_client_id() {
+        let mut t = RemoteTracker::default();
+        let packet = |client_id: u32, sequence: u32, at: u64| JamHeader {
+            client_id,
+            sequence,
+            client_time: at,
+            ..JamHeader::default()
+        };
+        // The jammer plays for a second, then an intruder joins in at the same rate.
+        for k in 0..375u32 {
+            let at = 1_000_000 + u64::from(k) * 2_667;
+            t.heard(at, &packet(7, 5_000 + k, at), 128, false);
+        }
+        let mut refused = [0u32; 2];
+        for k in 375..750u32 {
+            let at = 1_000_000 + u64::from(k) * 2_667;
+            assert_eq!(
+                t.heard(at, &packet(7, 5_000 + k, at), 128, false),
+                Heard::Continues { stream: 1 }
+            );
+            match t.heard(at + 1_000, &packet(7, k - 375, at + 1_000), 128, false) {
+                Heard::Refused { interleaved } => refused[usize::from(interleaved)] += 1,
+                other => panic!("the intruder's packet was taken: {other:?}"),
+            }
+        }
+        assert_eq!(
+            refused,
+            [1, 374],
+            "interleaved from the jammer's next packet"
+        );
+        let j = t.jammers().next().unwrap();
+        assert_eq!((j.packets, j.sequence_gaps, j.stream), (750, 0, 1));
+        // The node's own seats heard through the room are tracked, not listed.
+        t.heard(3_000_000, &packet(501, 0, 3_000_000), 128, true);
+        assert_eq!(t.jammers().count(), 1);
+    }
+
+    #[test]
+    fn log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let mut l = LogLimiter::new(10_000_000);
+        assert_eq!(l.check(5), Some(0));
+        assert_eq!(l.check(6), None);
+        assert_eq!(l.check(10_000_004), None);
+        assert_eq!(l.check(10_000_005), Some(2));
+        assert_eq!(l.check(20_000_005), Some(0));
     }
 
     #[test]

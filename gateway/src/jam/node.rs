@@ -2,7 +2,8 @@
 //!
 //! Per block (1 ms by default) the node
 //! 1. drains the receive rings into [`JamReceiver`]s: one adaptive jitter buffer per
-//!    remote jammer (rtjam.md §10), keyed by client_id;
+//!    remote jammer (rtjam.md §10), keyed by client_id and the member stream the socket
+//!    thread tagged the packet with;
 //! 2. *produces* each seat's output: every remote jammer at its gain (the jammer's
 //!    channel 1 and 2 summed), plus in a hosted room every other seat (one block late,
 //!    like a conference); and a stereo mix of the whole room with each jammer's pan;
@@ -296,7 +297,7 @@ impl JamNode {
                 if let Some(d) = first.first() {
                     // Malformed datagrams never get here (the socket thread checks), and
                     // the receiver counts anything it refuses.
-                    let _ = receiver.rx.receive(d.time_us, d.as_bytes());
+                    let _ = receiver.rx.receive_from(d.time_us, d.source, d.as_bytes());
                 }
                 chunk.commit_all();
             }
@@ -312,7 +313,9 @@ impl JamNode {
                     Ordering::Relaxed,
                 );
                 let buffer = seat.buffer();
-                let stats = buffer.stats();
+                // The jammer's current stream: a jammer that left and came back, or a
+                // new one on the seat, starts from zero.
+                let stats = seat.stats();
                 slot.depth_samples.store(
                     u32::try_from(buffer.depth_samples()).unwrap_or(u32::MAX),
                     Ordering::Relaxed,
@@ -963,6 +966,50 @@ mod tests {
         assert_eq!(rig.shared.jammers[0][0].client(), Some(77));
         let slot = &rig.shared.jammers[0][0];
         assert_eq!(slot.lost.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_returning_jammers_published_counters_start_again() {
+        let mut rig = rig(NodeMode::Join, 1, false);
+        rig.shared.seats[0].active.store(true, Ordering::Relaxed);
+        let mut buf = [0u8; 1024];
+        let silence = vec![0.0; BLOCK];
+        // 500 ms from jammer 77 with every 20th packet lost on the way.
+        let mut jammer = JamSender::new(77);
+        let mut k = 0u64;
+        for b in 0..500u64 {
+            while k * 128 * 1_000_000 / 48_000 <= b * 1_000 {
+                let at = T0 + k * 128 * 1_000_000 / 48_000;
+                let n = jammer
+                    .write_packet(at, &[0.5; 128], &[0.0; 128], &mut buf)
+                    .unwrap();
+                if k % 20 != 19 {
+                    rig.deliver(0, &buf[..n], at);
+                }
+                k += 1;
+            }
+            rig.block(T0 + b * 1_000, &silence);
+        }
+        let slot = &rig.shared.jammers[0][0];
+        assert!(slot.lost.load(Ordering::Relaxed) >= 8);
+        // Gone for 1.5 s, then back with a clean stream.
+        assert!(stream(&mut rig, 500, 2_000, None, 0) < 200);
+        let mut back = JamSender::new(77);
+        stream(&mut rig, 2_000, 2_500, Some(&mut back), 2_000);
+        let slot = &rig.shared.jammers[0][0];
+        assert_eq!(slot.client(), Some(77));
+        let counts = [
+            &slot.lost,
+            &slot.late,
+            &slot.underruns,
+            &slot.overruns,
+            &slot.reordered,
+            &slot.duplicates,
+        ]
+        .map(|c| c.load(Ordering::Relaxed));
+        assert_eq!(counts, [0; 6]);
+        let packets = slot.packets.load(Ordering::Relaxed);
+        assert!((180..=190).contains(&packets), "{packets}");
     }
 
     #[test]

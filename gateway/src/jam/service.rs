@@ -5,7 +5,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -110,10 +110,13 @@ fn bind(addr: SocketAddr) -> Result<UdpSocket, JamError> {
 fn room_config(spec: &JamSpec) -> Result<RoomConfig, JamError> {
     Ok(RoomConfig {
         tempo: Tempo::new(spec.tempo_bpm)?,
-        max_members: spec
-            .max_members
-            .and_then(|m| NonZeroUsize::new(usize::from(m))),
+        max_members: NonZeroUsize::new(usize::from(spec.max_members)),
         allow: spec.allow.join(",").parse::<AllowList>()?,
+        max_packet_rate: NonZeroU32::new(spec.max_packet_rate),
+        // The seats' client_ids are the room's own: refused from the network.
+        local_client_ids: (0..u32::from(spec.seats))
+            .map(|k| spec.client_id.saturating_add(k))
+            .collect(),
         ..RoomConfig::default()
     })
 }
@@ -184,9 +187,7 @@ pub fn build(
             let socket = bind(spec.listen)?;
             let addr = socket.local_addr().unwrap_or(spec.listen);
             let room = Arc::new(Mutex::new(RoomCore::new(room_config(spec)?)));
-            let mix_seats = spec
-                .max_members
-                .map_or(HOST_MIX_SEATS, |m| usize::from(m).min(HOST_MIX_SEATS));
+            let mix_seats = usize::from(spec.max_members).min(HOST_MIX_SEATS);
             let shared = Arc::new(JamShared::new(spec.client_id, seats, 1, mix_seats));
             let (engine_link, socket_link) = link(ROOM_RING_DATAGRAMS);
             let plan = IoPlan::Host {
@@ -379,6 +380,7 @@ impl JamService {
             let mut room = lock(room);
             room.set_tempo(config.tempo);
             room.set_max_members(config.max_members);
+            room.set_max_packet_rate(config.max_packet_rate);
             if spec.allow != new.allow {
                 room.set_allow_list(config.allow);
             }
@@ -496,18 +498,23 @@ impl JamService {
                             m.round_trip_us,
                             m.packets,
                             m.sequence_gaps,
+                            m.rate_limited,
                         )
                     })
                     .collect();
-                for (id, addr, rtt, packets, gaps) in snapshot {
-                    members.push(self.member_json(
+                for (id, addr, rtt, packets, gaps, rate_limited) in snapshot {
+                    let mut member = self.member_json(
                         id,
                         Some(addr.to_string()),
                         None,
                         rtt,
                         Some(packets),
                         Some(gaps),
-                    ));
+                    );
+                    if let Some(m) = member.as_object_mut() {
+                        m.insert("rate_limited".into(), json!(rate_limited));
+                    }
+                    members.push(member);
                 }
                 for (k, seat) in self.shared.seats.iter().enumerate() {
                     if seat.active.load(Ordering::Relaxed) {
@@ -557,6 +564,9 @@ impl JamService {
             "ragged_audio": c(&io.ragged_audio),
             "not_allowed": c(&io.not_allowed),
             "room_full": c(&io.room_full),
+            "rate_limited": c(&io.rate_limited),
+            "intruder": c(&io.intruder),
+            "out_of_stream": c(&io.out_of_stream),
             "forwarded": c(&io.forwarded),
             "sent": c(&io.sent),
             "send_errors": c(&io.send_errors),
@@ -584,6 +594,7 @@ impl NodeService for JamService {
                     "tempo_bpm": room.tempo().bpm(),
                     "beat": room.beat_at(now),
                     "max_members": spec.max_members,
+                    "max_packet_rate": spec.max_packet_rate,
                     "allow": spec.allow,
                 })
             }
@@ -653,6 +664,9 @@ impl NodeService for JamService {
             ("ragged_audio", &io.ragged_audio),
             ("not_allowed", &io.not_allowed),
             ("room_full", &io.room_full),
+            ("rate_limited", &io.rate_limited),
+            ("intruder", &io.intruder),
+            ("out_of_stream", &io.out_of_stream),
             ("receive_ring_full", &io.receive_ring_full),
         ] {
             families.sample(

@@ -69,7 +69,8 @@ impl SeatShared {
     }
 }
 
-/// What the engine publishes about one remote jammer seated in a receiver's mixer.
+/// What the engine publishes about one remote jammer seated in a receiver's mixer. The
+/// counters are the jammer's current stream's: they start from zero when it (re)joins.
 #[derive(Debug)]
 pub struct JammerSlot {
     /// The jammer's client_id, [`NO_CLIENT`] when the slot is free.
@@ -292,6 +293,14 @@ pub struct IoCounters {
     pub not_allowed: AtomicU64,
     /// From a new source while the room was full (host).
     pub room_full: AtomicU64,
+    /// Over the sending member's packet rate (host).
+    pub rate_limited: AtomicU64,
+    /// A second stream under a client_id an established jammer holds: from another
+    /// address (host), or interleaved with the jammer's stream (join).
+    pub intruder: AtomicU64,
+    /// Did not continue its jammer's stream, held back while the jammer may be
+    /// restarting (join).
+    pub out_of_stream: AtomicU64,
     /// Accepted datagrams forwarded to the other members (host).
     pub forwarded: AtomicU64,
     /// Datagrams sent (copies, echoes and seat packets).
@@ -325,6 +334,9 @@ impl IoCounters {
             &self.ragged_audio,
             &self.not_allowed,
             &self.room_full,
+            &self.rate_limited,
+            &self.intruder,
+            &self.out_of_stream,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
