@@ -29,7 +29,7 @@ const MILLIWATT_DBFS: f64 = -2.98;
 const REPLY_DBFS: f64 = -6.0;
 /// Reply tone of narrowband calls (UUID prefix `0008`): fits 8 kHz.
 const NARROW_HZ: f64 = 700.0;
-/// Reply tone of wideband calls (`0016`): only a 12 kHz or faster reply can carry it.
+/// Reply tone of wideband calls (`0016`): only a 16 kHz or faster reply can carry it.
 const WIDE_HZ: f64 = 6000.0;
 /// Reply tone of full-band calls (`0048`): only a 32 kHz or faster reply can carry it.
 const FULL_HZ: f64 = 12000.0;
@@ -284,9 +284,9 @@ fn measure_tone(x: &[f32], rate: u32, dbfs: f64) -> Option<ToneFigures> {
 }
 
 /// Checks a tone recording: frequency within 0.5 Hz (median) and 1 Hz (every window),
-/// each plus the `pitch` allowance,
-/// level within 0.5 dB (median) and 1 dB (every window), no gap longer than
-/// `max_gap_ms`, at least `min_seconds` long. Prints the figures.
+/// each plus the `pitch` allowance; level within 0.5 dB (median) and 1 dB (every window,
+/// plus what a gap of `max_gap_ms` takes out of it); no gap longer than `max_gap_ms`; at
+/// least `min_seconds` long. Prints the figures.
 #[allow(clippy::too_many_arguments)]
 fn check_tone(
     label: &str,
@@ -304,6 +304,8 @@ fn check_tone(
     eprintln!("{label}: {figures}");
     let median_hz = 0.5 + hz * pitch.median_ppm * 1e-6;
     let window_hz = 1.0 + hz * pitch.window_ppm * 1e-6;
+    // A window may be as much quieter as the longest gap allowed takes out of it.
+    let window_db = 1.0 - 20.0 * (1.0 - max_gap_ms / 100.0).log10();
     let problem = if figures.seconds < min_seconds {
         format!(
             "lasts {:.2} s, expected at least {min_seconds} s",
@@ -315,7 +317,7 @@ fn check_tone(
         "a window is off frequency".into()
     } else if (figures.median_dbfs - dbfs).abs() > 0.5 {
         format!("expected {dbfs} dBFS")
-    } else if (figures.min_dbfs - dbfs).abs() > 1.0 || (figures.max_dbfs - dbfs).abs() > 1.0 {
+    } else if (figures.min_dbfs - dbfs).abs() > window_db || (figures.max_dbfs - dbfs).abs() > 1.0 {
         "a window is off level".into()
     } else if figures.longest_gap_ms > max_gap_ms {
         format!("a gap longer than {max_gap_ms} ms")
@@ -731,37 +733,53 @@ async fn asterisk_hangups_are_recorded_as_caller_hangups() {
     );
 }
 
-/// Defect 4: twenty dialplan-application calls at once for ten seconds. Every call's
-/// recording at both ends is free of gaps longer than 40 ms, Asterisk never gives up on
-/// inactivity, and every dialplan continues after the API hangs the calls up.
+/// Defect 4: twenty dialplan-application calls at once, each for ten seconds, started a
+/// quarter of a second apart and hung up through the API in the same order, so calls
+/// connect, and end (recordings finalized, records written), while the others stream.
+/// Every call's recording at both ends is free of gaps longer than 40 ms, Asterisk never
+/// gives up on inactivity, and every dialplan continues after the hangup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_app_calls_stream_without_gaps_and_continue_their_dialplan() {
-    const CALLS: usize = 20;
+    const CALLS: u32 = 20;
     const MAX_GAP_MS: f64 = 40.0;
+    const STAGGER: Duration = Duration::from_millis(250);
+    const LENGTH: Duration = Duration::from_secs(10);
     let rig = rig();
     let ids: Vec<String> = (0..CALLS).map(|_| call_id("0008")).collect();
-    for id in &ids {
+    let start = tokio::time::Instant::now();
+    for (n, id) in (0..CALLS).zip(&ids) {
+        tokio::time::sleep_until(start + STAGGER * n).await;
         rig.asterisk.originate("app", id, "application Milliwatt");
     }
     for id in &ids {
         wait_connected(&rig.gateway, id);
     }
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    for id in &ids {
+    for (n, id) in (0..CALLS).zip(&ids) {
+        tokio::time::sleep_until(start + STAGGER * n + LENGTH).await;
         rig.api.hang_up(id).await;
     }
     for id in &ids {
         rig.asterisk
             .wait_log(&["INTEROP continued", id], Duration::from_secs(10));
     }
+    // Every call is measured before anything is asserted, so a failure names them all.
+    let mut failures = Vec::new();
     let mut worst_gap: f64 = 0.0;
     for (n, id) in ids.iter().enumerate() {
         let label = format!("call {n}");
-        let sent = assert_caller_recorded(&rig.gateway, &label, id, 9.5, MAX_GAP_MS);
-        let heard = assert_reply_heard(&rig.asterisk, &label, id, NARROW_HZ, 9.5, MAX_GAP_MS);
-        worst_gap = worst_gap.max(sent.longest_gap_ms).max(heard.longest_gap_ms);
+        let checks = [
+            check_caller_recorded(&rig.gateway, &label, id, 9.5, MAX_GAP_MS),
+            check_reply_heard(&rig.asterisk, &label, id, NARROW_HZ, 9.5, MAX_GAP_MS),
+        ];
+        for check in checks {
+            match check {
+                Ok(figures) => worst_gap = worst_gap.max(figures.longest_gap_ms),
+                Err(e) => failures.push(e),
+            }
+        }
     }
-    eprintln!("{CALLS} calls: longest gap in any recording {worst_gap:.1} ms");
+    eprintln!("{CALLS} calls: longest gap in any passing recording {worst_gap:.1} ms");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     let log = rig.asterisk.log_text();
     assert!(
         !log.contains("Reached timeout"),
