@@ -361,21 +361,26 @@ fn check_caller_recorded(
     max_gap_ms: f64,
 ) -> Result<ToneFigures, String> {
     let voice = telepatch_recording(gateway, id);
-    check_tone(
-        &format!("{label}: telepatch recorded the caller"),
-        &voice,
-        48_000,
-        MILLIWATT_HZ,
-        CALLER_PITCH,
-        MILLIWATT_DBFS,
-        min_seconds,
-        max_gap_ms,
+    with_call_summary(
+        gateway,
+        id,
+        check_tone(
+            &format!("{label}: telepatch recorded the caller"),
+            &voice,
+            48_000,
+            MILLIWATT_HZ,
+            CALLER_PITCH,
+            MILLIWATT_DBFS,
+            min_seconds,
+            max_gap_ms,
+        ),
     )
 }
 
 /// Checks what Asterisk recorded of telepatch's reply to the call `id`.
 fn check_reply_heard(
     asterisk: &Asterisk,
+    gateway: &GatewayProcess,
     label: &str,
     id: &str,
     hz: f64,
@@ -384,16 +389,36 @@ fn check_reply_heard(
 ) -> Result<ToneFigures, String> {
     asterisk.wait_mixmonitor_closed(id, Duration::from_secs(10));
     let (heard, rate) = asterisk.heard(id);
-    check_tone(
-        &format!("{label}: Asterisk heard the reply ({rate} Hz recording)"),
-        &heard,
-        rate,
-        hz,
-        REPLY_PITCH,
-        REPLY_DBFS,
-        min_seconds,
-        max_gap_ms,
+    with_call_summary(
+        gateway,
+        id,
+        check_tone(
+            &format!("{label}: Asterisk heard the reply ({rate} Hz recording)"),
+            &heard,
+            rate,
+            hz,
+            REPLY_PITCH,
+            REPLY_DBFS,
+            min_seconds,
+            max_gap_ms,
+        ),
     )
+}
+
+/// Adds telepatch's summary of the call (frames, gaps, underruns, jitter) to a failure.
+fn with_call_summary(
+    gateway: &GatewayProcess,
+    id: &str,
+    check: Result<ToneFigures, String>,
+) -> Result<ToneFigures, String> {
+    check.map_err(|e| {
+        let summary = gateway
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("call ended") && l.contains(id))
+            .unwrap_or_else(|| "(no call summary logged)".into());
+        format!("{e}\n    telepatch: {summary}")
+    })
 }
 
 /// [`check_caller_recorded`], panicking on a failure.
@@ -411,13 +436,14 @@ fn assert_caller_recorded(
 /// [`check_reply_heard`], panicking on a failure.
 fn assert_reply_heard(
     asterisk: &Asterisk,
+    gateway: &GatewayProcess,
     label: &str,
     id: &str,
     hz: f64,
     min_seconds: f64,
     max_gap_ms: f64,
 ) -> ToneFigures {
-    check_reply_heard(asterisk, label, id, hz, min_seconds, max_gap_ms)
+    check_reply_heard(asterisk, gateway, label, id, hz, min_seconds, max_gap_ms)
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -451,7 +477,15 @@ async fn app_mode_records_the_caller_and_asterisk_hears_the_patched_player() {
         .wait_log(&["INTEROP continued", &id], Duration::from_secs(5));
 
     assert_caller_recorded(&rig.gateway, "app", &id, 2.9, NO_GAP_MS);
-    assert_reply_heard(&rig.asterisk, "app", &id, NARROW_HZ, 2.5, NO_GAP_MS);
+    assert_reply_heard(
+        &rig.asterisk,
+        &rig.gateway,
+        "app",
+        &id,
+        NARROW_HZ,
+        2.5,
+        NO_GAP_MS,
+    );
     let cdr = rig.api.cdr(&id).await;
     assert_eq!(cdr["caller_rate_hz"], 8000, "{cdr}");
     assert_eq!(cdr["ended_by"], "gateway", "{cdr}");
@@ -510,7 +544,15 @@ async fn dial_with_each_codec_records_the_caller_and_carries_the_reply() {
     let mut failures = Vec::new();
     for ((context, _, reply_hz, caller_rate), id) in calls.iter().zip(&ids) {
         let caller = check_caller_recorded(&rig.gateway, context, id, 2.9, NO_GAP_MS);
-        let reply = check_reply_heard(&rig.asterisk, context, id, *reply_hz, 2.5, NO_GAP_MS);
+        let reply = check_reply_heard(
+            &rig.asterisk,
+            &rig.gateway,
+            context,
+            id,
+            *reply_hz,
+            2.5,
+            NO_GAP_MS,
+        );
         failures.extend(caller.err());
         failures.extend(reply.err());
         let cdr = rig.api.cdr(id).await;
@@ -538,6 +580,7 @@ async fn dial_slin16_caller_silent_at_first_gets_a_wideband_reply() {
     assert_caller_recorded(&rig.gateway, "late c(slin16)", &id, 2.5, NO_GAP_MS);
     assert_reply_heard(
         &rig.asterisk,
+        &rig.gateway,
         "late c(slin16)",
         &id,
         WIDE_HZ,
@@ -614,7 +657,15 @@ async fn ari_external_media_in_a_mixing_bridge_gets_a_wideband_reply() {
     ari.delete(&format!("/bridges/{bridge_id}")).await;
 
     assert_caller_recorded(&rig.gateway, "externalMedia", &id, 2.5, NO_GAP_MS);
-    assert_reply_heard(&rig.asterisk, "externalMedia", &id, WIDE_HZ, 2.5, NO_GAP_MS);
+    assert_reply_heard(
+        &rig.asterisk,
+        &rig.gateway,
+        "externalMedia",
+        &id,
+        WIDE_HZ,
+        2.5,
+        NO_GAP_MS,
+    );
     let cdr = rig.api.cdr(&id).await;
     assert_eq!(cdr["caller_rate_hz"], 16000, "{cdr}");
     assert_eq!(cdr["ended_by"], "caller", "{cdr}");
@@ -769,7 +820,15 @@ async fn twenty_concurrent_app_calls_stream_without_gaps_and_continue_their_dial
         let label = format!("call {n}");
         let checks = [
             check_caller_recorded(&rig.gateway, &label, id, 9.5, MAX_GAP_MS),
-            check_reply_heard(&rig.asterisk, &label, id, NARROW_HZ, 9.5, MAX_GAP_MS),
+            check_reply_heard(
+                &rig.asterisk,
+                &rig.gateway,
+                &label,
+                id,
+                NARROW_HZ,
+                9.5,
+                MAX_GAP_MS,
+            ),
         ];
         for check in checks {
             match check {
