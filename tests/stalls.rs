@@ -85,6 +85,21 @@ async fn a_frozen_gateway_skips_the_frozen_time_and_says_so() {
             "log and metric agree: {line}"
         );
 
+        // The call's writer saw the freeze too: counted and logged as a stall.
+        assert!(
+            metric(&gateway, "telepatch_writer_stalls_total").await >= 1.0,
+            "the reply stall is counted"
+        );
+        let stall = gateway
+            .wait_log("reply frames were held up", Duration::from_secs(2))
+            .expect("the reply stall is logged");
+        let late_ms: u64 = stall
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("late_ms="))
+            .and_then(|v| v.parse().ok())
+            .expect("late_ms in the stall line");
+        assert!(late_ms >= 250, "{stall}");
+
         // The call's 3 s of tone, less what the bus skipped, within a frame.
         let path = gateway.recordings().join(format!("{id}.wav"));
         wait_recording(&gateway, &path);
@@ -123,4 +138,59 @@ async fn the_gateway_locks_its_memory_unless_told_not_to() {
         "VmLck with lock_memory = false"
     );
     assert!(unlocked.logs().iter().all(|l| !l.contains("memory locked")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_stuck_on_the_disk_does_not_hold_up_its_call() {
+    // The route records into a FIFO nobody reads yet: opening it blocks, as a file
+    // creation on a stalled disk does. The call must go on meanwhile (replies every
+    // 20 ms, the caller's audio read), and the route completes once the FIFO opens.
+    let config = r#"
+[[routes]]
+name = "record-into-a-fifo"
+match = "default"
+actions = [{ action = "record", path = "stuck.wav" }]
+"#;
+    let gateway = GatewayProcess::start(config);
+    let fifo = gateway.recordings().join("stuck.wav");
+    std::fs::create_dir_all(gateway.recordings()).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let call = tokio::spawn(
+        FakeCall::new(gateway.addr, uuid())
+            .source(Source::tone(1000.0, -6.0))
+            .duration(Duration::from_secs(4))
+            .run(),
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Now read the FIFO: the blocked open completes and the route applies.
+    let reader = std::thread::spawn(move || {
+        let mut head = Vec::new();
+        let file = std::fs::File::open(&fifo).unwrap();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, 4), &mut head).unwrap();
+        head
+    });
+    let report = call.await.unwrap().unwrap();
+    assert_eq!(report.end, CallEnd::Completed);
+    let longest = report.inter_arrival().max().unwrap();
+    assert!(
+        longest < Duration::from_millis(200),
+        "replies paused {longest:?} while the route was stuck"
+    );
+    assert!(
+        report.frames.len() >= 180,
+        "{} reply frames in a 4 s call",
+        report.frames.len()
+    );
+    assert_eq!(
+        reader.join().unwrap(),
+        b"RIFF",
+        "the route's recording opened"
+    );
+    gateway
+        .wait_log("recording started", Duration::from_secs(5))
+        .expect("the route completed");
 }

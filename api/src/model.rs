@@ -404,6 +404,54 @@ pub struct Route {
     /// What it does, in order.
     #[serde(default)]
     pub actions: Vec<RouteAction>,
+    /// What its calls send under kind 0x10 (the channel driver sends a `c(ulaw)`
+    /// channel's μ-law bytes there); absent: `audiosocket.uplink_coding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coding: Option<AudioCoding>,
+}
+
+/// What a call's kind-0x10 payloads carry (AudioSocket fact sheet §9.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioCoding {
+    /// Told from the audio itself, per call: slin unless the first loud frames are
+    /// clearly μ-law.
+    #[default]
+    Auto,
+    /// Signed 16-bit little-endian linear PCM (the dialplan app, `c(slin)`).
+    Slin,
+    /// G.711 μ-law bytes (`c(ulaw)`).
+    Ulaw,
+    /// G.711 A-law bytes (`c(alaw)`).
+    Alaw,
+}
+
+impl AudioCoding {
+    /// The name used in configuration, JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AudioCoding::Auto => "auto",
+            AudioCoding::Slin => "slin",
+            AudioCoding::Ulaw => "ulaw",
+            AudioCoding::Alaw => "alaw",
+        }
+    }
+}
+
+impl FromStr for AudioCoding {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(AudioCoding::Auto),
+            "slin" => Ok(AudioCoding::Slin),
+            "ulaw" => Ok(AudioCoding::Ulaw),
+            "alaw" => Ok(AudioCoding::Alaw),
+            other => Err(format!(
+                "unknown coding {other:?} (auto, slin, ulaw or alaw)"
+            )),
+        }
+    }
 }
 
 impl Route {
@@ -606,6 +654,7 @@ mod tests {
             priority,
             matcher,
             actions: vec![],
+            coding: None,
         }
     }
 

@@ -16,7 +16,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::model::{NodeKind, NodeRef, PortRef, RecordChannels, Route, RouteAction, RouteMatch};
+use api::model::{
+    AudioCoding, NodeKind, NodeRef, PortRef, RecordChannels, Route, RouteAction, RouteMatch,
+};
 use api::store::{
     Backend, CDR_PAGE_DEFAULT, CDR_PAGE_MAX, CdrFilter, CdrQueue, CdrQueueConfig, CdrRecord,
     EndedBy, Scope, Store, StoreError, StoreOptions, StoredCdr, open_store, open_store_with,
@@ -240,6 +242,7 @@ fn route(name: &str, priority: i32, matcher: RouteMatch) -> Route {
         priority,
         matcher,
         actions: vec![],
+        coding: None,
     }
 }
 
@@ -281,6 +284,7 @@ async fn routes_crud_order_and_round_trip(db: &TestDb) {
                 name: "desk".into(),
             },
         ],
+        coding: Some(AudioCoding::Ulaw),
     };
     let created = store.create_route(&full).await.unwrap();
     assert_eq!(created.route, full);

@@ -2,10 +2,11 @@
 //! Fuzz target for the AudioSocket decoder (audiosocket.md §2, §10): decode arbitrary
 //! bytes with the server codec, re-encode every decoded message with
 //! `Message::write_to`, decode the re-encoding and require the same messages, with no
-//! error and nothing left over. Never panics on any input.
+//! error and nothing left over; every 0x10 payload also goes through the coding
+//! detector. Never panics on any input.
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use sip_glue::audiosocket::{CodecError, Limits, Message, ServerCodec};
+use sip_glue::audiosocket::{AudioKind, CodecError, CodingDetector, Limits, Message, ServerCodec};
 use tokio_util::codec::Decoder;
 
 /// Decodes `bytes` as one whole stream (then EOF); returns the messages and whether
@@ -30,6 +31,20 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits::new(u32::from(limit_sel) * 8);
     let mut codec = ServerCodec::new(limits);
     let (first, _err) = decode_stream(&mut codec, data);
+
+    // The kind-0x10 coding detector takes every payload a peer sends: it never panics,
+    // and once it has decided, the decision stands.
+    let mut detector = CodingDetector::new();
+    for m in &first {
+        if let Message::Audio { kind: AudioKind::Slin8, payload, .. } = m {
+            let before = detector.decided();
+            let now = detector.observe(payload);
+            if before.is_some() {
+                assert_eq!(now, None);
+                assert_eq!(detector.decided(), before);
+            }
+        }
+    }
 
     let mut encoded = Vec::new();
     for m in &first {

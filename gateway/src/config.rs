@@ -9,11 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use api::model::{Route, RouteAction};
+use api::model::{AudioCoding, Route, RouteAction};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::DEFAULT_BLOCK_SAMPLES;
-use crate::engine::call::UplinkCoding;
 use crate::engine::recorder::RecordingFormat;
 
 /// What to do when a call arrives with the UUID of a call that is still connected
@@ -61,9 +60,10 @@ pub struct AudioSocketConfig {
     pub reply_rate_wait_ms: u64,
     /// Duration of each reply frame (Asterisk's own frames are 20 ms).
     pub frame_ms: u32,
-    /// What kind 0x10 carries: `slin` (always with the dialplan app), `ulaw` or `alaw`
-    /// (channel driver with `c(ulaw)` / `c(alaw)`, fact sheet §9.2).
-    pub uplink_coding: UplinkCoding,
+    /// What kind 0x10 carries unless the call's route says: `auto` (told from each
+    /// call's audio), `slin` (always with the dialplan app), `ulaw` or `alaw` (channel
+    /// driver with `c(ulaw)` / `c(alaw)`, fact sheet §9.2).
+    pub uplink_coding: AudioCoding,
     /// Jitter margin of the uplink ring beyond one frame, in milliseconds.
     pub uplink_buffer_ms: u32,
     /// Give up on a connection whose writes block for this long (Asterisk stopped reading).
@@ -81,7 +81,7 @@ impl Default for AudioSocketConfig {
             reply_rate: ReplyRate::Caller,
             reply_rate_wait_ms: 300,
             frame_ms: 20,
-            uplink_coding: UplinkCoding::Slin,
+            uplink_coding: AudioCoding::Auto,
             uplink_buffer_ms: 20,
             write_timeout_ms: 2_000,
         }
@@ -724,7 +724,7 @@ mod tests {
         let config = Config::from_toml(text).unwrap();
         config.validate().unwrap();
         assert_eq!(config.audiosocket.reply_rate, ReplyRate::Fixed(16_000));
-        assert_eq!(config.audiosocket.uplink_coding, UplinkCoding::Ulaw);
+        assert_eq!(config.audiosocket.uplink_coding, AudioCoding::Ulaw);
         assert_eq!(config.audiosocket.duplicate_uuid, DuplicatePolicy::Replace);
         assert_eq!(config.routes.len(), 2);
         assert_eq!(config.routes[1].matcher, api::model::RouteMatch::Default);

@@ -317,13 +317,13 @@ impl Control for GatewayControl {
 
 /// The gateway's metrics in Prometheus text format, from its counters.
 pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
-    let calls = gateway.calls();
+    let (calls, totals) = gateway.calls_and_totals();
     let sum = |field: fn(&CallHandle) -> u64| calls.iter().map(|c| field(c)).sum::<u64>();
     let frames_in = sum(|c| c.stats.frames_in.load(Ordering::Relaxed));
     let frames_out = sum(|c| c.stats.frames_out.load(Ordering::Relaxed));
     let uplink_gaps = sum(|c| c.stats.uplink_gaps.load(Ordering::Relaxed));
     let underruns = sum(|c| c.stats.downlink_underruns.load(Ordering::Relaxed));
-    let totals = gateway.totals();
+    let writer_stalls = sum(|c| c.stats.writer_stalls.load(Ordering::Relaxed));
     let engine = gateway.engine_stats().snapshot();
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
         let _ = writeln!(
@@ -372,6 +372,12 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
         "counter",
         "Reply frames padded because the engine was late.",
         (totals.downlink_underruns + underruns) as f64,
+    );
+    metric(
+        "telepatch_writer_stalls_total",
+        "counter",
+        "Times a call's reply frames were held up more than three frames (a blocked or starved session thread).",
+        (totals.writer_stalls + writer_stalls) as f64,
     );
     metric(
         "telepatch_engine_blocks_total",

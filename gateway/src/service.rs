@@ -189,6 +189,9 @@ pub struct AdmittedCall {
     pub uplink: Uplink,
     /// The downlink consumer (the session's writer drains it).
     pub downlink: Downlink,
+    /// What the call's kind-0x10 payloads carry: its route's `coding`, else
+    /// `audiosocket.uplink_coding`.
+    pub coding: api::model::AudioCoding,
 }
 
 /// Cumulative counters of calls that have ended (live calls are summed at scrape time).
@@ -206,6 +209,8 @@ pub struct Totals {
     pub uplink_gaps: u64,
     /// Downlink underruns of ended calls.
     pub downlink_underruns: u64,
+    /// Writer stalls of ended calls.
+    pub writer_stalls: u64,
 }
 
 /// Topology guarded by one mutex: the patchbay and conference membership.
@@ -497,14 +502,14 @@ impl Gateway {
             Box::new(node),
         )?;
 
-        let route = select_route(
+        let (route, route_coding) = select_route(
             &self
                 .routes
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
             &id,
         )
-        .map(|r| r.name.clone());
+        .map_or((None, None), |r| (Some(r.name.clone()), r.coding));
         let handle = Arc::new(CallHandle {
             id,
             node: node_ref,
@@ -537,6 +542,7 @@ impl Gateway {
             handle,
             uplink,
             downlink,
+            coding: route_coding.unwrap_or(a.uplink_coding),
         })
     }
 
@@ -592,10 +598,22 @@ impl Gateway {
                     broadcasts.insert(domain.clone(), found);
                 }
             }
-            for (index, action) in route.actions.iter().enumerate() {
-                if let Err(e) = self.apply_action(handle, index, action, &clips, &broadcasts) {
-                    tracing::warn!(route = %route.name, action = index, error = %e, "route action failed");
+            // Opening recordings touches the disk and takes the topology lock: on a
+            // blocking thread, never on a worker that runs call sessions.
+            let (gateway, call) = (Arc::clone(self), Arc::clone(handle));
+            let span = tracing::Span::current();
+            let applied = tokio::task::spawn_blocking(move || {
+                let _call = span.enter();
+                for (index, action) in route.actions.iter().enumerate() {
+                    if let Err(e) = gateway.apply_action(&call, index, action, &clips, &broadcasts)
+                    {
+                        tracing::warn!(route = %route.name, action = index, error = %e, "route action failed");
+                    }
                 }
+            })
+            .await;
+            if let Err(e) = applied {
+                tracing::error!(error = %e, "applying the route's actions failed");
             }
         }
         self.refresh_lobby(std::slice::from_ref(&handle.node));
@@ -1140,7 +1158,18 @@ impl Gateway {
 
     /// Removes a call's nodes and patches; the session calls this when it ends.
     pub fn end_call(&self, handle: &Arc<CallHandle>, reason: EndReason) {
+        let s = &handle.stats;
+        // The call's counters move into the totals and the call leaves the registry
+        // under the totals lock, which a scrape holds while it reads both
+        // ([`Gateway::calls_and_totals`]): no scrape can count the call twice or not at
+        // all, so counters never go backwards.
         let removed_from_registry = {
+            let mut totals = lock(&self.totals);
+            totals.frames_in += s.frames_in.load(Ordering::Relaxed);
+            totals.frames_out += s.frames_out.load(Ordering::Relaxed);
+            totals.uplink_gaps += s.uplink_gaps.load(Ordering::Relaxed);
+            totals.downlink_underruns += s.downlink_underruns.load(Ordering::Relaxed);
+            totals.writer_stalls += s.writer_stalls.load(Ordering::Relaxed);
             let mut calls = lock(&self.calls);
             match calls.get(&handle.id) {
                 Some(current) if Arc::ptr_eq(current, handle) => calls.remove(&handle.id).is_some(),
@@ -1152,7 +1181,6 @@ impl Gateway {
         }
         lock(&self.vad_calls).retain(|_, h| !Arc::ptr_eq(h, handle));
         self.set_talking(handle, false);
-        let s = &handle.stats;
         tracing::info!(
             reason = ?reason,
             duration_ms = handle.duration().as_millis() as u64,
@@ -1163,15 +1191,10 @@ impl Gateway {
             uplink_discarded = s.uplink_discarded_samples.load(Ordering::Relaxed),
             uplink_correction_ppm = s.uplink_correction_ppm.load(Ordering::Relaxed) as i64,
             max_jitter_us = s.max_jitter_us.load(Ordering::Relaxed),
+            writer_stalls = s.writer_stalls.load(Ordering::Relaxed),
+            longest_writer_stall_ms = s.longest_writer_stall_ms.load(Ordering::Relaxed),
             "call ended"
         );
-        {
-            let mut totals = lock(&self.totals);
-            totals.frames_in += s.frames_in.load(Ordering::Relaxed);
-            totals.frames_out += s.frames_out.load(Ordering::Relaxed);
-            totals.uplink_gaps += s.uplink_gaps.load(Ordering::Relaxed);
-            totals.downlink_underruns += s.downlink_underruns.load(Ordering::Relaxed);
-        }
         let duration_ms = u64::try_from(handle.duration().as_millis()).unwrap_or(u64::MAX);
         self.record_cdr(handle, &reason, duration_ms);
         self.emit(Event::CallEnded {
@@ -1270,6 +1293,14 @@ impl Gateway {
         self.emit(Event::PatchRemoved { id });
         self.refresh_lobby(&affected_calls(std::slice::from_ref(&patch)));
         Ok(patch)
+    }
+
+    /// Live calls and the totals of ended ones, read together so that every call is
+    /// counted exactly once (see [`Gateway::end_call`]).
+    pub fn calls_and_totals(&self) -> (Vec<Arc<CallHandle>>, Totals) {
+        let totals = lock(&self.totals);
+        let calls = lock(&self.calls).values().cloned().collect();
+        (calls, *totals)
     }
 
     /// Cumulative counters of ended calls.

@@ -200,6 +200,8 @@ pub struct FakeCall {
     drift_ppm: f64,
     record_audio: bool,
     answered: bool,
+    quiet_for: Duration,
+    reset_on_hangup: bool,
 }
 
 impl FakeCall {
@@ -218,6 +220,8 @@ impl FakeCall {
             drift_ppm: 0.0,
             record_audio: true,
             answered: true,
+            quiet_for: Duration::ZERO,
+            reset_on_hangup: false,
         }
     }
 
@@ -276,6 +280,21 @@ impl FakeCall {
     /// a load generator turns sample recording off.
     pub fn record_audio(mut self, record: bool) -> FakeCall {
         self.record_audio = record;
+        self
+    }
+
+    /// Send no audio at all for the first `quiet` of the call (on the caller's clock),
+    /// then the source: an ARI channel before it is bridged, or a channel whose far end
+    /// says nothing yet (§5, §9.3). DTMF is still sent.
+    pub fn quiet_for(mut self, quiet: Duration) -> FakeCall {
+        self.quiet_for = quiet;
+        self
+    }
+
+    /// Hang up with a TCP reset (`SO_LINGER` 0) instead of a FIN, as Asterisk sometimes
+    /// closes a hung-up channel's socket.
+    pub fn reset_on_hangup(mut self) -> FakeCall {
+        self.reset_on_hangup = true;
         self
     }
 
@@ -367,6 +386,11 @@ impl FakeCall {
                     let from = u128::from(tick) * frame_ns * hz / 1_000_000_000;
                     let to = u128::from(tick + 1) * frame_ns * hz / 1_000_000_000;
                     let n = (to - from) as usize;
+                    let quiet = now_ns < duration_ns(self.quiet_for);
+                    if quiet {
+                        tick += 1;
+                        continue;
+                    }
                     if let Some(len) = audio.frame(self.kind, self.codec, n, &mut scratch, &mut tx) {
                         if let Err(end) = call.send(&tx[..len]) {
                             break end;
@@ -378,6 +402,9 @@ impl FakeCall {
             }
         };
         call.report.end = end;
+        if self.reset_on_hangup && end == CallEnd::Completed {
+            return Ok(call.reset());
+        }
         Ok(call.finish().await)
     }
 }
@@ -659,6 +686,15 @@ impl Session {
     }
 
     /// Closes the connection (a bare FIN: Asterisk's hangup, §8) and returns the report.
+    /// Closes with a reset: the kernel sends RST instead of FIN.
+    fn reset(mut self) -> CallReport {
+        // Best effort, like any close: the peer may already be gone.
+        let _ = self.stream.set_zero_linger();
+        drop(self.stream);
+        self.report.ended_at = Instant::now();
+        self.report
+    }
+
     async fn finish(mut self) -> CallReport {
         // The peer may already be gone; closing is best effort.
         let _ = self.stream.shutdown().await;

@@ -360,6 +360,21 @@ fn json_from_text<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Decodes a route's stored `coding` column (NULL: the gateway's default).
+fn coding_from_column(
+    text: Option<String>,
+    route: &dyn std::fmt::Display,
+) -> StoreResult<Option<crate::model::AudioCoding>> {
+    text.map(|t| {
+        t.parse().map_err(|reason| StoreError::Corrupt {
+            what: "route",
+            key: route.to_string(),
+            reason,
+        })
+    })
+    .transpose()
+}
+
 /// Encodes a value as JSON text for storage.
 fn json_text<T: serde::Serialize + ?Sized>(value: &T, what: &'static str) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|error| StoreError::Invalid {

@@ -25,10 +25,10 @@ use super::{
     Backend, CdrFilter, CdrPage, CdrRecord, EndedBy, NewToken, NodeRecord, PatchRecord,
     RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr, TokenInfo,
     check_counter, check_dns_sequences, check_patch_gain, check_persistent_node, check_route,
-    check_token_name, json_from_value, node_from_columns, patch_key, port_from_column, sort_routes,
-    token,
+    check_token_name, coding_from_column, json_from_value, node_from_columns, patch_key,
+    port_from_column, sort_routes, token,
 };
-use crate::model::{NodeKind, NodeRef, PortRef, Route};
+use crate::model::{AudioCoding, NodeKind, NodeRef, PortRef, Route};
 
 /// The CDR columns, in insert order.
 const CDR_COLUMNS: &str = "uuid, started_at, ended_at, duration_ms, caller_rate_hz, ended_by, end_reason, \
@@ -95,6 +95,7 @@ fn route_from_row(row: &PgRow) -> StoreResult<RouteRecord> {
             priority: col(row, "priority")?,
             matcher,
             actions,
+            coding: coding_from_column(col(row, "coding")?, &name)?,
             name,
         },
         created_at: col(row, "created_at")?,
@@ -247,7 +248,7 @@ impl Store for PgStore {
     async fn list_routes(&self) -> StoreResult<Vec<RouteRecord>> {
         let mut conn = self.conn().await?;
         let rows = sqlx::query(
-            "SELECT name, priority, match_json, actions, created_at, updated_at FROM routes",
+            "SELECT name, priority, match_json, actions, coding, created_at, updated_at FROM routes",
         )
         .fetch_all(&mut *conn)
         .await
@@ -263,7 +264,7 @@ impl Store for PgStore {
     async fn get_route(&self, name: &str) -> StoreResult<RouteRecord> {
         let mut conn = self.conn().await?;
         let row = sqlx::query(
-            "SELECT name, priority, match_json, actions, created_at, updated_at FROM routes WHERE name = $1",
+            "SELECT name, priority, match_json, actions, coding, created_at, updated_at FROM routes WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&mut *conn)
@@ -281,13 +282,14 @@ impl Store for PgStore {
         let now = now();
         let mut conn = self.conn().await?;
         sqlx::query(
-            "INSERT INTO routes (name, priority, match_json, actions, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $5)",
+            "INSERT INTO routes (name, priority, match_json, actions, coding, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
         )
         .bind(&route.name)
         .bind(route.priority)
         .bind(Json(&route.matcher))
         .bind(Json(&route.actions))
+        .bind(route.coding.map(AudioCoding::as_str))
         .bind(now)
         .execute(&mut *conn)
         .await
@@ -304,7 +306,7 @@ impl Store for PgStore {
         let now = now();
         let mut conn = self.conn().await?;
         let created_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "UPDATE routes SET name = $2, priority = $3, match_json = $4, actions = $5, updated_at = $6 \
+            "UPDATE routes SET name = $2, priority = $3, match_json = $4, actions = $5, coding = $6, updated_at = $7 \
              WHERE name = $1 RETURNING created_at",
         )
         .bind(name)
@@ -312,6 +314,7 @@ impl Store for PgStore {
         .bind(route.priority)
         .bind(Json(&route.matcher))
         .bind(Json(&route.actions))
+        .bind(route.coding.map(AudioCoding::as_str))
         .bind(now)
         .fetch_optional(&mut *conn)
         .await

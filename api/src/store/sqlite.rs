@@ -31,10 +31,10 @@ use super::{
     Backend, CdrFilter, CdrPage, CdrRecord, EndedBy, NewToken, NodeRecord, PatchRecord,
     RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr, TokenInfo,
     check_counter, check_dns_sequences, check_patch_gain, check_persistent_node, check_route,
-    check_token_name, json_from_text, json_text, node_from_columns, patch_key, port_from_column,
-    sort_routes, token,
+    check_token_name, coding_from_column, json_from_text, json_text, node_from_columns, patch_key,
+    port_from_column, sort_routes, token,
 };
-use crate::model::{NodeKind, NodeRef, PortRef, Route};
+use crate::model::{AudioCoding, NodeKind, NodeRef, PortRef, Route};
 
 /// The CDR columns, in insert order.
 const CDR_COLUMNS: &str = "uuid, started_at, ended_at, duration_ms, caller_rate_hz, ended_by, end_reason, \
@@ -108,6 +108,7 @@ fn route_from_row(row: &SqliteRow) -> StoreResult<RouteRecord> {
             priority: col(row, "priority")?,
             matcher,
             actions,
+            coding: coding_from_column(col(row, "coding")?, &name)?,
             name,
         },
         created_at: from_micros(col(row, "created_at")?)?,
@@ -259,7 +260,7 @@ impl Store for SqliteStore {
     async fn list_routes(&self) -> StoreResult<Vec<RouteRecord>> {
         let mut conn = self.conn().await?;
         let rows = sqlx::query(
-            "SELECT name, priority, match_json, actions, created_at, updated_at FROM routes",
+            "SELECT name, priority, match_json, actions, coding, created_at, updated_at FROM routes",
         )
         .fetch_all(&mut *conn)
         .await
@@ -275,7 +276,7 @@ impl Store for SqliteStore {
     async fn get_route(&self, name: &str) -> StoreResult<RouteRecord> {
         let mut conn = self.conn().await?;
         let row = sqlx::query(
-            "SELECT name, priority, match_json, actions, created_at, updated_at FROM routes WHERE name = $1",
+            "SELECT name, priority, match_json, actions, coding, created_at, updated_at FROM routes WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&mut *conn)
@@ -293,13 +294,14 @@ impl Store for SqliteStore {
         let now = now();
         let mut conn = self.conn().await?;
         sqlx::query(
-            "INSERT INTO routes (name, priority, match_json, actions, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $5)",
+            "INSERT INTO routes (name, priority, match_json, actions, coding, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
         )
         .bind(&route.name)
         .bind(route.priority)
         .bind(json_text(&route.matcher, "route")?)
         .bind(json_text(&route.actions, "route")?)
+        .bind(route.coding.map(AudioCoding::as_str))
         .bind(now.timestamp_micros())
         .execute(&mut *conn)
         .await
@@ -316,7 +318,7 @@ impl Store for SqliteStore {
         let now = now();
         let mut conn = self.conn().await?;
         let created_at: Option<i64> = sqlx::query_scalar(
-            "UPDATE routes SET name = $2, priority = $3, match_json = $4, actions = $5, updated_at = $6 \
+            "UPDATE routes SET name = $2, priority = $3, match_json = $4, actions = $5, coding = $6, updated_at = $7 \
              WHERE name = $1 RETURNING created_at",
         )
         .bind(name)
@@ -324,6 +326,7 @@ impl Store for SqliteStore {
         .bind(route.priority)
         .bind(json_text(&route.matcher, "route")?)
         .bind(json_text(&route.actions, "route")?)
+        .bind(route.coding.map(AudioCoding::as_str))
         .bind(now.timestamp_micros())
         .fetch_optional(&mut *conn)
         .await

@@ -75,6 +75,11 @@ pub struct CallStats {
     pub max_jitter_us: AtomicU64,
     /// DTMF digits received.
     pub dtmf_digits: AtomicU64,
+    /// Times the session's writer found itself more than three frames late and skipped
+    /// ahead (its thread was blocked or starved; the caller heard a gap).
+    pub writer_stalls: AtomicU64,
+    /// Longest such stall, in milliseconds.
+    pub longest_writer_stall_ms: AtomicU64,
     /// Messages skipped (unknown kinds, empty audio, odd bytes).
     pub skipped_messages: AtomicU64,
     /// Current uplink ratio correction in ppm (rounded), for the API.

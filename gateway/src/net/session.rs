@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use api::model::AudioCoding;
 use codecs::rate::SampleRate;
 use futures_util::StreamExt;
 use sip_glue::audiosocket::{
-    AudioKind, CodecError, GateOutcome, IdGate, Limits, Message, ServerCodec, ServerMessage,
-    write_audio_frame_with,
+    AudioKind, CodecError, CodingDetector, DetectedCoding, FrameCoding, GateOutcome, IdGate,
+    Limits, Message, ServerCodec, ServerMessage, write_audio_frame_with,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -121,7 +122,13 @@ pub async fn run(
             "call connected"
         );
         let handle = admitted.handle;
-        gateway.route_call(&handle).await;
+        // The route is applied beside the session, not before it: opening a recording or
+        // waiting for the database must never keep this call's reader and writer (and
+        // with them Asterisk's idle timer) waiting.
+        let routing = tokio::spawn({
+            let (gateway, handle) = (Arc::clone(&gateway), Arc::clone(&handle));
+            async move { gateway.route_call(&handle).await }.in_current_span()
+        });
 
         let first_audio = Arc::new(Notify::new());
         let writer = tokio::spawn(
@@ -148,7 +155,7 @@ pub async fn run(
             &gateway,
             &handle,
             &first_audio,
-            config.uplink_coding,
+            CallCoding::new(admitted.coding),
             Duration::from_millis(u64::from(config.frame_ms)),
         )
         .await;
@@ -161,9 +168,13 @@ pub async fn run(
             }
         }
 
-        // Make sure the writer stops (it sends 00 00 00 if the line is still up).
+        // Make sure the writer stops (it sends 00 00 00 if the line is still up), and
+        // that the route is done before the call's nodes are released.
         handle.hangup.cancel();
         let writer_result = writer.await;
+        if let Err(e) = routing.await {
+            warn!(error = %e, "applying the route failed");
+        }
         let reason = match (reason, writer_result) {
             (EndReason::Caller, Ok(Err(e))) => EndReason::Error { error: e },
             (reason, _) => reason,
@@ -183,7 +194,7 @@ async fn read_loop(
     gateway: &Gateway,
     handle: &CallHandle,
     first_audio: &Notify,
-    coding_0x10: UplinkCoding,
+    mut coding: CallCoding,
     frame: Duration,
 ) -> EndReason {
     let stats = &handle.stats;
@@ -219,6 +230,12 @@ async fn read_loop(
             Some(Err(CodecError::Io(e))) => {
                 if linger_until.is_some() {
                     return gateway_reason(handle);
+                }
+                if e.kind() == std::io::ErrorKind::ConnectionReset {
+                    // Asterisk sometimes closes a hung-up channel's socket with a reset
+                    // instead of a FIN: the caller hung up all the same.
+                    info!("caller closed the connection with a reset (hangup)");
+                    return EndReason::Caller;
                 }
                 warn!(error = %e, "connection error");
                 return EndReason::Error {
@@ -275,7 +292,8 @@ async fn read_loop(
                 }
                 let rate = kind.rate();
                 if rate != uplink.rate() || handle.caller_rate() == 0 {
-                    if handle.caller_rate() != 0 {
+                    let first = handle.caller_rate() == 0;
+                    if !first {
                         info!(from = %uplink.rate(), to = %rate, "caller changed rate mid-call");
                     }
                     if let Err(e) = uplink.set_rate(rate) {
@@ -284,17 +302,21 @@ async fn read_loop(
                             error: e.to_string(),
                         };
                     }
-                    if handle.caller_rate() == 0 {
-                        handle.set_caller_rate(rate.hz(), kind.byte());
+                    // The writer follows: replies go at the caller's current rate.
+                    handle.set_caller_rate(rate.hz(), kind.byte());
+                    if first {
                         first_audio.notify_one();
                     }
                 }
-                let coding = if kind == AudioKind::Slin8 {
-                    coding_0x10
+                let decode_as = if kind == AudioKind::Slin8 {
+                    coding.for_slin8_payload(&payload)
                 } else {
-                    UplinkCoding::Slin
+                    Some(UplinkCoding::Slin)
                 };
-                uplink.push_payload(&payload, coding);
+                match decode_as {
+                    Some(decode_as) => uplink.push_payload(&payload, decode_as),
+                    None => skipped(stats),
+                }
             }
             Message::EmptyAudio { kind } => {
                 once(
@@ -363,6 +385,51 @@ fn once(flag: &mut bool, log: impl FnOnce()) {
     }
 }
 
+/// How one call's kind-0x10 payloads are decoded: fixed by its route or the
+/// configuration, or told from its first loud frames (fact sheet §9.2).
+enum CallCoding {
+    Fixed(UplinkCoding),
+    Detect(CodingDetector),
+}
+
+impl CallCoding {
+    fn new(choice: AudioCoding) -> CallCoding {
+        match choice {
+            AudioCoding::Auto => CallCoding::Detect(CodingDetector::new()),
+            AudioCoding::Slin => CallCoding::Fixed(UplinkCoding::Slin),
+            AudioCoding::Ulaw => CallCoding::Fixed(UplinkCoding::Ulaw),
+            AudioCoding::Alaw => CallCoding::Fixed(UplinkCoding::Alaw),
+        }
+    }
+
+    /// How to decode this 0x10 payload (`None`: drop it, it is an unclear frame before
+    /// the detector decided); logs the detector's decision once per call.
+    fn for_slin8_payload(&mut self, payload: &[u8]) -> Option<UplinkCoding> {
+        match self {
+            CallCoding::Fixed(coding) => Some(*coding),
+            CallCoding::Detect(detector) => {
+                let undecided = detector.decided().is_none();
+                let frame = detector.observe(payload);
+                if undecided && let Some(decided) = detector.decided() {
+                    info!(
+                        coding = match decided {
+                            DetectedCoding::Slin => "slin",
+                            DetectedCoding::Ulaw => "ulaw",
+                        },
+                        frames = detector.frames_seen(),
+                        "kind 0x10 coding told from the caller's audio"
+                    );
+                }
+                match frame {
+                    FrameCoding::Slin => Some(UplinkCoding::Slin),
+                    FrameCoding::Ulaw => Some(UplinkCoding::Ulaw),
+                    FrameCoding::Mute => None,
+                }
+            }
+        }
+    }
+}
+
 struct WriterSettings {
     reply_rate: ReplyRate,
     reply_rate_wait: Duration,
@@ -379,8 +446,12 @@ async fn write_loop(
     first_audio: Arc<Notify>,
     settings: WriterSettings,
 ) -> Result<(), String> {
-    // Learn the reply rate: fixed, or the caller's (one rate per connection, §7).
-    let rate = match settings.reply_rate {
+    // Learn the reply rate: fixed, or the caller's. Asterisk would rather see one rate
+    // per connection (§7), so the writer waits a little for the caller's first audio;
+    // a caller that starts silent (an ARI channel before it is bridged, a `c(slin16)`
+    // channel whose far end says nothing yet) is answered at 8 kHz until its kind shows.
+    let follow_caller = settings.reply_rate == ReplyRate::Caller;
+    let mut rate = match settings.reply_rate {
         ReplyRate::Fixed(hz) => SampleRate::new(hz).unwrap_or(SampleRate::HZ_8000),
         ReplyRate::Caller => {
             tokio::select! {
@@ -388,18 +459,24 @@ async fn write_loop(
                 () = tokio::time::sleep(settings.reply_rate_wait) => {}
                 () = handle.hangup.cancelled() => {}
             }
-            match handle.caller_rate() {
-                0 => SampleRate::HZ_8000,
-                hz => SampleRate::new(hz).unwrap_or(SampleRate::HZ_8000),
+            match caller_rate(&handle) {
+                Some(rate) => rate,
+                None => {
+                    info!(
+                        wait_ms = settings.reply_rate_wait.as_millis() as u64,
+                        "no audio from the caller yet; replying at 8 kHz until its rate shows"
+                    );
+                    SampleRate::HZ_8000
+                }
             }
         }
     };
-    let kind = AudioKind::for_rate(rate).unwrap_or(AudioKind::Slin8);
+    let mut kind = AudioKind::for_rate(rate).unwrap_or(AudioKind::Slin8);
     downlink.discard_queued();
     if let Err(e) = downlink.set_reply_rate(rate) {
         return Err(e.to_string());
     }
-    debug!(rate = %rate, "reply rate fixed");
+    debug!(rate = %rate, "reply rate set");
 
     let mut frame = vec![0u8; MAX_REPLY_FRAME];
     let mut next = Instant::now();
@@ -408,6 +485,17 @@ async fn write_loop(
             biased;
             () = handle.hangup.cancelled() => break,
             () = sleep_until(next) => {}
+        }
+        if follow_caller
+            && let Some(caller) = caller_rate(&handle)
+            && caller != rate
+        {
+            info!(from = %rate, to = %caller, "reply rate follows the caller");
+            if let Err(e) = downlink.set_reply_rate(caller) {
+                return Err(e.to_string());
+            }
+            rate = caller;
+            kind = AudioKind::for_rate(rate).unwrap_or(AudioKind::Slin8);
         }
         let samples = downlink.frame_samples();
         let len = match write_audio_frame_with(kind, samples, &mut frame, |payload| {
@@ -430,14 +518,37 @@ async fn write_loop(
         }
         next += settings.frame;
         // Paced from absolute deadlines; if the runtime stalled for more than three
-        // frames, skip ahead instead of bursting (Asterisk does not re-time, §7).
+        // frames, skip ahead instead of bursting (Asterisk does not re-time, §7). A stall
+        // that long is heard by the caller, so it is counted and logged.
         let now = Instant::now();
         if now > next + settings.frame * 3 {
+            let late = now.duration_since(next);
+            let stats = &handle.stats;
+            stats.writer_stalls.fetch_add(1, Ordering::Relaxed);
+            let late_ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX);
+            let longest = stats
+                .longest_writer_stall_ms
+                .fetch_max(late_ms, Ordering::Relaxed);
+            if late_ms > longest {
+                warn!(
+                    late_ms,
+                    stalls = stats.writer_stalls.load(Ordering::Relaxed),
+                    "reply frames were held up (the session's thread was blocked or starved)"
+                );
+            }
             next = now;
         }
     }
     send_hangup(&mut writer, settings.write_timeout).await;
     Ok(())
+}
+
+/// The caller's rate as last seen in its audio, if it sent any.
+fn caller_rate(handle: &CallHandle) -> Option<SampleRate> {
+    match handle.caller_rate() {
+        0 => None,
+        hz => SampleRate::new(hz).ok(),
+    }
 }
 
 fn closed_or(e: std::io::Error) -> Result<(), String> {

@@ -12,7 +12,8 @@
 //!   with [`Limits`] guarding against desynchronised streams (§10.7);
 //! - [`ServerCodec`] / [`ClientCodec`]: `Decoder`/`Encoder` for `FramedRead`,
 //!   `FramedWrite` or a hand-driven `BytesMut`;
-//! - [`IdGate`]: the "ID first, exactly once" rule with a deadline (§10.5, §10.6).
+//! - [`IdGate`]: the "ID first, exactly once" rule with a deadline (§10.5, §10.6);
+//! - [`CodingDetector`]: slin or μ-law under kind 0x10, told from the audio (§9.2).
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -34,12 +35,14 @@
 //! ```
 
 mod codec;
+mod coding;
 mod frame;
 mod kind;
 mod server;
 mod session;
 
 pub use codec::{ClientCodec, CodecError, ServerCodec};
+pub use coding::{CodingDetector, DetectedCoding, FrameCoding};
 pub use frame::{
     EncodeError, FrameError, HEADER_LEN, ID_LEN, ID_MESSAGE_LEN, Limits, MAX_PAYLOAD, Message,
     check, frame_len, parse,
