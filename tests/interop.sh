@@ -21,5 +21,6 @@ fi
 export TELEPATCH_ASTERISK_PREFIX="$prefix"
 
 # One scenario at a time: each runs its own Asterisk and gateway against the wall clock.
+# Every scenario prints what it measured; arguments go to the test binary (a name filter).
 export RUST_TEST_THREADS=1
-cargo test --locked -p telepatch --features interop --test interop_asterisk "$@"
+cargo test --locked -p telepatch --features interop --test interop_asterisk -- --nocapture "$@"

@@ -520,13 +520,14 @@ async fn api_hangup_continues_the_dialplan_after_the_application() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_with_each_codec_records_the_caller_and_carries_the_reply() {
     let rig = rig();
-    // (context, UUID prefix, reply tone, rate telepatch should see, heard recording rate)
+    // (context, UUID prefix, reply tone, the caller's rate, kind 0x10 coding telepatch
+    // should tell from the audio and log once)
     let calls = [
-        ("dial-slin", "0008", NARROW_HZ, 8_000),
-        ("dial-ulaw", "0008", NARROW_HZ, 8_000),
-        ("dial-default", "0008", NARROW_HZ, 8_000),
-        ("dial-slin16", "0016", WIDE_HZ, 16_000),
-        ("dial-slin48", "0048", FULL_HZ, 48_000),
+        ("dial-slin", "0008", NARROW_HZ, 8_000, Some("slin")),
+        ("dial-ulaw", "0008", NARROW_HZ, 8_000, Some("ulaw")),
+        ("dial-default", "0008", NARROW_HZ, 8_000, Some("slin")),
+        ("dial-slin16", "0016", WIDE_HZ, 16_000, None),
+        ("dial-slin48", "0048", FULL_HZ, 48_000, None),
     ];
     let ids: Vec<String> = calls.iter().map(|c| call_id(c.1)).collect();
     for ((context, ..), id) in calls.iter().zip(&ids) {
@@ -542,7 +543,7 @@ async fn dial_with_each_codec_records_the_caller_and_carries_the_reply() {
     }
     // Every call is measured before anything is asserted, so a failure names them all.
     let mut failures = Vec::new();
-    for ((context, _, reply_hz, caller_rate), id) in calls.iter().zip(&ids) {
+    for ((context, _, reply_hz, caller_rate, coding), id) in calls.iter().zip(&ids) {
         let caller = check_caller_recorded(&rig.gateway, context, id, 2.9, NO_GAP_MS);
         let reply = check_reply_heard(
             &rig.asterisk,
@@ -559,6 +560,23 @@ async fn dial_with_each_codec_records_the_caller_and_carries_the_reply() {
         if cdr["caller_rate_hz"] != *caller_rate || cdr["ended_by"] != "caller" {
             failures.push(format!(
                 "{context}: call record {cdr}, expected caller_rate_hz {caller_rate} and ended_by caller"
+            ));
+        }
+        let told: Vec<String> = rig
+            .gateway
+            .logs()
+            .into_iter()
+            .filter(|l| {
+                l.contains("kind 0x10 coding told from the caller's audio") && l.contains(id)
+            })
+            .collect();
+        let as_expected = match coding {
+            Some(coding) => told.len() == 1 && told[0].contains(&format!("coding=\"{coding}\"")),
+            None => told.is_empty(),
+        };
+        if !as_expected {
+            failures.push(format!(
+                "{context}: expected the coding {coding:?} logged once, got {told:?}"
             ));
         }
     }
