@@ -865,6 +865,72 @@ async fn twenty_concurrent_app_calls_stream_without_gaps_and_continue_their_dial
     );
 }
 
+/// Defect 4, its cause: a call whose route is stuck on the disk (its recording is a FIFO
+/// nobody opens for 3 s, as a file creation on a stalled disk) and whose caller is silent.
+/// Its replies must flow meanwhile, or the dialplan application gives up after 2 s
+/// without activity ("Reached timeout") and the dialplan stops; five calls streaming
+/// beside it keep their audio free of gaps longer than 40 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_stuck_on_the_disk_holds_up_neither_its_call_nor_the_others() {
+    const MAX_GAP_MS: f64 = 40.0;
+    let rig = rig();
+    let streaming: Vec<String> = (0..5).map(|_| call_id("0008")).collect();
+    for id in &streaming {
+        rig.asterisk.originate("app", id, "application Milliwatt");
+    }
+    for id in &streaming {
+        wait_connected(&rig.gateway, id);
+    }
+    let stuck = call_id("0000");
+    std::fs::create_dir_all(rig.gateway.recordings()).unwrap();
+    let fifo = rig.gateway.recordings().join(format!("{stuck}.wav"));
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    rig.asterisk
+        .originate("app", &stuck, "extension s@caller-silent");
+    wait_connected(&rig.gateway, &stuck);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The disk comes back: whatever the recorder writes is read and thrown away.
+    std::thread::spawn(move || {
+        if let Ok(mut file) = std::fs::File::open(&fifo) {
+            let _ = std::io::copy(&mut file, &mut std::io::sink());
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in streaming.iter().chain([&stuck]) {
+        rig.api.hang_up(id).await;
+    }
+    for id in streaming.iter().chain([&stuck]) {
+        rig.asterisk
+            .wait_log(&["INTEROP continued", id], Duration::from_secs(10));
+    }
+    assert!(
+        !rig.asterisk.log_text().contains("Reached timeout"),
+        "Asterisk gave up on an idle AudioSocket"
+    );
+    let mut failures = Vec::new();
+    for (n, id) in streaming.iter().enumerate() {
+        let label = format!("streaming call {n}");
+        failures.extend(check_caller_recorded(&rig.gateway, &label, id, 5.0, MAX_GAP_MS).err());
+        failures.extend(
+            check_reply_heard(
+                &rig.asterisk,
+                &rig.gateway,
+                &label,
+                id,
+                NARROW_HZ,
+                5.0,
+                MAX_GAP_MS,
+            )
+            .err(),
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// g): SIGTERM to telepatch mid-call: every dialplan continues after AudioSocket(),
 /// telepatch exits 0, and its recordings are complete WAV files (header sizes match the
 /// data) holding the caller's tone without gaps.

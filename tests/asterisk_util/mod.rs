@@ -122,6 +122,9 @@ exten => s,1,Wait(0.5)
  same => n,SendDTMF(123#)
  same => n,Milliwatt()
 
+[caller-silent]
+exten => s,1,Wait(60)
+
 [caller-2s]
 exten => s,1,PlayTones(1004/1000)
  same => n,Wait(2)
