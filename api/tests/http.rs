@@ -1053,3 +1053,35 @@ async fn the_clock_reads_with_a_read_token() {
         .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn invented_http_methods_do_not_grow_the_metrics() {
+    let mut api = api().await;
+    api.state = AppState::new(
+        Arc::clone(&api.control) as Arc<dyn Control>,
+        Arc::clone(&api.store),
+        api::http::install_prometheus_recorder(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let before = metrics_lines(&api).await;
+    for k in 0..300 {
+        let method = Method::from_bytes(format!("INVENTED{k}").as_bytes()).unwrap();
+        api.send(method, "/healthz", None, None).await;
+    }
+    let text = String::from_utf8(api.send(Method::GET, "/metrics", None, None).await.1).unwrap();
+    assert!(!text.contains("INVENTED"), "a client's method became a label");
+    assert!(
+        text.contains(r#"method="other""#),
+        "invented methods are counted as other"
+    );
+    let after = text.lines().count();
+    assert!(
+        after < before + 40,
+        "/metrics grew from {before} to {after} lines"
+    );
+}
+
+async fn metrics_lines(api: &Api) -> usize {
+    let body = api.send(Method::GET, "/metrics", None, None).await.1;
+    String::from_utf8(body).unwrap().lines().count()
+}

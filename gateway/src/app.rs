@@ -113,10 +113,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )));
 
     {
-        let (gateway, store) = (Arc::clone(&gateway), Arc::clone(&store));
-        control_plane
-            .run(async move { restore(&gateway, store.as_ref()).await })
-            .await??;
+        // Stored broadcasts come back before their DNS server answers anything, so no
+        // listener is refused a zone that is about to be restored.
+        gateway.dns().hold();
+        let (restoring, store) = (Arc::clone(&gateway), Arc::clone(&store));
+        let restored = control_plane
+            .run(async move { restore(&restoring, store.as_ref()).await })
+            .await;
+        gateway.dns().release()?;
+        restored??;
     }
 
     let control_handle = control_plane.handle()?;

@@ -50,6 +50,10 @@ pub struct AudioSocketConfig {
     pub max_calls: usize,
     /// How long a new connection may take to send its ID message.
     pub id_timeout_ms: u64,
+    /// Connections that have not sent their ID yet, at most (beyond: closed at once).
+    pub max_unidentified: usize,
+    /// ...of which at most this many from one source address.
+    pub max_unidentified_per_source: usize,
     /// Largest audio message accepted, in milliseconds at its kind's rate (§10.7).
     pub max_message_ms: u32,
     /// Duplicate-UUID policy.
@@ -76,6 +80,8 @@ impl Default for AudioSocketConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
             max_calls: 500,
             id_timeout_ms: 2_000,
+            max_unidentified: 256,
+            max_unidentified_per_source: 128,
             max_message_ms: 1_000,
             duplicate_uuid: DuplicatePolicy::Reject,
             reply_rate: ReplyRate::Caller,
@@ -271,6 +277,51 @@ pub struct DnsConfig {
     pub tcp_timeout_ms: u64,
     /// Threads of the DNS server's own runtime (kept apart from calls and the API).
     pub worker_threads: usize,
+    /// The name server every zone names in its NS record and as its SOA's MNAME: the
+    /// host name under which the parent zone delegates to this server. The default,
+    /// `localhost.`, is true of the default loopback listener.
+    pub nameserver: NameServerName,
+}
+
+/// The absolute host name of a name server, checked when the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NameServerName(hickory_server::proto::rr::Name);
+
+impl NameServerName {
+    /// The name, as hickory takes it.
+    pub fn name(&self) -> &hickory_server::proto::rr::Name {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NameServerName {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        // The same rules as a broadcast's domain: letters, digits, `-` and `_` in
+        // labels of at most 63 bytes.
+        let host = codecs::aodns::ZoneRoot::parse(&text)
+            .map_err(|e| format!("name server {text:?}: {e}"))?;
+        hickory_server::proto::rr::Name::from_ascii(host.as_str())
+            .map(NameServerName)
+            .map_err(|e| format!("name server {text:?}: {e}"))
+    }
+}
+
+impl From<NameServerName> for String {
+    fn from(name: NameServerName) -> String {
+        name.0.to_ascii()
+    }
+}
+
+impl Default for NameServerName {
+    fn default() -> Self {
+        NameServerName(
+            hickory_server::proto::rr::Name::from_labels([&b"localhost"[..]])
+                .unwrap_or_else(|_| hickory_server::proto::rr::Name::root()),
+        )
+    }
 }
 
 impl Default for DnsConfig {
@@ -282,6 +333,7 @@ impl Default for DnsConfig {
             rate_limit_burst: 300,
             tcp_timeout_ms: 5_000,
             worker_threads: 1,
+            nameserver: NameServerName::default(),
         }
     }
 }
@@ -482,6 +534,22 @@ impl Config {
             problem(
                 "audiosocket.max_calls",
                 format!("{} is out of range (1..=20000)", a.max_calls),
+            );
+        }
+        if a.max_unidentified == 0 || a.max_unidentified > 100_000 {
+            problem(
+                "audiosocket.max_unidentified",
+                format!("{} is out of range (1..=100000)", a.max_unidentified),
+            );
+        }
+        if a.max_unidentified_per_source == 0 || a.max_unidentified_per_source > a.max_unidentified
+        {
+            problem(
+                "audiosocket.max_unidentified_per_source",
+                format!(
+                    "{} is out of range (1..=max_unidentified, {})",
+                    a.max_unidentified_per_source, a.max_unidentified
+                ),
             );
         }
         if !(100..=60_000).contains(&a.id_timeout_ms) {
@@ -748,6 +816,20 @@ mod tests {
         };
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["dns.max_udp_payload", "dns.worker_threads"]);
+    }
+
+    #[test]
+    fn dns_nameserver_defaults_to_localhost_and_must_be_a_host_name() {
+        assert_eq!(
+            Config::default().dns.nameserver.name().to_ascii(),
+            "localhost."
+        );
+        let config = Config::from_toml("[dns]\nnameserver = \"NS1.Example.net\"\n").unwrap();
+        assert_eq!(config.dns.nameserver.name().to_ascii(), "ns1.example.net.");
+        for bad in ["", "a..b", "bad host.net", "."] {
+            let err = Config::from_toml(&format!("[dns]\nnameserver = {bad:?}\n")).unwrap_err();
+            assert!(err.contains("name server"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -374,6 +374,12 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
         (totals.downlink_underruns + underruns) as f64,
     );
     metric(
+        "telepatch_unidentified_refused_total",
+        "counter",
+        "Connections closed before their ID because too many were waiting for theirs.",
+        totals.unidentified_refused as f64,
+    );
+    metric(
         "telepatch_writer_stalls_total",
         "counter",
         "Times a call's reply frames were held up more than three frames (a blocked or starved session thread).",

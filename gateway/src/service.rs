@@ -211,6 +211,8 @@ pub struct Totals {
     pub downlink_underruns: u64,
     /// Writer stalls of ended calls.
     pub writer_stalls: u64,
+    /// Connections closed unidentified because too many were waiting for their ID.
+    pub unidentified_refused: u64,
 }
 
 /// Topology guarded by one mutex: the patchbay and conference membership.
@@ -1311,6 +1313,11 @@ impl Gateway {
     /// Counts a refused connection.
     pub fn count_refused(&self) {
         lock(&self.totals).refused += 1;
+    }
+
+    /// Counts a connection closed before its ID because too many were waiting for theirs.
+    pub fn count_unidentified_refused(&self) {
+        lock(&self.totals).unidentified_refused += 1;
     }
 
     /// The routes of the configuration file.

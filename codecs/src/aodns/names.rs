@@ -71,8 +71,7 @@ pub enum QueryTarget {
     Seq(u64),
     /// The root itself (it holds only the SOA).
     Apex,
-    /// Any other name under the root, including `SEQ_1` and `seq_01` (the reference
-    /// compares labels exactly and answers NODATA, aodns.md §2).
+    /// Any other name under the root, such as `seq_01` or `a.seq_1` (NODATA).
     OtherInZone,
     /// A name outside the zone (reference: NOERROR, empty answer and authority).
     OutOfZone,
@@ -152,9 +151,10 @@ impl ZoneRoot {
 
     /// Classifies a query name (trailing dot optional).
     ///
-    /// The zone suffix is matched case-insensitively (RFC 4343), the record label
-    /// exactly, as the reference does (aodns.md §2): `SEQ_1.<root>` is
-    /// [`QueryTarget::OtherInZone`].
+    /// Every label is matched case-insensitively (RFC 4343): `SEQ_1.<root>` is
+    /// [`QueryTarget::Seq`]. The reference compares names exactly (aodns.md §2), which
+    /// starves listeners behind resolvers that randomise the query name's case
+    /// (0x20 encoding); the number itself must still be canonical decimal.
     pub fn classify(&self, qname: &str) -> QueryTarget {
         let qname = qname.strip_suffix('.').unwrap_or(qname);
         let root = self.fqdn.strip_suffix('.').unwrap_or(&self.fqdn);
@@ -205,15 +205,17 @@ impl ZoneRoot {
     }
 }
 
-/// What the single label under the root designates: compared exactly, as the reference
-/// does (aodns.md §2).
+/// What the single label under the root designates, compared case-insensitively
+/// (RFC 4343).
 fn classify_record_label(label: &[u8]) -> QueryTarget {
-    if label == SEQUENCE_LABEL.as_bytes() {
+    if label.eq_ignore_ascii_case(SEQUENCE_LABEL.as_bytes()) {
         return QueryTarget::Sequence;
     }
+    let prefix = SEQ_LABEL_PREFIX.as_bytes();
     match label
-        .strip_prefix(SEQ_LABEL_PREFIX.as_bytes())
-        .and_then(parse_canonical_u64)
+        .split_at_checked(prefix.len())
+        .filter(|(head, _)| head.eq_ignore_ascii_case(prefix))
+        .and_then(|(_, digits)| parse_canonical_u64(digits))
     {
         Some(n) => QueryTarget::Seq(n),
         None => QueryTarget::OtherInZone,
@@ -326,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn classifies_query_names_like_the_reference() {
+    fn classifies_query_names_in_any_case() {
         let root = ZoneRoot::parse("music.example.com").unwrap();
         let cases = [
             ("sequence.music.example.com.", QueryTarget::Sequence),
@@ -342,8 +344,13 @@ mod tests {
                 "seq_18446744073709551616.music.example.com.",
                 QueryTarget::OtherInZone,
             ),
-            ("SEQ_1.music.example.com.", QueryTarget::OtherInZone),
-            ("Sequence.music.example.com.", QueryTarget::OtherInZone),
+            // Any case (RFC 4343; resolvers randomise it, 0x20 encoding).
+            ("SEQ_1.music.example.com.", QueryTarget::Seq(1)),
+            ("Sequence.music.example.com.", QueryTarget::Sequence),
+            ("SeQuEnCe.MuSiC.eXaMpLe.CoM.", QueryTarget::Sequence),
+            ("sEq_42.MUSIC.EXAMPLE.COM", QueryTarget::Seq(42)),
+            ("SEQ_01.music.example.com.", QueryTarget::OtherInZone),
+            ("sequences.music.example.com.", QueryTarget::OtherInZone),
             ("seq_01.music.example.com.", QueryTarget::OtherInZone),
             ("seq_.music.example.com.", QueryTarget::OtherInZone),
             ("seq_+1.music.example.com.", QueryTarget::OtherInZone),
@@ -377,7 +384,7 @@ mod tests {
             ),
             (
                 &[b"SEQ_7", b"music", b"example", b"com"],
-                QueryTarget::OtherInZone,
+                QueryTarget::Seq(7),
             ),
             (&[b"music", b"example", b"com"], QueryTarget::Apex),
             (

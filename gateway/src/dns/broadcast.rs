@@ -26,9 +26,23 @@
 //! of digital silence the open pack is published and no packs are made until sound
 //! returns; the last window stays served. A pack of nothing but silence is not
 //! published on pausing.
+//!
+//! Lifecycle (a listener's client crashes on REFUSED, NXDOMAIN or SERVFAIL for its
+//! zone and loops without pause on NODATA for `sequence`, aodns.md §10):
+//!
+//! - start (creation, restart, on demand): before the zone is served, one pack of
+//!   encoded digital silence (76 frames, 4.56 s, as the reference packs silence) is
+//!   published, so `sequence` has an answer from the first query;
+//! - delete: the zone stays served for a grace period ([`grace_deadline`]): the open
+//!   pack is published, then the broadcast goes on with silence; answers carry TTLs
+//!   cut to the time left; when every TTL handed out has expired and listeners had time
+//!   to play the last window, the zone is removed;
+//! - a broadcast created on the same domain during the grace period (a `PUT` of the
+//!   node is a delete and a create) takes over the zone, its window and its numbering:
+//!   `sequence` never changes to NODATA and the window is never emptied.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,7 +62,7 @@ use hickory_server::proto::rr::Name;
 
 use super::ledger::{SequenceLedger, SequenceStore};
 use super::server::{DnsServer, DnsServerError};
-use super::zone::{PackRecords, Zone, ZoneError, ZoneSnapshot, dns_name, sequence_record};
+use super::zone::{PackRecords, Zone, ZoneError, ZoneSnapshot, Zones, dns_name, sequence_record};
 use crate::engine::{BUS_RATE, Node};
 use crate::node_service::{MetricFamilies, NodeService};
 
@@ -67,6 +81,16 @@ const IDLE_WAIT: Duration = Duration::from_millis(10);
 const SILENCE_PEAK: f32 = 1.0 / 32_768.0;
 /// Opus frame duration (aodns.md §8).
 const FRAME: Duration = Duration::from_millis(60);
+/// Input duration of one chunk.
+const CHUNK: Duration = Duration::from_millis(20);
+
+/// When a deleted broadcast's zone stops being served, deleted at `now`: once every TTL
+/// handed out has expired (`handed_out_until`; answers meanwhile carry TTLs cut to the
+/// time left, so none outlives it), and not before listeners had time to learn of and
+/// play the last window (`listed_audio`, plus the time a delisted pack stays served).
+pub fn grace_deadline(now: Instant, handed_out_until: Instant, listed_audio: Duration) -> Instant {
+    handed_out_until.max(now + listed_audio + DELISTED_RETENTION)
+}
 
 /// A broadcast's settings, validated from its [`NodeConfig::Dns`].
 #[derive(Debug, Clone)]
@@ -231,17 +255,17 @@ impl Node for DnsInputNode {
     }
 }
 
-/// Starts a broadcast: registers its zone with the DNS server (starting the server if
-/// needed), reserves its first sequence numbers and spawns its encoder thread.
-/// Returns the engine node and the service to register with the gateway. Blocking.
+/// Starts a broadcast: takes over the zone of a deleted broadcast of the same domain
+/// still in its grace period, or builds the zone, reserves its first sequence numbers
+/// and publishes a pack of silence; then registers the zone with the DNS server
+/// (starting the server if needed) and spawns the encoder thread. Returns the engine
+/// node and the service to register with the gateway. Blocking.
 pub fn start(
     node: &NodeRef,
     settings: BroadcastSettings,
     server: &Arc<DnsServer>,
     store: Option<Arc<dyn SequenceStore>>,
 ) -> Result<(Box<dyn Node>, Arc<BroadcastService>), BroadcastError> {
-    let dns_addr = server.ensure_started()?;
-    let zone = Arc::new(Zone::new(settings.root.clone())?);
     let opus = AodnsOpusEncoder::new(settings.opus)?;
     let bitrate_bps = opus.bitrate_bps();
     let out_rate = SampleRate::new(settings.opus.format.rate.hz()).map_err(|_| {
@@ -252,46 +276,77 @@ pub fn start(
     let resamplers = (0..settings.channels())
         .map(|_| StreamResampler::new(BUS_RATE, out_rate, Quality::Voice))
         .collect::<Result<Vec<_>, _>>()?;
-    server.zones().insert(Arc::clone(&zone))?;
-    let ledger = match SequenceLedger::open(settings.root.as_str(), store) {
-        Ok(ledger) => ledger,
-        Err(reason) => {
-            server.zones().remove(&zone);
-            return Err(BroadcastError::Sequence {
-                domain: settings.root.to_string(),
-                reason,
-            });
+    let zones = Arc::clone(server.zones());
+    let previous = server
+        .take_retiring(&settings.root)
+        .and_then(RetiringBroadcast::take_over);
+    let taken_over = previous.is_some();
+    let (zone, ledger, history) = match previous {
+        Some(handover) => (
+            handover.zone,
+            handover.ledger,
+            Some((handover.listed, handover.delisted)),
+        ),
+        None => {
+            if zones.contains(&settings.root) {
+                return Err(ZoneError::Exists {
+                    root: settings.root.to_string(),
+                }
+                .into());
+            }
+            let zone = Arc::new(Zone::new(settings.root.clone(), server.nameserver())?);
+            let ledger = SequenceLedger::open(settings.root.as_str(), store).map_err(|reason| {
+                BroadcastError::Sequence {
+                    domain: settings.root.to_string(),
+                    reason,
+                }
+            })?;
+            (zone, ledger, None)
         }
     };
     let stats = Arc::new(BroadcastStats::default());
-    stats.next_sequence.store(ledger.peek(), Ordering::Relaxed);
-    stats
-        .reserved_until
-        .store(ledger.reserved_until(), Ordering::Relaxed);
     let channels = settings.channels();
     let capacity = BUS_RATE.hz() as usize * RING_SECONDS * channels;
     let (producer, consumer) = rtrb::RingBuffer::new(capacity);
-    let stop = Arc::new(AtomicBool::new(false));
-    let encoder = Encoder::new(
+    let mut encoder = Encoder::new(
         consumer,
         settings.clone(),
         opus,
         resamplers,
         ledger,
-        Arc::clone(&zone),
+        ServedZone {
+            zone: Arc::clone(&zone),
+            zones: Arc::clone(&zones),
+        },
         Arc::clone(&stats),
     );
+    if let Some((listed, delisted)) = history {
+        encoder.resume(listed, delisted);
+        zone.reinstate();
+    } else {
+        // `sequence` answers from the first query (NODATA makes clients spin).
+        encoder.publish_silence_pack(Instant::now());
+        zones.insert(Arc::clone(&zone))?;
+    }
+    let dns_addr = match server.ensure_started() {
+        Ok(addr) => addr,
+        Err(e) => {
+            zones.remove(&zone);
+            return Err(e.into());
+        }
+    };
+    let control = Arc::new(EncoderControl::default());
     let thread = {
-        let stop = Arc::clone(&stop);
+        let control = Arc::clone(&control);
         std::thread::Builder::new()
             .name(format!("aodns-{}", node.name()))
-            .spawn(move || encoder.run(&stop))
+            .spawn(move || encoder.run(&control))
             .map_err(|e| {
-                server.zones().remove(&zone);
+                zones.remove(&zone);
                 BroadcastError::Thread(e)
             })?
     };
-    tracing::info!(node = %node, domain = %settings.root, dns = %dns_addr, window = settings.window, "AoDNS broadcast started");
+    tracing::info!(node = %node, domain = %settings.root, dns = %dns_addr, window = settings.window, taken_over, "AoDNS broadcast started");
     let service = Arc::new(BroadcastService {
         settings,
         bitrate_bps,
@@ -299,7 +354,7 @@ pub fn start(
         zone,
         server: Arc::clone(server),
         stats: Arc::clone(&stats),
-        stop,
+        control,
         thread: Mutex::new(Some(thread)),
     });
     let node = DnsInputNode {
@@ -308,6 +363,109 @@ pub fn start(
         stats,
     };
     Ok((Box::new(node), service))
+}
+
+/// What the owner of a broadcast asks of its encoder thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Command {
+    /// Encode the input.
+    Run = 0,
+    /// The broadcast was deleted: go on with silence until the grace period ends.
+    Retire = 1,
+    /// A new broadcast takes the zone over: return the state.
+    HandOver = 2,
+    /// End now and remove the zone (the gateway is stopping).
+    Stop = 3,
+}
+
+/// The command, shared between the owner and the encoder thread.
+#[derive(Debug, Default)]
+struct EncoderControl(AtomicU8);
+
+impl EncoderControl {
+    fn get(&self) -> Command {
+        match self.0.load(Ordering::Acquire) {
+            0 => Command::Run,
+            1 => Command::Retire,
+            2 => Command::HandOver,
+            _ => Command::Stop,
+        }
+    }
+
+    fn set(&self, command: Command) {
+        self.0.store(command as u8, Ordering::Release);
+    }
+}
+
+/// What a retiring broadcast hands to its successor on the same domain.
+struct Handover {
+    zone: Arc<Zone>,
+    ledger: SequenceLedger,
+    listed: VecDeque<Arc<PackRecords>>,
+    delisted: VecDeque<(Instant, Arc<PackRecords>)>,
+}
+
+/// A deleted broadcast whose zone is still served: its encoder thread goes on with
+/// silence until the grace period ends, then removes the zone. Kept by the DNS server.
+pub struct RetiringBroadcast {
+    root: ZoneRoot,
+    control: Arc<EncoderControl>,
+    thread: JoinHandle<Option<Handover>>,
+    /// Removed here if the encoder thread panicked instead of removing it.
+    zone: Arc<Zone>,
+    zones: Arc<Zones>,
+}
+
+impl std::fmt::Debug for RetiringBroadcast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetiringBroadcast")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetiringBroadcast {
+    /// The zone.
+    pub fn root(&self) -> &ZoneRoot {
+        &self.root
+    }
+
+    /// The grace period is over and the zone removed.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Ends the grace period now, removing the zone; waits for the encoder thread.
+    pub fn stop(self) {
+        self.control.set(Command::Stop);
+        self.thread.thread().unpark();
+        if self.thread.join().is_err() {
+            tracing::error!(domain = %self.root, "AoDNS encoder thread panicked");
+            self.zones.remove(&self.zone);
+        }
+    }
+
+    /// Asks the encoder thread to end now, without waiting for it.
+    pub fn end_without_waiting(self) {
+        self.control.set(Command::Stop);
+        self.thread.thread().unpark();
+    }
+
+    /// The zone and state for a new broadcast of the same domain; `None` if the grace
+    /// period ended first (the zone is gone).
+    fn take_over(self) -> Option<Handover> {
+        self.control.set(Command::HandOver);
+        self.thread.thread().unpark();
+        match self.thread.join() {
+            Ok(handover) => handover,
+            Err(_) => {
+                tracing::error!(domain = %self.root, "AoDNS encoder thread panicked");
+                self.zones.remove(&self.zone);
+                None
+            }
+        }
+    }
 }
 
 /// The encoder thread's state. See the module documentation.
@@ -338,7 +496,23 @@ struct Encoder {
     /// The open pack holds a frame that is not digital silence.
     open_has_sound: bool,
     zone: Arc<Zone>,
+    zones: Arc<Zones>,
     stats: Arc<BroadcastStats>,
+}
+
+/// The zone an encoder publishes into, and the registry it leaves when it ends.
+struct ServedZone {
+    zone: Arc<Zone>,
+    zones: Arc<Zones>,
+}
+
+/// A deleted broadcast's grace period, as its encoder thread runs it.
+#[derive(Debug, Clone, Copy)]
+struct Grace {
+    /// The zone is served until then.
+    until: Instant,
+    /// When the next chunk of silence is due.
+    next_chunk: Instant,
 }
 
 impl Encoder {
@@ -348,16 +522,17 @@ impl Encoder {
         opus: AodnsOpusEncoder,
         resamplers: Vec<StreamResampler>,
         ledger: SequenceLedger,
-        zone: Arc<Zone>,
+        served: ServedZone,
         stats: Arc<BroadcastStats>,
     ) -> Encoder {
+        let ServedZone { zone, zones } = served;
         let channels = settings.channels();
         let out_len = resamplers
             .first()
             .map_or(CHUNK_FRAMES, |r| r.max_output_len(CHUNK_FRAMES));
         let frame_len = settings.opus.format.frame_len();
         let sequence_name = dns_name(&settings.root.sequence_name()).ok();
-        Encoder {
+        let encoder = Encoder {
             consumer,
             channels,
             chunk: vec![0.0; CHUNK_FRAMES * channels],
@@ -379,13 +554,34 @@ impl Encoder {
             paused: false,
             open_has_sound: false,
             zone,
+            zones,
             stats,
             settings,
-        }
+        };
+        encoder.note_ledger();
+        encoder
     }
 
-    fn run(mut self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
+    fn run(mut self, control: &EncoderControl) -> Option<Handover> {
+        let mut grace = None;
+        loop {
+            match control.get() {
+                Command::Run => {}
+                Command::Retire => {
+                    if grace.is_none() {
+                        grace = Some(self.begin_grace(Instant::now()));
+                    }
+                }
+                Command::HandOver => return Some(self.hand_over(Instant::now())),
+                Command::Stop => break,
+            }
+            if let Some(grace) = &mut grace {
+                match self.grace_step(grace, Instant::now()) {
+                    Some(wait) => std::thread::park_timeout(wait),
+                    None => break,
+                }
+                continue;
+            }
             if self.consumer.slots() < self.chunk.len() {
                 std::thread::park_timeout(IDLE_WAIT);
                 continue;
@@ -395,6 +591,130 @@ impl Encoder {
             }
             self.process_chunk();
         }
+        self.zones.remove(&self.zone);
+        tracing::info!(domain = %self.settings.root, "AoDNS zone no longer served");
+        None
+    }
+
+    /// Continues the window and numbering of a deleted broadcast of the same zone.
+    fn resume(
+        &mut self,
+        listed: VecDeque<Arc<PackRecords>>,
+        delisted: VecDeque<(Instant, Arc<PackRecords>)>,
+    ) {
+        if let (Some(first), Some(last)) = (listed.front(), listed.back()) {
+            self.stats
+                .oldest_listed
+                .store(first.number, Ordering::Relaxed);
+            self.stats
+                .newest_plus_one
+                .store(last.number + 1, Ordering::Relaxed);
+            if let Ok(frames) = last.records.len().try_into() {
+                self.stats.last_pack_frames.store(frames, Ordering::Relaxed);
+            }
+        }
+        self.listed = listed;
+        self.delisted = delisted;
+        self.note_ledger();
+    }
+
+    /// Encodes digital silence into one full pack and publishes it (at start, so that
+    /// `sequence` answers at once). Its last frame opens the next pack.
+    fn publish_silence_pack(&mut self, now: Instant) {
+        self.frame.clear();
+        self.frame.resize(self.frame_len, 0.0);
+        for _ in 0..=codecs::aodns::MAX_FRAMES_PER_PACK {
+            let len = match self
+                .opus
+                .encode_f32(&self.frame[..self.frame_len], &mut self.packet)
+            {
+                Ok(len) => len,
+                Err(_) => break,
+            };
+            self.stats.frames_encoded.fetch_add(1, Ordering::Relaxed);
+            match self.builder.push(&self.packet[..len], &mut self.closed) {
+                Ok(Pushed::Appended) => {}
+                Ok(Pushed::ClosedPrevious) => {
+                    self.publish(now);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.frame.clear();
+        if self.stats.packs_published.load(Ordering::Relaxed) == 0 {
+            self.stats.encode_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Encodes what the engine delivered before the node went and publishes the open
+    /// pack if it holds sound: listeners hear the broadcast to its end.
+    fn flush(&mut self, now: Instant) {
+        while self.consumer.slots() >= self.chunk.len() {
+            if self.consumer.pop_entire_slice(&mut self.chunk).is_err() {
+                break;
+            }
+            self.process_chunk();
+        }
+        if self.open_has_sound {
+            self.builder.take_open(&mut self.closed);
+            self.publish(now);
+            self.open_has_sound = false;
+        }
+    }
+
+    /// The broadcast was deleted at `now`: flush, and serve the zone until
+    /// [`grace_deadline`].
+    fn begin_grace(&mut self, now: Instant) -> Grace {
+        self.flush(now);
+        let listed_audio = FRAME
+            * u32::try_from(self.listed.iter().map(|p| p.records.len()).sum::<usize>())
+                .unwrap_or(u32::MAX);
+        let until = grace_deadline(now, self.zone.handed_out_until(), listed_audio);
+        self.zone.retire(until);
+        tracing::info!(
+            domain = %self.settings.root,
+            grace_s = until.saturating_duration_since(now).as_secs(),
+            "AoDNS broadcast deleted; its zone stays served with silence for the grace period"
+        );
+        Grace {
+            until,
+            next_chunk: now,
+        }
+    }
+
+    /// Runs the grace period up to `now`: silence in real time, as if nothing were
+    /// patched. Returns how long to wait for the next step, or `None` once it is over.
+    fn grace_step(&mut self, grace: &mut Grace, now: Instant) -> Option<Duration> {
+        if now >= grace.until {
+            return None;
+        }
+        while grace.next_chunk <= now {
+            self.chunk.fill(0.0);
+            self.process_chunk();
+            grace.next_chunk += CHUNK;
+        }
+        Some(grace.next_chunk.min(grace.until) - now)
+    }
+
+    /// Flushes and returns what a new broadcast of the zone continues from.
+    fn hand_over(mut self, now: Instant) -> Handover {
+        self.flush(now);
+        Handover {
+            zone: self.zone,
+            ledger: self.ledger,
+            listed: self.listed,
+            delisted: self.delisted,
+        }
+    }
+
+    fn note_ledger(&self) {
+        let s = &self.stats;
+        s.next_sequence.store(self.ledger.peek(), Ordering::Relaxed);
+        s.reserved_until
+            .store(self.ledger.reserved_until(), Ordering::Relaxed);
+        s.unreserved
+            .store(self.ledger.unreserved(), Ordering::Relaxed);
     }
 
     /// Resamples one 20 ms chunk into the frame buffer and encodes every full frame.
@@ -552,11 +872,7 @@ impl Encoder {
             s.oldest_listed.store(oldest, Ordering::Relaxed);
             s.newest_plus_one.store(newest + 1, Ordering::Relaxed);
         }
-        s.next_sequence.store(self.ledger.peek(), Ordering::Relaxed);
-        s.reserved_until
-            .store(self.ledger.reserved_until(), Ordering::Relaxed);
-        s.unreserved
-            .store(self.ledger.unreserved(), Ordering::Relaxed);
+        self.note_ledger();
     }
 }
 
@@ -568,8 +884,8 @@ pub struct BroadcastService {
     zone: Arc<Zone>,
     server: Arc<DnsServer>,
     stats: Arc<BroadcastStats>,
-    stop: Arc<AtomicBool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    control: Arc<EncoderControl>,
+    thread: Mutex<Option<JoinHandle<Option<Handover>>>>,
 }
 
 impl BroadcastService {
@@ -734,9 +1050,8 @@ impl NodeService for BroadcastService {
     }
 
     fn stop(&self) {
-        // Queries for the zone are refused from now on.
-        self.server.zones().remove(&self.zone);
-        self.stop.store(true, Ordering::Relaxed);
+        // The zone stays served for the grace period; the encoder thread ends it.
+        self.control.set(Command::Retire);
         let thread = self
             .thread
             .lock()
@@ -744,9 +1059,13 @@ impl NodeService for BroadcastService {
             .take();
         if let Some(thread) = thread {
             thread.thread().unpark();
-            if thread.join().is_err() {
-                tracing::error!(domain = %self.settings.root, "AoDNS encoder thread panicked");
-            }
+            self.server.add_retiring(RetiringBroadcast {
+                root: self.settings.root.clone(),
+                control: Arc::clone(&self.control),
+                thread,
+                zone: Arc::clone(&self.zone),
+                zones: Arc::clone(self.server.zones()),
+            });
         }
         tracing::info!(domain = %self.settings.root, "AoDNS broadcast stopped");
     }
@@ -770,13 +1089,27 @@ mod tests {
 
     /// An encoder fed by hand, and the producer side of its ring.
     fn make_encoder(settings: BroadcastSettings) -> (Encoder, rtrb::Producer<f32>, Arc<Zone>) {
-        let zone = Arc::new(Zone::new(settings.root.clone()).unwrap());
+        let nameserver = Name::from_ascii("localhost.").unwrap();
+        let zone = Arc::new(Zone::new(settings.root.clone(), &nameserver).unwrap());
+        let zones = Arc::new(Zones::new());
+        zones.insert(Arc::clone(&zone)).unwrap();
+        let ledger = SequenceLedger::open(settings.root.as_str(), None).unwrap();
+        let (encoder, producer) = encoder_on(settings, Arc::clone(&zone), zones, ledger);
+        (encoder, producer, zone)
+    }
+
+    /// An encoder fed by hand serving `zone` with numbers from `ledger`.
+    fn encoder_on(
+        settings: BroadcastSettings,
+        zone: Arc<Zone>,
+        zones: Arc<Zones>,
+        ledger: SequenceLedger,
+    ) -> (Encoder, rtrb::Producer<f32>) {
         let opus = AodnsOpusEncoder::new(settings.opus).unwrap();
         let rate = SampleRate::new(settings.opus.format.rate.hz()).unwrap();
         let resamplers = (0..settings.channels())
             .map(|_| StreamResampler::new(BUS_RATE, rate, Quality::Voice).unwrap())
             .collect();
-        let ledger = SequenceLedger::open(settings.root.as_str(), None).unwrap();
         let (producer, consumer) = rtrb::RingBuffer::new(48_000 * 4);
         let stats = Arc::new(BroadcastStats::default());
         let encoder = Encoder::new(
@@ -785,10 +1118,29 @@ mod tests {
             opus,
             resamplers,
             ledger,
-            Arc::clone(&zone),
+            ServedZone { zone, zones },
             stats,
         );
-        (encoder, producer, zone)
+        (encoder, producer)
+    }
+
+    fn tone(seconds: usize, hz: f32) -> Vec<f32> {
+        (0..48_000 * seconds)
+            .map(|i| 0.5 * (std::f32::consts::TAU * hz * i as f32 / 48_000.0).sin())
+            .collect()
+    }
+
+    /// The numbers `sequence` lists (it must be there).
+    fn listed_numbers(zone: &Zone) -> Vec<u64> {
+        let snapshot = zone.snapshot();
+        let Some(RData::TXT(txt)) = snapshot.sequence.as_ref().map(|r| &r.data) else {
+            panic!("no sequence record")
+        };
+        let mut listed = Vec::new();
+        SequenceListDecoder::new()
+            .decode(&txt.txt_data[0], &mut listed)
+            .unwrap();
+        listed
     }
 
     /// Pushes 48 kHz samples through the encoder, a second at a time.
@@ -981,5 +1333,153 @@ mod tests {
         feed(&mut encoder, &mut producer, &vec![0.0; 48_000 * 10]);
         assert_eq!(encoder.stats.packs_published.load(Ordering::Relaxed), 2);
         assert_eq!(encoder.stats.last_pack_frames.load(Ordering::Relaxed), 76);
+    }
+
+    #[test]
+    fn a_new_broadcast_lists_a_pack_of_silence_before_any_input() {
+        for config in [
+            serde_json::json!({"kind": "dns", "domain": "a.b"}),
+            serde_json::json!({"kind": "dns", "domain": "a.b", "silence": "pause"}),
+        ] {
+            let (mut encoder, _producer, zone) = make_encoder(settings(config.clone()));
+            encoder.publish_silence_pack(Instant::now());
+            assert_eq!(listed_numbers(&zone), [0], "{config}");
+            let snapshot = zone.snapshot();
+            let pack = snapshot.pack(0).unwrap();
+            // 76 frames, 4.56 s: what the reference packs silence into (aodns.md §3.1).
+            assert_eq!(pack.len(), 76, "{config}");
+            assert_eq!(
+                pack[0].ttl,
+                seq_ttl(TtlRule::Reference, 76, OpusFormat::default(), 75)
+            );
+            let mut reader = PackReader::new();
+            for record in pack {
+                let RData::TXT(txt) = &record.data else {
+                    panic!("not TXT")
+                };
+                reader.push_txt(&txt.txt_data[0]).unwrap();
+            }
+            let mut decoder = codecs::opus::AodnsOpusDecoder::new(OpusFormat::default()).unwrap();
+            let mut pcm = vec![0.0f32; 960];
+            let mut frames = 0;
+            for (_, packet) in reader.sorted_frames() {
+                assert_eq!(decoder.decode_f32(packet, &mut pcm).unwrap(), 960);
+                assert!(pcm.iter().all(|s| s.abs() < 1e-3), "silence");
+                frames += 1;
+            }
+            assert_eq!(frames, 76);
+            assert_eq!(encoder.stats.packs_published.load(Ordering::Relaxed), 1);
+            assert_eq!(encoder.stats.encode_errors.load(Ordering::Relaxed), 0);
+        }
+    }
+
+    #[test]
+    fn the_grace_period_outlasts_every_ttl_handed_out_and_the_last_window() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // A resolver was handed a 60 s SOA 5 s ago: until t0 + 55 s.
+        assert_eq!(grace_deadline(t0, t0 + s(55), s(20)), t0 + s(55));
+        // A 56 s window outlasts it: listeners play it, then the delisted margin.
+        assert_eq!(
+            grace_deadline(t0, t0 + s(55), s(56)),
+            t0 + s(56) + DELISTED_RETENTION
+        );
+        // Nobody ever asked: the window and the margin.
+        assert_eq!(
+            grace_deadline(t0, t0, Duration::ZERO),
+            t0 + DELISTED_RETENTION
+        );
+    }
+
+    #[test]
+    fn a_deleted_broadcast_serves_its_window_then_silence_until_its_grace_period_ends() {
+        let (mut encoder, mut producer, zone) = make_encoder(settings(
+            serde_json::json!({"kind": "dns", "domain": "a.b", "window": 6}),
+        ));
+        encoder.publish_silence_pack(Instant::now());
+        feed(&mut encoder, &mut producer, &tone(5, 440.0));
+        let before = listed_numbers(&zone);
+        let t0 = Instant::now();
+        // A listener was answered just now (SOA TTL 60 in the authority section).
+        zone.note_ttl_handed_out(t0, 60);
+        let mut grace = encoder.begin_grace(t0);
+        assert_eq!(zone.retiring_until(), Some(grace.until));
+        assert!(
+            grace.until >= t0 + Duration::from_secs(60),
+            "every TTL expires first"
+        );
+        assert!(grace.until <= t0 + Duration::from_secs(61));
+        // The open pack of tone was published: listeners hear the broadcast to its end.
+        let flushed = listed_numbers(&zone);
+        assert_eq!(*flushed.last().unwrap(), before.last().unwrap() + 1);
+        // Then silence in real time (stepped here on virtual time): `sequence` always
+        // lists consecutive numbers of served packs, new packs are 76 frames of silence.
+        let mut now = t0;
+        let mut last = flushed.clone();
+        while let Some(wait) = encoder.grace_step(&mut grace, now) {
+            assert!(wait <= CHUNK, "{wait:?}");
+            let listed = listed_numbers(&zone);
+            assert!(listed.windows(2).all(|w| w[1] == w[0] + 1), "{listed:?}");
+            assert!(listed.last() >= last.last());
+            let snapshot = zone.snapshot();
+            assert!(listed.iter().all(|n| snapshot.pack(*n).is_some()));
+            last = listed;
+            now += Duration::from_millis(500);
+        }
+        assert!(now >= grace.until && now < grace.until + Duration::from_millis(500));
+        let silence_packs = last.last().unwrap() - flushed.last().unwrap();
+        // About 61 s of silence at 4.56 s a pack.
+        assert!(
+            (12..=14).contains(&silence_packs),
+            "{silence_packs}: {last:?}"
+        );
+        let snapshot = zone.snapshot();
+        assert_eq!(snapshot.pack(*last.last().unwrap()).unwrap().len(), 76);
+    }
+
+    #[test]
+    fn a_broadcast_created_during_the_grace_period_continues_its_window_and_numbers() {
+        let (mut old, mut producer, zone) = make_encoder(settings(
+            serde_json::json!({"kind": "dns", "domain": "a.b", "window": 8}),
+        ));
+        old.publish_silence_pack(Instant::now());
+        feed(&mut old, &mut producer, &tone(4, 440.0));
+        let zones = Arc::clone(&old.zones);
+        let _grace = old.begin_grace(Instant::now());
+        let before = listed_numbers(&zone);
+        assert!(zone.retiring_until().is_some());
+        let handover = old.hand_over(Instant::now());
+        assert!(
+            Arc::ptr_eq(&handover.zone, &zone),
+            "the same zone, still registered"
+        );
+        // The successor, with a smaller window (a PUT may change it).
+        let (mut new, mut producer) = encoder_on(
+            settings(serde_json::json!({"kind": "dns", "domain": "a.b", "window": 3})),
+            handover.zone,
+            zones,
+            handover.ledger,
+        );
+        new.resume(handover.listed, handover.delisted);
+        zone.reinstate();
+        assert_eq!(
+            listed_numbers(&zone),
+            before,
+            "nothing changed for listeners"
+        );
+        assert_eq!(
+            new.stats.newest_plus_one.load(Ordering::Relaxed),
+            before.last().unwrap() + 1
+        );
+        feed(&mut new, &mut producer, &tone(3, 660.0));
+        let after = listed_numbers(&zone);
+        assert_eq!(after.len(), 3, "the new window: {after:?}");
+        assert!(after.windows(2).all(|w| w[1] == w[0] + 1), "{after:?}");
+        let snapshot = zone.snapshot();
+        // Numbering went on without a jump: every number since the start is served or
+        // was delisted just now.
+        let served: Vec<u64> = snapshot.packs.keys().copied().collect();
+        assert_eq!(served, (0..=*after.last().unwrap()).collect::<Vec<_>>());
+        assert!(*after.last().unwrap() > *before.last().unwrap());
     }
 }

@@ -6,9 +6,14 @@
 //!
 //! - `TXT sequence.<root>` and `TXT seq_<n>.<root>`: the records, with the zone's SOA
 //!   in the authority section as the reference sends it; `SOA <root>`: the SOA;
-//!   `ANY` at those names: the same RRset (the names hold nothing else).
+//!   `NS <root>`: the NS record (`dns.nameserver`); `ANY` at those names: the same
+//!   RRset (`ANY <root>`: SOA and NS).
+//! - Names match in any case (RFC 4343): resolvers that randomise the case of query
+//!   names (0x20) get the records, with the query's own spelling as owner names.
 //! - Any other name or type in a zone: NOERROR with no answer and the SOA (NODATA).
 //!   Never NXDOMAIN or SERVFAIL in a zone: both crash the reference client.
+//! - A zone whose broadcast was deleted is served until its grace period ends
+//!   (`broadcast`), with every TTL cut to the time left, so no cache outlives it.
 //! - Names outside every zone, and classes other than IN: REFUSED (the reference
 //!   answers an empty NOERROR; REFUSED is what an authority says, and the real client
 //!   only ever asks in-zone).
@@ -29,6 +34,7 @@
 //! Nothing here parses the wire: hickory decodes the request (a malformed one gets
 //! FORMERR or is dropped before it reaches us); we look at labels and types only.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -40,7 +46,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::{DNSClass, Record, RecordType};
+use hickory_server::proto::rr::{DNSClass, Name, Record, RecordType};
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -218,10 +224,33 @@ fn record_data_len(record: &Record) -> usize {
     use hickory_server::proto::rr::RData;
     match &record.data {
         RData::TXT(txt) => txt.txt_data.iter().map(|s| 1 + s.len()).sum(),
-        // MNAME and RNAME are the root label (aodns.md §2), then five 32-bit timers.
-        RData::SOA(_) => 2 + 20,
+        // MNAME and RNAME (uncompressed), then five 32-bit timers.
+        RData::SOA(soa) => soa.mname.len() + 1 + soa.rname.len() + 1 + 20,
+        RData::NS(ns) => ns.0.len() + 1,
         _ => usize::from(u16::MAX),
     }
+}
+
+/// `records` with `owner` as their owner name, and TTLs of at most `cap`: borrowed
+/// when they already are (names compared case-sensitively: the spelling matters).
+fn as_asked<'r>(records: &'r [Record], owner: &Name, cap: Option<u32>) -> Cow<'r, [Record]> {
+    let fits = |r: &Record| r.name.eq_case(owner) && cap.is_none_or(|cap| r.ttl <= cap);
+    if records.iter().all(fits) {
+        return Cow::Borrowed(records);
+    }
+    Cow::Owned(
+        records
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.name = owner.clone();
+                if let Some(cap) = cap {
+                    r.ttl = r.ttl.min(cap);
+                }
+                r
+            })
+            .collect(),
+    )
 }
 
 thread_local! {
@@ -357,24 +386,38 @@ impl RequestHandler for AodnsHandler {
 
         let snapshot = zone.snapshot();
         let qtype = query.query_type();
+        let qname = query.original().name();
         let txt_or_any = matches!(qtype, RecordType::TXT | RecordType::ANY);
-        let soa = std::slice::from_ref(zone.soa());
-        let answers: &[Record] = match target {
+        let apex = zone.apex_records();
+        let stored: &[Record] = match target {
             QueryTarget::Sequence if txt_or_any => snapshot.sequence.as_slice(),
             QueryTarget::Seq(n) if txt_or_any => snapshot.pack(n).unwrap_or(&[]),
-            QueryTarget::Apex if matches!(qtype, RecordType::SOA | RecordType::ANY) => soa,
+            QueryTarget::Apex => match qtype {
+                RecordType::ANY => apex,
+                RecordType::SOA => std::slice::from_ref(zone.soa()),
+                RecordType::NS => std::slice::from_ref(zone.ns()),
+                _ => &[],
+            },
             _ => &[],
         };
-        // The SOA goes in the authority section, except when it is the answer.
-        let authority = if std::ptr::eq(answers, soa) {
-            &[][..]
+        let now = Instant::now();
+        let cap = zone.ttl_cap(now);
+        // Owner names spelled as asked (0x20), TTLs within a retiring zone's time left.
+        let answers = as_asked(stored, qname, cap);
+        // The SOA goes in the authority section, except when the apex is what was asked.
+        let authority = if matches!(target, QueryTarget::Apex) && !stored.is_empty() {
+            Cow::Borrowed(&[][..])
         } else {
-            soa
+            let apex_name = qname.trim_to(zone.root().label_count());
+            as_asked(std::slice::from_ref(zone.soa()), &apex_name, cap)
         };
+        if let Some(longest) = answers.iter().chain(authority.iter()).map(|r| r.ttl).max() {
+            zone.note_ttl_handed_out(now, longest);
+        }
         let reply = Reply {
             code: ResponseCode::NoError,
-            answers,
-            authority,
+            answers: &answers,
+            authority: &authority,
         };
         self.send(&exchange, metadata, reply, Some(&zone), response_handle)
             .await
@@ -390,7 +433,8 @@ mod tests {
     use std::sync::Mutex;
 
     use codecs::aodns::{
-        Pack, PackBuilder, PackLimits, Pushed, SequenceListEncoder, TtlRule, ZoneRoot, seq_ttl,
+        Pack, PackBuilder, PackLimits, Pushed, SOA_SERIAL, SequenceListEncoder, TtlRule, ZoneRoot,
+        seq_ttl,
     };
     use codecs::opus::OpusFormat;
     use hickory_server::net::NetError;
@@ -457,7 +501,8 @@ mod tests {
     /// The sheet's zone: sequences 0, 1 and 2 all hold the tiny three-frame pack.
     fn sheet_zone() -> (Arc<Zones>, Arc<Zone>) {
         let root = ZoneRoot::parse("music.example.com").unwrap();
-        let zone = Arc::new(Zone::new(root.clone()).unwrap());
+        // The root label as name server: the reference's SOA, MNAME included.
+        let zone = Arc::new(Zone::new(root.clone(), &Name::root()).unwrap());
         let mut builder = PackBuilder::new(PackLimits::new(250, 30).unwrap());
         let mut closed = Pack::new();
         for frame in [&[0x00, 0x01, 0x02][..], &[0xf8, 0xff, 0xfe], b"Hello"] {
@@ -636,8 +681,8 @@ mod tests {
         let handler = handler(&zones, 0, 0);
         for (name, qtype) in [
             ("seq_99.music.example.com.", RecordType::TXT),
-            ("SEQ_1.music.example.com.", RecordType::TXT),
             ("seq_01.music.example.com.", RecordType::TXT),
+            ("SEQ_01.music.example.com.", RecordType::TXT),
             ("sequence.music.example.com.", RecordType::A),
             ("seq_1.music.example.com.", RecordType::AAAA),
             ("music.example.com.", RecordType::TXT),
@@ -667,7 +712,7 @@ mod tests {
     #[tokio::test]
     async fn large_udp_replies_are_truncated_empty_and_served_whole_over_tcp() {
         let root = ZoneRoot::parse("big.example").unwrap();
-        let zone = Arc::new(Zone::new(root.clone()).unwrap());
+        let zone = Arc::new(Zone::new(root.clone(), &Name::root()).unwrap());
         let mut builder = PackBuilder::new(PackLimits::REFERENCE);
         let mut closed = Pack::new();
         // 13 frames of 150 bytes: a 2.5 kB reply, like a real pack (aodns.md §3.1).
@@ -803,5 +848,127 @@ mod tests {
         assert_eq!(zone.counters.rate_limited.load(Ordering::Relaxed), 4);
         // TCP over the rate: dropped, never REFUSED (which crashes the real client).
         assert_eq!(ask(&handler, &q, Protocol::Tcp).await, None);
+    }
+
+    #[tokio::test]
+    async fn names_match_in_any_case_and_answers_are_spelled_as_asked() {
+        // Resolvers that randomise the query's case (0x20) compare the reply's names
+        // with what they sent.
+        let (zones, zone) = sheet_zone();
+        let handler = handler(&zones, 0, 0);
+        for (qname, answers) in [
+            ("SeQuEnCe.MuSiC.eXaMpLe.CoM.", 1),
+            ("SEQUENCE.MUSIC.EXAMPLE.COM.", 1),
+            ("sEq_1.music.Example.com.", 3),
+            ("SEQ_2.MUSIC.EXAMPLE.COM.", 3),
+        ] {
+            let bytes = ask(
+                &handler,
+                &query(qname, RecordType::TXT, None),
+                Protocol::Udp,
+            )
+            .await
+            .unwrap();
+            let reply = Message::from_vec(&bytes).unwrap();
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NoError,
+                "{qname}"
+            );
+            assert_eq!(reply.answers.len(), answers, "{qname}");
+            let asked = Name::from_ascii(qname).unwrap();
+            assert!(reply.queries[0].name().eq_case(&asked), "question echoed");
+            for record in &reply.answers {
+                assert!(
+                    record.name.eq_case(&asked),
+                    "{qname}: owner {}",
+                    record.name
+                );
+                assert_eq!(record.record_type(), RecordType::TXT);
+            }
+            // The SOA's owner is the zone spelled as in the question.
+            let apex = asked.trim_to(3);
+            assert!(
+                reply.authorities[0].name.eq_case(&apex),
+                "{}",
+                reply.authorities[0].name
+            );
+            // And on the wire the spelling is the query's, byte for byte.
+            let wire =
+                hickory_server::proto::serialize::binary::BinEncodable::to_bytes(&asked).unwrap();
+            assert!(bytes.windows(wire.len()).any(|w| w == wire.as_slice()));
+        }
+        // Same records as the lower-case query.
+        let lower = answer(&handler, "seq_1.music.example.com.", RecordType::TXT).await;
+        let upper = answer(&handler, "SEQ_1.MUSIC.EXAMPLE.COM.", RecordType::TXT).await;
+        for (a, b) in lower.answers.iter().zip(&upper.answers) {
+            assert_eq!((a.ttl, &a.data), (b.ttl, &b.data));
+        }
+        assert_eq!(zone.counters.nodata.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn the_apex_has_ns_and_soa_naming_the_configured_name_server() {
+        let root = ZoneRoot::parse("music.example.com").unwrap();
+        let nameserver = Name::from_ascii("ns1.example.net.").unwrap();
+        let zone = Arc::new(Zone::new(root, &nameserver).unwrap());
+        let zones = Arc::new(Zones::new());
+        zones.insert(Arc::clone(&zone)).unwrap();
+        let handler = handler(&zones, 0, 0);
+        let ns = answer(&handler, "music.example.com.", RecordType::NS).await;
+        assert_eq!(ns.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(ns.answers.len(), 1, "{ns:?}");
+        let RData::NS(target) = &ns.answers[0].data else {
+            panic!("not NS: {ns:?}")
+        };
+        assert_eq!(target.0, nameserver);
+        assert!(ns.authorities.is_empty());
+        let soa = answer(&handler, "Music.Example.com.", RecordType::SOA).await;
+        let RData::SOA(soa_data) = &soa.answers[0].data else {
+            panic!("not SOA")
+        };
+        assert_eq!(soa_data.mname, nameserver, "SOA and NS agree");
+        assert_eq!(soa_data.serial, SOA_SERIAL);
+        let any = answer(&handler, "music.example.com.", RecordType::ANY).await;
+        let mut types: Vec<RecordType> = any.answers.iter().map(Record::record_type).collect();
+        types.sort();
+        assert_eq!(types, [RecordType::NS, RecordType::SOA]);
+        // Below the apex, NS is NODATA like any other type.
+        let below = answer(&handler, "sequence.music.example.com.", RecordType::NS).await;
+        assert!(below.answers.is_empty());
+        assert_eq!(below.authorities[0].record_type(), RecordType::SOA);
+    }
+
+    #[tokio::test]
+    async fn a_retiring_zone_answers_with_ttls_that_expire_by_its_end() {
+        let (zones, zone) = sheet_zone();
+        let handler = handler(&zones, 0, 0);
+        // In service: the zone's own TTLs (sequence 10, pack 5, SOA 60), remembered.
+        let before = Instant::now();
+        let reply = answer(&handler, "sequence.music.example.com.", RecordType::TXT).await;
+        assert_eq!(reply.answers[0].ttl, 10);
+        assert_eq!(reply.authorities[0].ttl, 60);
+        assert!(zone.handed_out_until() >= before + std::time::Duration::from_secs(60));
+        // Retiring, 7.5 s left: nothing handed out lives longer.
+        let end = Instant::now() + std::time::Duration::from_millis(7_500);
+        zone.retire(end);
+        let handed_out = zone.handed_out_until();
+        let reply = answer(&handler, "sequence.music.example.com.", RecordType::TXT).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(reply.answers.len(), 1, "still served");
+        assert_eq!(reply.answers[0].ttl, 7);
+        assert_eq!(reply.authorities[0].ttl, 7);
+        let pack = answer(&handler, "seq_1.music.example.com.", RecordType::TXT).await;
+        assert_eq!(pack.answers.len(), 3);
+        assert!(
+            pack.answers.iter().all(|r| r.ttl == 5),
+            "below the cap: kept"
+        );
+        assert_eq!(pack.authorities[0].ttl, 7);
+        assert_eq!(zone.handed_out_until(), handed_out, "no later expiry");
+        // A successor takes the zone over: full TTLs again.
+        zone.reinstate();
+        let reply = answer(&handler, "sequence.music.example.com.", RecordType::TXT).await;
+        assert_eq!(reply.answers[0].ttl, 10);
     }
 }

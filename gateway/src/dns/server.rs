@@ -7,6 +7,16 @@
 //! calls and the API only for CPU, never for their runtimes' threads. A ticker on the
 //! same runtime samples every zone's query count once a second for the
 //! queries-per-second figures.
+//!
+//! While the gateway restores its stored broadcasts the server is held
+//! ([`DnsServer::hold`]): the sockets are bound but not read, so early queries wait in
+//! the kernel's buffers and are answered once every restored zone is in place, instead
+//! of some getting REFUSED (which crashes the reference client) for a zone not yet
+//! restored.
+//!
+//! The server also keeps the broadcasts deleted lately ([`RetiringBroadcast`]): their
+//! zones stay served for a grace period, and a broadcast created again on the same
+//! domain meanwhile takes over.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -15,11 +25,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hickory_server::Server;
+use hickory_server::proto::rr::Name;
 use tokio_util::sync::CancellationToken;
 
+use super::broadcast::RetiringBroadcast;
 use super::handler::{AodnsHandler, ServerCounters};
 use super::zone::Zones;
 use crate::config::DnsConfig;
+use codecs::aodns::ZoneRoot;
 
 /// Responses a TCP connection may have queued (hickory's per-connection buffer).
 const TCP_RESPONSE_BUFFER: usize = 32;
@@ -58,6 +71,12 @@ struct Running {
 
 enum State {
     Idle,
+    /// Bound while held: sockets open, nothing read yet.
+    Bound {
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+        addr: SocketAddr,
+    },
     Running(Running),
     Stopped,
 }
@@ -68,6 +87,10 @@ pub struct DnsServer {
     zones: Arc<Zones>,
     counters: Arc<ServerCounters>,
     state: Mutex<State>,
+    /// Bind, but do not serve yet (see the module documentation).
+    held: std::sync::atomic::AtomicBool,
+    /// Deleted broadcasts whose zones are still served.
+    retiring: Mutex<Vec<RetiringBroadcast>>,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -87,7 +110,63 @@ impl DnsServer {
             zones: Arc::new(Zones::new()),
             counters: Arc::new(ServerCounters::default()),
             state: Mutex::new(State::Idle),
+            held: std::sync::atomic::AtomicBool::new(false),
+            retiring: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The name server the zones name in their NS and SOA records.
+    pub fn nameserver(&self) -> &Name {
+        self.config.nameserver.name()
+    }
+
+    /// Until [`DnsServer::release`], a start binds the sockets but reads nothing.
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Relaxed);
+    }
+
+    /// Serves, if a start was held.
+    pub fn release(&self) -> Result<(), DnsServerError> {
+        self.held.store(false, Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let State::Bound { .. } = &*state
+            && let State::Bound { udp, tcp, addr } = std::mem::replace(&mut *state, State::Idle)
+        {
+            *state = State::Running(self.serve(udp, tcp, addr)?);
+        }
+        Ok(())
+    }
+
+    /// Keeps a deleted broadcast's zone served for its grace period (or ends it at
+    /// once if the server is stopped); forgets those whose grace period is over.
+    pub fn add_retiring(&self, broadcast: RetiringBroadcast) {
+        let stopped = matches!(
+            *self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            State::Stopped
+        );
+        if stopped {
+            broadcast.stop();
+            return;
+        }
+        let finished = {
+            let mut retiring = self.retiring.lock().unwrap_or_else(PoisonError::into_inner);
+            let (finished, going_on) = std::mem::take(&mut *retiring)
+                .into_iter()
+                .partition(RetiringBroadcast::is_finished);
+            *retiring = going_on;
+            retiring.push(broadcast);
+            finished
+        };
+        for broadcast in finished {
+            broadcast.stop();
+        }
+    }
+
+    /// The deleted broadcast of `root` still in its grace period, if any.
+    pub fn take_retiring(&self, root: &ZoneRoot) -> Option<RetiringBroadcast> {
+        let mut retiring = self.retiring.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = retiring.iter().position(|b| b.root() == root)?;
+        Some(retiring.swap_remove(index))
     }
 
     /// The zones it answers for.
@@ -104,16 +183,18 @@ impl DnsServer {
     pub fn addr(&self) -> Option<SocketAddr> {
         match &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
             State::Running(running) => Some(running.addr),
+            State::Bound { addr, .. } => Some(*addr),
             _ => None,
         }
     }
 
-    /// Starts the server if it is not running; returns its address. Blocking (binds
-    /// sockets, builds a runtime); call it off async threads.
+    /// Starts the server if it is not running (only binds it while held); returns its
+    /// address. Blocking (binds sockets, builds a runtime); call it off async threads.
     pub fn ensure_started(&self) -> Result<SocketAddr, DnsServerError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match &*state {
             State::Running(running) => return Ok(running.addr),
+            State::Bound { addr, .. } => return Ok(*addr),
             State::Stopped => return Err(DnsServerError::Stopped),
             State::Idle => {}
         }
@@ -122,6 +203,21 @@ impl DnsServer {
             addr: self.config.listen,
             source,
         })?;
+        *state = if self.held.load(Ordering::Relaxed) {
+            State::Bound { udp, tcp, addr }
+        } else {
+            State::Running(self.serve(udp, tcp, addr)?)
+        };
+        Ok(addr)
+    }
+
+    /// Starts serving on bound sockets.
+    fn serve(
+        &self,
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+        addr: SocketAddr,
+    ) -> Result<Running, DnsServerError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.config.worker_threads.max(1))
             .thread_name("telepatch-dns")
@@ -163,20 +259,25 @@ impl DnsServer {
             runtime.spawn(rate_ticker(Arc::clone(&self.zones), shutdown.clone()));
         }
         tracing::info!(%addr, "DNS server ready");
-        *state = State::Running(Running {
+        Ok(Running {
             runtime,
             shutdown,
             addr,
-        });
-        Ok(addr)
+        })
     }
 
-    /// Stops serving and releases the sockets. Later starts fail. Blocking.
+    /// Stops serving and releases the sockets, ending every grace period. Later
+    /// starts fail. Blocking.
     pub fn stop(&self) {
         let previous = std::mem::replace(
             &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner),
             State::Stopped,
         );
+        let retiring =
+            std::mem::take(&mut *self.retiring.lock().unwrap_or_else(PoisonError::into_inner));
+        for broadcast in retiring {
+            broadcast.stop();
+        }
         if let State::Running(running) = previous {
             running.shutdown.cancel();
             running.runtime.shutdown_timeout(Duration::from_secs(2));
@@ -230,6 +331,14 @@ impl Drop for DnsServer {
             running.shutdown.cancel();
             // Dropping a runtime inside another runtime's async context would panic.
             running.runtime.shutdown_background();
+        }
+        for broadcast in self
+            .retiring
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            broadcast.end_without_waiting();
         }
     }
 }
@@ -303,5 +412,68 @@ async fn rate_ticker(zones: Arc<Zones>, shutdown: CancellationToken) {
         for zone in zones.all() {
             zone.sample_rate(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::UdpSocket;
+
+    use hickory_server::proto::op::{Message, Query};
+    use hickory_server::proto::rr::RecordType;
+
+    use super::*;
+    use crate::dns::zone::{Zone, ZoneSnapshot, sequence_record};
+
+    fn sequence_query(id: u16) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = id;
+        message.add_query(Query::query(
+            Name::from_ascii("sequence.a.example.").unwrap(),
+            RecordType::TXT,
+        ));
+        message.to_vec().unwrap()
+    }
+
+    #[test]
+    fn a_held_server_answers_queries_sent_while_held_once_released() {
+        let server = DnsServer::new(DnsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..DnsConfig::default()
+        });
+        server.hold();
+        let addr = server.ensure_started().unwrap();
+        // A listener asks before its zone is restored: nothing is read yet, so it is
+        // neither refused nor told NODATA.
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        client.send_to(&sequence_query(7), addr).unwrap();
+        let mut buffer = [0u8; 4096];
+        assert!(
+            client.recv_from(&mut buffer).is_err(),
+            "answered while held"
+        );
+        // The zone comes back (with its pack of silence listed), then the server serves.
+        let root = ZoneRoot::parse("a.example").unwrap();
+        let zone = Arc::new(Zone::new(root.clone(), server.nameserver()).unwrap());
+        let name = Name::from_ascii(root.sequence_name()).unwrap();
+        zone.publish(ZoneSnapshot {
+            sequence: Some(sequence_record(&name, "q:yEDjaKjAlBYEtp")),
+            listed: Some((0, 2)),
+            packs: BTreeMap::new(),
+        });
+        server.zones().insert(zone).unwrap();
+        server.release().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (len, _) = client.recv_from(&mut buffer).unwrap();
+        let reply = Message::from_vec(&buffer[..len]).unwrap();
+        assert_eq!(reply.metadata.id, 7, "the query sent while held");
+        assert_eq!(reply.answers.len(), 1, "{reply:?}");
+        server.stop();
     }
 }

@@ -7,7 +7,11 @@
 //! query. A query therefore sees either the previous or the next state, never a name
 //! missing half-way through an update (the reference server clears and refills its
 //! zone, so it briefly answers NODATA for names it lists; aodns.md §6).
-
+//!
+//! A zone also remembers how long the TTLs it has handed out last
+//! ([`Zone::note_ttl_handed_out`]) and, once its broadcast is deleted, until when it
+//! is still served ([`Zone::retire`]): the handler then caps every TTL at the time
+//! left, so when the zone goes away no cache holds any of its records.
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +22,7 @@ use codecs::aodns::{
     Pack, QueryTarget, SEQUENCE_TTL_SECS, SOA_EXPIRE_SECS, SOA_MINIMUM_SECS, SOA_REFRESH_SECS,
     SOA_RETRY_SECS, SOA_SERIAL, SOA_TTL_SECS, ZoneRoot,
 };
-use hickory_server::proto::rr::rdata::{SOA, TXT};
+use hickory_server::proto::rr::rdata::{NS, SOA, TXT};
 use hickory_server::proto::rr::{Name, RData, Record};
 
 /// Client addresses remembered per zone for the "distinct listeners" figure; beyond
@@ -64,8 +68,9 @@ pub fn sequence_record(name: &Name, text: &str) -> Record {
 /// Everything a zone serves at one moment. Immutable once published.
 #[derive(Debug, Default)]
 pub struct ZoneSnapshot {
-    /// The `sequence` TXT record; `None` until the first pack closes (the reference
-    /// publishes nothing before that either, and an empty list would crash clients).
+    /// The `sequence` TXT record; `None` only in a zone not yet served (a broadcast
+    /// publishes a pack of silence first: an empty list would crash clients, and a
+    /// missing `sequence` makes them spin).
     pub sequence: Option<Record>,
     /// Numbers listed in `sequence`, oldest and newest.
     pub listed: Option<(u64, u64)>,
@@ -103,13 +108,24 @@ pub struct ZoneCounters {
 pub struct Zone {
     root: ZoneRoot,
     origin: Name,
-    soa: Record,
+    /// The SOA, then the NS record: the apex's records, in that order.
+    apex: [Record; 2],
     snapshot: RwLock<Arc<ZoneSnapshot>>,
+    /// Origin of the millisecond clocks below.
+    epoch: Instant,
+    /// When the last TTL handed out expires, in ms since `epoch`.
+    handed_out_until_ms: AtomicU64,
+    /// While retiring: when the zone stops being served, in ms since `epoch`
+    /// ([`NOT_RETIRING`] otherwise).
+    retire_at_ms: AtomicU64,
     /// Query counters.
     pub counters: ZoneCounters,
     listeners: Mutex<HashSet<IpAddr>>,
     rate: Mutex<VecDeque<(Instant, u64)>>,
 }
+
+/// `retire_at_ms` of a zone that is not retiring.
+const NOT_RETIRING: u64 = u64::MAX;
 
 /// Why a zone could not be built or registered.
 #[derive(Debug, thiserror::Error)]
@@ -140,15 +156,17 @@ pub fn dns_name(text: &str) -> Result<Name, ZoneError> {
 }
 
 impl Zone {
-    /// An empty zone for `root`, with its SOA (aodns.md §2: `. . 201307231 3600 10800
-    /// 86400 3600`, TTL 60; MNAME and RNAME are the root label as in the reference).
-    pub fn new(root: ZoneRoot) -> Result<Zone, ZoneError> {
+    /// An empty zone for `root` whose name server is `nameserver`: its NS record, and
+    /// its SOA (aodns.md §2: serial 201307231, timers `3600 10800 86400 3600`, TTL
+    /// 60, RNAME the root label as in the reference; MNAME the name server, where the
+    /// reference puts the root label, so that SOA and NS agree).
+    pub fn new(root: ZoneRoot, nameserver: &Name) -> Result<Zone, ZoneError> {
         let origin = dns_name(root.as_str())?;
         let soa = Record::from_rdata(
             origin.clone(),
             SOA_TTL_SECS,
             RData::SOA(SOA::new(
-                Name::root(),
+                nameserver.clone(),
                 Name::root(),
                 SOA_SERIAL,
                 // The reference's timers are small constants: they fit an i32.
@@ -158,11 +176,19 @@ impl Zone {
                 SOA_MINIMUM_SECS,
             )),
         );
+        let ns = Record::from_rdata(
+            origin.clone(),
+            SOA_TTL_SECS,
+            RData::NS(NS(nameserver.clone())),
+        );
         Ok(Zone {
             root,
             origin,
-            soa,
+            apex: [soa, ns],
             snapshot: RwLock::new(Arc::new(ZoneSnapshot::default())),
+            epoch: Instant::now(),
+            handed_out_until_ms: AtomicU64::new(0),
+            retire_at_ms: AtomicU64::new(NOT_RETIRING),
             counters: ZoneCounters::default(),
             listeners: Mutex::new(HashSet::new()),
             rate: Mutex::new(VecDeque::new()),
@@ -181,7 +207,68 @@ impl Zone {
 
     /// The zone's SOA record.
     pub fn soa(&self) -> &Record {
-        &self.soa
+        &self.apex[0]
+    }
+
+    /// The zone's NS record.
+    pub fn ns(&self) -> &Record {
+        &self.apex[1]
+    }
+
+    /// The SOA and the NS record (what `ANY` at the apex gets).
+    pub fn apex_records(&self) -> &[Record] {
+        &self.apex
+    }
+
+    fn millis_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn instant_at(&self, millis: u64) -> Instant {
+        self.epoch + Duration::from_millis(millis)
+    }
+
+    /// Remembers that an answer sent at `now` carried a record with `ttl` seconds.
+    pub fn note_ttl_handed_out(&self, now: Instant, ttl: u32) {
+        // Rounded up: the moment remembered is never before the real expiry.
+        let since_epoch = now.saturating_duration_since(self.epoch).as_nanos();
+        let until = u64::try_from(since_epoch.div_ceil(1_000_000))
+            .unwrap_or(u64::MAX)
+            .saturating_add(u64::from(ttl) * 1000);
+        self.handed_out_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// When every TTL handed out so far has expired.
+    pub fn handed_out_until(&self) -> Instant {
+        self.instant_at(self.handed_out_until_ms.load(Ordering::Relaxed))
+    }
+
+    /// From now on the zone is served only until `until`; answers carry TTLs that
+    /// expire by then.
+    pub fn retire(&self, until: Instant) {
+        let at = self.millis_since_epoch(until).min(NOT_RETIRING - 1);
+        self.retire_at_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// The zone is served again without an end (a new broadcast took it over).
+    pub fn reinstate(&self) {
+        self.retire_at_ms.store(NOT_RETIRING, Ordering::Relaxed);
+    }
+
+    /// When a retiring zone stops being served.
+    pub fn retiring_until(&self) -> Option<Instant> {
+        match self.retire_at_ms.load(Ordering::Relaxed) {
+            NOT_RETIRING => None,
+            at => Some(self.instant_at(at)),
+        }
+    }
+
+    /// The longest TTL an answer sent at `now` may carry: none for a zone in service;
+    /// for a retiring one, the whole seconds left until it stops being served.
+    pub fn ttl_cap(&self, now: Instant) -> Option<u32> {
+        self.retiring_until().map(|until| {
+            u32::try_from(until.saturating_duration_since(now).as_secs()).unwrap_or(u32::MAX)
+        })
     }
 
     /// What the zone serves right now.
@@ -275,6 +362,15 @@ impl Zones {
         Ok(())
     }
 
+    /// Whether a zone with this root is registered.
+    pub fn contains(&self, root: &ZoneRoot) -> bool {
+        self.zones
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|z| &z.root == root)
+    }
+
     /// Removes the zone `zone` (the very object, not just one with the same root).
     pub fn remove(&self, zone: &Arc<Zone>) {
         self.zones
@@ -311,7 +407,8 @@ mod tests {
     use super::*;
 
     fn zone(root: &str) -> Arc<Zone> {
-        Arc::new(Zone::new(ZoneRoot::parse(root).unwrap()).unwrap())
+        let nameserver = Name::from_ascii("ns1.example.net.").unwrap();
+        Arc::new(Zone::new(ZoneRoot::parse(root).unwrap(), &nameserver).unwrap())
     }
 
     #[test]
@@ -380,5 +477,42 @@ mod tests {
         // Old samples fall out of the window.
         z.sample_rate(t0 + Duration::from_secs(9));
         assert!((z.queries_per_second() - 0.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn apex_has_an_ns_record_that_the_soa_agrees_with() {
+        let z = zone("Music.Example.com");
+        let RData::NS(ns) = &z.ns().data else {
+            panic!("not NS: {:?}", z.ns())
+        };
+        assert_eq!(ns.0, Name::from_ascii("ns1.example.net.").unwrap());
+        assert_eq!(z.ns().name, Name::from_ascii("music.example.com.").unwrap());
+        let RData::SOA(soa) = &z.soa().data else {
+            panic!("not SOA")
+        };
+        assert_eq!(soa.mname, ns.0, "MNAME is the zone's name server");
+        assert_eq!(soa.serial, SOA_SERIAL);
+        assert_eq!(z.soa().name, z.ns().name);
+        assert_eq!(z.apex_records().len(), 2);
+    }
+
+    #[test]
+    fn a_retiring_zone_caps_ttls_at_the_time_left_and_remembers_ttls_handed_out() {
+        let z = zone("a.b");
+        let t0 = Instant::now();
+        assert_eq!(z.ttl_cap(t0), None, "in service: no cap");
+        assert!(z.handed_out_until() <= t0);
+        z.note_ttl_handed_out(t0 + Duration::from_secs(3), 60);
+        z.note_ttl_handed_out(t0 + Duration::from_secs(4), 10);
+        let until = z.handed_out_until();
+        assert!(
+            until >= t0 + Duration::from_secs(63) && until <= t0 + Duration::from_millis(63_100)
+        );
+        z.retire(t0 + Duration::from_secs(30));
+        assert_eq!(z.ttl_cap(t0 + Duration::from_millis(500)), Some(29));
+        assert_eq!(z.ttl_cap(t0 + Duration::from_millis(28_500)), Some(1));
+        assert_eq!(z.ttl_cap(t0 + Duration::from_secs(31)), Some(0));
+        z.reinstate();
+        assert_eq!(z.ttl_cap(t0 + Duration::from_secs(31)), None);
     }
 }

@@ -1,35 +1,40 @@
-//! The AudioSocket listener: accepts connections, caps concurrent calls, shuts down
-//! gracefully (house style 6.7).
+//! The AudioSocket listener: accepts connections, bounds those that have not identified
+//! themselves yet, caps concurrent calls, shuts down gracefully (house style 6.7).
 //!
 //! Every session is a task on a [`TaskTracker`], so shutdown can wait for all of them:
 //! on SIGINT/SIGTERM the gateway asks every call to hang up (`00 00 00`, the dialplan
 //! continues), the listener stops accepting, waits for the sessions to finish, and
 //! only then are the engine stopped and recordings finalized.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use sip_glue::audiosocket::{Limits, Message, ServerCodec, ServerMessage};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::codec::FramedRead;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::net::session;
 use crate::service::Gateway;
 
-/// How long a refused connection is given to say who it is (for the log line).
-const REFUSAL_ID_WAIT: Duration = Duration::from_millis(500);
 /// Longest pause after repeated accept errors (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Accepts connections until shutdown, then waits for every session to end.
+///
+/// A connection is only a call once its ID arrives: until then it holds one of
+/// `max_unidentified` places (at most `max_unidentified_per_source` from one address),
+/// which the ID deadline frees within `id_timeout_ms`. The call slot (`max_calls`) is
+/// taken with the ID, so connections that never identify themselves cannot lock real
+/// calls out.
 pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
-    let max_calls = gateway.config().audiosocket.max_calls;
+    let config = &gateway.config().audiosocket;
+    let max_calls = config.max_calls;
     let slots = Arc::new(Semaphore::new(max_calls));
+    let unidentified =
+        Unidentified::new(config.max_unidentified, config.max_unidentified_per_source);
     let sessions = TaskTracker::new();
     let shutdown = gateway.shutdown_token();
     let mut backoff = Duration::from_millis(10);
@@ -37,6 +42,7 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
         Ok(addr) => info!(%addr, max_calls, "AudioSocket listener ready"),
         Err(e) => warn!(error = %e, "AudioSocket listener ready (address unknown)"),
     }
+    let mut refused_logged = RateLimitedLog::default();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -45,13 +51,25 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
-                match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => {
-                        sessions.spawn(session::run(Arc::clone(&gateway), stream, peer, permit));
+                match unidentified.admit(peer.ip()) {
+                    Ok(place) => {
+                        sessions.spawn(session::run(
+                            Arc::clone(&gateway),
+                            stream,
+                            peer,
+                            place,
+                            Arc::clone(&slots),
+                        ));
                     }
-                    Err(_) => {
-                        gateway.count_refused();
-                        sessions.spawn(refuse(stream, peer, max_calls));
+                    Err(full) => {
+                        // Closed at once, without reading: under a flood of connections
+                        // that never identify themselves, spend nothing on them.
+                        gateway.count_unidentified_refused();
+                        if refused_logged.allow() {
+                            warn!(%peer, limit = %full, suppressed = refused_logged.take_suppressed(),
+                                "too many connections waiting to send their ID; closing this one");
+                        }
+                        drop(stream);
                     }
                 }
             }
@@ -72,19 +90,127 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
     sessions.wait().await;
 }
 
-/// Closes a connection beyond the call cap cleanly: reads its ID for the log line,
-/// then sends `00 00 00` so the dialplan continues.
-async fn refuse(stream: TcpStream, peer: std::net::SocketAddr, max_calls: usize) {
-    let (read_half, mut write_half) = stream.into_split();
-    let mut reader = FramedRead::new(read_half, ServerCodec::new(Limits::default()));
-    let uuid = match tokio::time::timeout(REFUSAL_ID_WAIT, reader.next()).await {
-        Ok(Some(Ok(Message::Id(id)))) => Some(id),
-        _ => None,
-    };
-    warn!(%peer, uuid = ?uuid, max_calls, "call cap reached; refusing the call");
-    let mut bytes = [0u8; 3];
-    if ServerMessage::Hangup.write_to(&mut bytes).is_ok() {
-        let _ = tokio::time::timeout(REFUSAL_ID_WAIT, write_half.write_all(&bytes)).await;
+/// Which limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnidentifiedLimit {
+    /// `audiosocket.max_unidentified`.
+    Overall,
+    /// `audiosocket.max_unidentified_per_source`.
+    PerSource,
+}
+
+impl std::fmt::Display for UnidentifiedLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UnidentifiedLimit::Overall => "audiosocket.max_unidentified",
+            UnidentifiedLimit::PerSource => "audiosocket.max_unidentified_per_source",
+        })
     }
-    let _ = write_half.shutdown().await;
+}
+
+/// Places for connections that have not sent their ID yet, overall and per address.
+#[derive(Clone)]
+pub struct Unidentified {
+    inner: Arc<UnidentifiedInner>,
+}
+
+struct UnidentifiedInner {
+    overall: usize,
+    per_source: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place among the unidentified; freed when dropped (the ID arrived,
+/// or the connection ended).
+pub struct UnidentifiedPlace {
+    inner: Arc<UnidentifiedInner>,
+    source: IpAddr,
+}
+
+impl Unidentified {
+    /// Room for `overall` unidentified connections, `per_source` from any one address.
+    pub fn new(overall: usize, per_source: usize) -> Unidentified {
+        Unidentified {
+            inner: Arc::new(UnidentifiedInner {
+                overall,
+                per_source,
+                held: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Takes a place for a connection from `source`, if one is free.
+    pub fn admit(&self, source: IpAddr) -> Result<UnidentifiedPlace, UnidentifiedLimit> {
+        let mut held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total: usize = held.values().sum();
+        if total >= self.inner.overall {
+            return Err(UnidentifiedLimit::Overall);
+        }
+        let mine = held.entry(source).or_insert(0);
+        if *mine >= self.inner.per_source {
+            return Err(UnidentifiedLimit::PerSource);
+        }
+        *mine += 1;
+        Ok(UnidentifiedPlace {
+            inner: Arc::clone(&self.inner),
+            source,
+        })
+    }
+
+    /// Places taken now.
+    pub fn held(&self) -> usize {
+        self.inner
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .sum()
+    }
+}
+
+impl Drop for UnidentifiedPlace {
+    fn drop(&mut self) {
+        let mut held = self
+            .inner
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// At most one line per second about refused connections, with a count of the rest.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                false
+            }
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+
+    fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
 }

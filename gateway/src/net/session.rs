@@ -22,13 +22,14 @@ use sip_glue::audiosocket::{
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::FramedRead;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::ReplyRate;
 use crate::engine::call::{CallStats, Downlink, UplinkCoding};
+use crate::net::listener::UnidentifiedPlace;
 use crate::service::{AdmitError, CallHandle, EndReason, Gateway};
 
 /// How long a session keeps reading after it sent a hangup, waiting for Asterisk to
@@ -36,6 +37,17 @@ use crate::service::{AdmitError, CallHandle, EndReason, Gateway};
 const HANGUP_LINGER: Duration = Duration::from_secs(2);
 /// Longest wait for the uplink ring to play out after the caller hung up.
 const TAIL_DRAIN_LIMIT: Duration = Duration::from_millis(500);
+/// Kernel send buffer of a call's socket (Linux doubles it): over a second of replies
+/// at 16 kHz, far more than paced 20 ms frames ever queue while the peer reads.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// Rate changes a call may make before it is closed as abusive (Asterisk makes none).
+const MAX_RATE_CHANGES: u32 = 8;
+/// DTMF digits of one call logged one line each (a person dials a few dozen at most);
+/// the rest are counted.
+const LOGGED_DTMF_DIGITS: u64 = 64;
+/// Bytes of a malformed payload quoted in a log line (a peer must not be able to make
+/// us write its 64 KiB payloads into the log).
+const LOGGED_PAYLOAD_BYTES: usize = 16;
 /// Largest reply frame: 20 ms at 192 kHz, plus the header.
 const MAX_REPLY_FRAME: usize = 3 + 2 * 192 * 20;
 
@@ -44,11 +56,16 @@ pub async fn run(
     gateway: Arc<Gateway>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    unidentified: UnidentifiedPlace,
+    call_slots: Arc<Semaphore>,
 ) {
-    let _permit = permit;
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    // Replies are real time: a deep kernel send queue only turns a peer that stopped
+    // reading into seconds of stale audio, and hides it from the write timeout.
+    if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES) {
+        debug!(%peer, error = %e, "cannot bound the send buffer");
     }
     let config = gateway.config().audiosocket.clone();
     let (read_half, mut write_half) = stream.into_split();
@@ -99,8 +116,23 @@ pub async fn run(
         }
     };
 
+    // Identified: the connection is a call now, and needs a call slot.
+    drop(unidentified);
     let span = info_span!("call", uuid = %id, %peer);
     async move {
+        let Ok(_call_slot) = call_slots.try_acquire_owned() else {
+            gateway.count_refused();
+            warn!(
+                max_calls = config.max_calls,
+                "call cap reached; refusing the call"
+            );
+            send_hangup(
+                &mut write_half,
+                Duration::from_millis(config.write_timeout_ms),
+            )
+            .await;
+            return;
+        };
         let admitted = match gateway.admit_call(id, peer) {
             Ok(admitted) => admitted,
             Err(e) => {
@@ -175,8 +207,12 @@ pub async fn run(
         if let Err(e) = routing.await {
             warn!(error = %e, "applying the route failed");
         }
+        // A writer that failed (the peer stopped reading, a write error) says why the
+        // call really ended, whatever the reader saw afterwards.
         let reason = match (reason, writer_result) {
-            (EndReason::Caller, Ok(Err(e))) => EndReason::Error { error: e },
+            (EndReason::Caller | EndReason::Gateway { .. }, Ok(Err(e))) => {
+                EndReason::Error { error: e }
+            }
             (reason, _) => reason,
         };
         gateway.end_call(&handle, reason);
@@ -201,6 +237,7 @@ async fn read_loop(
     let mut warned = Warned::default();
     let mut last_arrival: Option<Instant> = None;
     let mut linger_until: Option<Instant> = None;
+    let mut rate_changes = 0u32;
     loop {
         let next = tokio::select! {
             biased;
@@ -216,7 +253,9 @@ async fn read_loop(
         };
         let message = match next {
             None => {
-                return if linger_until.is_some() {
+                // The peer closing after we asked it to hang up (shutdown, API) is our
+                // hangup, even when its EOF won the race against the cancellation.
+                return if linger_until.is_some() || handle.hangup.is_cancelled() {
                     gateway_reason(handle)
                 } else {
                     EndReason::Caller
@@ -294,6 +333,20 @@ async fn read_loop(
                 if rate != uplink.rate() || handle.caller_rate() == 0 {
                     let first = handle.caller_rate() == 0;
                     if !first {
+                        rate_changes += 1;
+                        if rate_changes > MAX_RATE_CHANGES {
+                            // Asterisk keeps one kind per session (§10.10); a peer that
+                            // keeps switching makes us rebuild a resampler per message.
+                            warn!(
+                                changes = rate_changes,
+                                "caller keeps changing its audio rate; closing the call"
+                            );
+                            return EndReason::Error {
+                                error: format!(
+                                    "caller changed its audio rate more than {MAX_RATE_CHANGES} times"
+                                ),
+                            };
+                        }
                         info!(from = %uplink.rate(), to = %rate, "caller changed rate mid-call");
                     }
                     if let Err(e) = uplink.set_rate(rate) {
@@ -326,15 +379,25 @@ async fn read_loop(
                 skipped(stats);
             }
             Message::Dtmf(digit) => {
-                stats.dtmf_digits.fetch_add(1, Ordering::Relaxed);
-                info!(digit = %digit.as_char(), "DTMF");
+                let digits = stats.dtmf_digits.fetch_add(1, Ordering::Relaxed) + 1;
+                if digits <= LOGGED_DTMF_DIGITS {
+                    info!(digit = %digit.as_char(), "DTMF");
+                } else if digits == LOGGED_DTMF_DIGITS + 1 {
+                    warn!(
+                        logged = LOGGED_DTMF_DIGITS,
+                        "many DTMF digits on this call; further digits are counted, not logged"
+                    );
+                }
                 gateway.dtmf(handle.id, digit.as_char());
             }
             Message::InvalidDtmf { payload } => {
-                once(
-                    &mut warned.dtmf,
-                    || warn!(bytes = ?&payload[..], "invalid DTMF message skipped"),
-                );
+                once(&mut warned.dtmf, || {
+                    warn!(
+                        len = payload.len(),
+                        first_bytes = ?&payload[..payload.len().min(LOGGED_PAYLOAD_BYTES)],
+                        "invalid DTMF message skipped"
+                    )
+                });
                 skipped(stats);
             }
             Message::Hangup => {
@@ -343,7 +406,10 @@ async fn read_loop(
                 return EndReason::Caller;
             }
             Message::Error(code) => {
-                warn!(code = code.bits(), "peer sent an error message");
+                once(&mut warned.error, || {
+                    warn!(code = code.bits(), "peer sent an error message")
+                });
+                skipped(stats);
             }
             Message::Unknown { kind, len } => {
                 once(&mut warned.unknown, || {
@@ -375,6 +441,7 @@ struct Warned {
     empty: bool,
     dtmf: bool,
     unknown: bool,
+    error: bool,
 }
 
 /// Runs `log` the first time only.
@@ -513,6 +580,9 @@ async fn write_loop(
                     timeout_ms = settings.write_timeout.as_millis() as u64,
                     "peer stopped reading; giving up"
                 );
+                // End the whole call: a peer that takes nothing must not stay listed
+                // (and hold a call slot) for as long as it keeps the socket open.
+                handle.request_hangup("peer stopped reading");
                 return Err("peer stopped reading".into());
             }
         }

@@ -1,0 +1,236 @@
+//! End to end: AudioSocket peers that try to hurt everyone else get bounded cost
+//! (AudioSocket fact sheet §4, §10): connections that never identify themselves cannot
+//! lock real calls out, a peer that stops reading is hung up, and what a peer can make
+//! the gateway log stays bounded.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{GatewayProcess, metric_value, metrics_text, uuid};
+use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn id_message(id: uuid::Uuid) -> Vec<u8> {
+    let mut m = vec![0x01, 0x00, 0x10];
+    m.extend_from_slice(id.as_bytes());
+    m
+}
+
+/// One 20 ms frame of the given slin kind (silence).
+fn audio_message(kind: u8, samples: usize) -> Vec<u8> {
+    let len = u16::try_from(samples * 2).unwrap().to_be_bytes();
+    let mut m = vec![kind, len[0], len[1]];
+    m.resize(3 + samples * 2, 0);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_identify_cannot_lock_out_real_calls() {
+    let config = r#"
+[audiosocket]
+max_calls = 2
+max_unidentified = 8
+max_unidentified_per_source = 4
+id_timeout_ms = 10000
+"#;
+    let gateway = GatewayProcess::start(config);
+    // Six silent connections from another address (127.0.0.2, still loopback): four
+    // wait for their ID (the per-source limit), two are closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        silent.push(socket.connect(gateway.addr).await.unwrap());
+    }
+    let mut closed_at_once = 0;
+    for stream in &mut silent {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await
+        {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(
+        closed_at_once, 2,
+        "the two beyond the per-source limit are closed"
+    );
+
+    // Both call slots are still free for real calls.
+    let calls = (0..2).map(|_| {
+        FakeCall::new(gateway.addr, uuid())
+            .source(Source::tone(1000.0, -6.0))
+            .duration(Duration::from_secs(1))
+            .run()
+    });
+    for report in futures_util::future::join_all(calls).await {
+        let report = report.unwrap();
+        assert_eq!(report.end, CallEnd::Completed, "a real call was refused");
+        assert!(!report.hangup_received);
+        assert!(report.frames.len() >= 45, "{} replies", report.frames.len());
+    }
+    let metrics = metrics_text(&gateway).await;
+    assert_eq!(
+        metric_value(&metrics, "telepatch_unidentified_refused_total"),
+        2.0
+    );
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_cap_counts_identified_calls_only() {
+    let config = "[audiosocket]\nmax_calls = 1\nid_timeout_ms = 10000\n";
+    let gateway = GatewayProcess::start(config);
+    let _silent: Vec<TcpStream> =
+        futures_util::future::join_all((0..3).map(|_| TcpStream::connect(gateway.addr)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let first = tokio::spawn(
+        FakeCall::new(gateway.addr, uuid())
+            .duration(Duration::from_secs(2))
+            .run(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = FakeCall::new(gateway.addr, uuid())
+        .duration(Duration::from_secs(1))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        second.end,
+        CallEnd::ServerHangup,
+        "beyond max_calls: 00 00 00"
+    );
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.end, CallEnd::Completed, "the first call was admitted");
+    gateway
+        .wait_log(
+            "call cap reached; refusing the call",
+            Duration::from_secs(2),
+        )
+        .expect("the refusal is logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_hung_up_and_recorded_as_an_error() {
+    let config = "[audiosocket]\nwrite_timeout_ms = 500\n";
+    let gateway = GatewayProcess::start(config);
+    let token = gateway.token("reader", "read");
+    let id = uuid();
+    // A tiny receive buffer, and nothing ever read: the gateway's writes soon block.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let mut stream = socket.connect(gateway.addr).await.unwrap();
+    stream.write_all(&id_message(id)).await.unwrap();
+    let started = Instant::now();
+    // Keep sending audio, as a live channel would, while reading nothing.
+    let frame = audio_message(0x10, 160);
+    // ...until the gateway gives up on us and closes.
+    while started.elapsed() < Duration::from_secs(60) && stream.write_all(&frame).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ended_after = started.elapsed();
+    let http = reqwest::Client::new();
+    let mut record = serde_json::Value::Null;
+    for _ in 0..100 {
+        let page: serde_json::Value = http
+            .get(format!("{}/v1/cdrs?uuid={id}", gateway.api_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(item) = page["items"].as_array().and_then(|i| i.first()) {
+            record = item.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        record["uuid"],
+        id.to_string(),
+        "the call never ended: {:#?}",
+        gateway.logs()
+    );
+    assert_eq!(record["ended_by"], "error", "{record}");
+    assert_eq!(record["end_reason"], "peer stopped reading", "{record}");
+    println!("a peer that stopped reading was hung up after {ended_after:?}");
+    drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_peer_can_make_the_gateway_log_is_bounded() {
+    let gateway = GatewayProcess::start("");
+    // 1. Huge invalid DTMF payloads: at most one short line per call.
+    let mut dtmf = TcpStream::connect(gateway.addr).await.unwrap();
+    dtmf.write_all(&id_message(uuid())).await.unwrap();
+    let mut huge = vec![0x03, 0xFF, 0xFF];
+    huge.resize(3 + 65_535, b'7');
+    for _ in 0..20 {
+        dtmf.write_all(&huge).await.unwrap();
+    }
+    // 2. Valid DTMF as fast as possible: per-digit lines stop after a few dozen.
+    for _ in 0..2_000 {
+        dtmf.write_all(&[0x03, 0x00, 0x01, b'5']).await.unwrap();
+    }
+    // 3. Alternating audio kinds: the call is closed after a few switches.
+    let mut kinds = TcpStream::connect(gateway.addr).await.unwrap();
+    let kinds_id = uuid();
+    kinds.write_all(&id_message(kinds_id)).await.unwrap();
+    let slin8 = audio_message(0x10, 160);
+    let slin192 = audio_message(0x18, 3_840);
+    let mut closed = false;
+    for k in 0..2_000 {
+        let frame = if k % 2 == 0 { &slin8 } else { &slin192 };
+        if kinds.write_all(frame).await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    if !closed {
+        // The gateway closes; reading sees the end.
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), kinds.read_to_end(&mut rest)).await;
+    }
+    gateway
+        .wait_log(
+            "caller keeps changing its audio rate; closing the call",
+            Duration::from_secs(5),
+        )
+        .expect("the rate flipper is closed");
+    gateway
+        .wait_log(
+            "further digits are counted, not logged",
+            Duration::from_secs(5),
+        )
+        .expect("the DTMF flood stops being logged");
+    drop(dtmf);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let logs = gateway.logs();
+    let longest = logs.iter().map(String::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "longest log line {longest} characters");
+    let dtmf_lines = logs.iter().filter(|l| l.contains(" DTMF")).count();
+    assert!(dtmf_lines <= 70, "{dtmf_lines} DTMF lines");
+    let invalid_lines = logs
+        .iter()
+        .filter(|l| l.contains("invalid DTMF message skipped"))
+        .count();
+    assert_eq!(invalid_lines, 1);
+    let rate_lines = logs
+        .iter()
+        .filter(|l| l.contains(&kinds_id.to_string()))
+        .count();
+    assert!(
+        rate_lines <= 20,
+        "{rate_lines} lines about the rate flipper"
+    );
+    assert!(logs.len() < 200, "{} log lines in all", logs.len());
+}
