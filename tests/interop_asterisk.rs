@@ -204,7 +204,8 @@ struct ToneFigures {
     /// Start (seconds into the span) of the window furthest from the median level.
     worst_at_s: f64,
     /// Longest run of 2.5 ms windows whose peak stays under a quarter of the tone's
-    /// expected amplitude, inside the span.
+    /// expected amplitude, in the measured part of the span (the tone's first and last
+    /// 100 ms are its start and the hangup, not its steady state).
     longest_gap_ms: f64,
 }
 
@@ -254,7 +255,7 @@ fn measure_tone(x: &[f32], rate: u32, dbfs: f64) -> Option<ToneFigures> {
     let max = |values: &[f64]| values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let step = rate as usize / 400;
     let (mut run, mut longest) = (0usize, 0usize);
-    for w in span.chunks_exact(step) {
+    for w in inner.chunks_exact(step) {
         if w.iter().all(|s| s.abs() < amplitude / 4.0) {
             run += 1;
             longest = longest.max(run);

@@ -1069,7 +1069,10 @@ async fn invented_http_methods_do_not_grow_the_metrics() {
         api.send(method, "/healthz", None, None).await;
     }
     let text = String::from_utf8(api.send(Method::GET, "/metrics", None, None).await.1).unwrap();
-    assert!(!text.contains("INVENTED"), "a client's method became a label");
+    assert!(
+        !text.contains("INVENTED"),
+        "a client's method became a label"
+    );
     assert!(
         text.contains(r#"method="other""#),
         "invented methods are counted as other"
