@@ -491,8 +491,8 @@ impl Downlink {
         }
     }
 
-    /// Fixes the rate replies are sent at (once per connection: every switch makes
-    /// Asterisk rebuild its translation path, fact sheet §7).
+    /// Sets the rate replies are sent at (rarely: every switch makes Asterisk rebuild
+    /// its translation path, fact sheet §7).
     pub fn set_reply_rate(&mut self, rate: SampleRate) -> Result<(), ResampleError> {
         if self.reply.as_ref().is_some_and(|r| r.rate == rate) {
             return Ok(());
@@ -501,6 +501,10 @@ impl Downlink {
         let frame_samples = rate.samples_in_ms(self.frame_ms);
         let pending = vec![0.0; frame_samples + resampler.max_output_len(DOWNLINK_CHUNK)];
         let frame_bus = BUS_RATE.samples_in_ms(self.frame_ms);
+        // A switch (the caller's rate showed late or changed) starts the new path like
+        // a new call: primed to exactly the target fill, with a fresh drift controller,
+        // so the audio the old path held back is not read as clock drift.
+        self.playing = false;
         self.reply = Some(ReplyPath {
             rate,
             resampler,
@@ -623,5 +627,68 @@ mod tests {
             10 * 960
         );
         assert_eq!(stats.frames_in.load(Ordering::Relaxed), 22);
+    }
+
+    /// Runs an engine feeding `ear` with a 1 kHz tone every 1 ms block and a writer
+    /// pulling a reply frame every 20 ms, on virtual time; the reply rate switches from
+    /// 8 to 16 kHz after 2 s. Returns the 16 kHz replies after the switch.
+    fn replies_across_a_rate_switch(seconds_after: usize) -> Vec<f32> {
+        let stats = Arc::new(CallStats::default());
+        let (_uplink, node, mut downlink) = call_media(
+            SampleRate::HZ_8000,
+            20,
+            CallBuffering::default(),
+            Arc::clone(&stats),
+        )
+        .expect("call media");
+        let mut node = node.with_block(48);
+        downlink.set_reply_rate(SampleRate::HZ_8000).expect("8 kHz");
+        let mut out = vec![0u8; 2 * 960];
+        let mut heard = Vec::new();
+        let mut phase = 0usize;
+        for ms in 0..(2_000 + seconds_after * 1_000) {
+            let block: Vec<f32> = (0..48)
+                .map(|k| {
+                    let n = (phase + k) as f64;
+                    (0.5 * (std::f64::consts::TAU * 1_000.0 * n / 48_000.0).sin()) as f32
+                })
+                .collect();
+            phase += 48;
+            node.consume(&block, 48);
+            if ms == 2_000 {
+                downlink
+                    .set_reply_rate(SampleRate::HZ_16000)
+                    .expect("16 kHz");
+            }
+            if ms % 20 == 19 {
+                let bytes = downlink.next_frame(&mut out);
+                if ms > 2_000 {
+                    heard.extend(
+                        out[..bytes]
+                            .chunks_exact(2)
+                            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0),
+                    );
+                }
+            }
+        }
+        assert_eq!(stats.downlink_underruns.load(Ordering::Relaxed), 0);
+        heard
+    }
+
+    #[test]
+    fn a_reply_rate_switch_keeps_the_pitch() {
+        // Engine and writer share one clock here: after the switch the replies must
+        // carry the tone at its pitch, not one bent by a controller that mistook the
+        // switch for drift.
+        let heard = replies_across_a_rate_switch(8);
+        // Skip the first second after the switch (priming), fit the rest.
+        let steady = &heard[16_000..];
+        let fit = codecs::measure::fit_sine(steady, SampleRate::HZ_16000).expect("a tone");
+        let ppm = (fit.frequency_hz / 1_000.0 - 1.0) * 1e6;
+        assert!(
+            ppm.abs() < 20.0,
+            "pitch off by {ppm:.0} ppm after the switch"
+        );
+        assert!((fit.amplitude_dbfs + 6.02).abs() < 0.1, "{fit:?}");
     }
 }
