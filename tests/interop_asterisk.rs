@@ -870,8 +870,9 @@ async fn twenty_concurrent_app_calls_stream_without_gaps_and_continue_their_dial
     );
 }
 
-/// Defect 4, its cause: a call whose route is stuck on the disk (its recording is a FIFO
-/// nobody opens for 3 s, as a file creation on a stalled disk) and whose caller is silent.
+/// Defect 4, its cause: a call whose route is stuck on the disk (it plays a "file" that
+/// is a FIFO nobody writes for 3 s, as a read from a stalled disk) and whose caller is
+/// silent.
 /// Its replies must flow meanwhile, or the dialplan application gives up after 2 s
 /// without activity ("Reached timeout") and the dialplan stops; five calls streaming
 /// beside it keep their audio free of gaps longer than 40 ms.
@@ -887,22 +888,32 @@ async fn a_route_stuck_on_the_disk_holds_up_neither_its_call_nor_the_others() {
         wait_connected(&rig.gateway, id);
     }
     let stuck = call_id("0000");
-    std::fs::create_dir_all(rig.gateway.recordings()).unwrap();
-    let fifo = rig.gateway.recordings().join(format!("{stuck}.wav"));
+    let media = tempfile::tempdir().unwrap();
+    let fifo = media.path().join("stuck.wav");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
         .unwrap();
     assert!(made.success(), "mkfifo");
+    let route = serde_json::json!({
+        "name": "stuck-clip",
+        "priority": 100,
+        "match": { "uuid": stuck },
+        "actions": [{ "action": "play", "file": fifo.display().to_string() }],
+    });
+    let (status, body) = rig
+        .api
+        .send(reqwest::Method::POST, "/v1/routes", Some(route))
+        .await;
+    assert_eq!(status, 201, "{body}");
     rig.asterisk
         .originate("app", &stuck, "extension s@caller-silent");
     wait_connected(&rig.gateway, &stuck);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // The disk comes back: whatever the recorder writes is read and thrown away.
+    // The disk comes back: the clip arrives through the FIFO.
+    let clip = tone_wav(media.path(), NARROW_HZ);
     std::thread::spawn(move || {
-        if let Ok(mut file) = std::fs::File::open(&fifo) {
-            let _ = std::io::copy(&mut file, &mut std::io::sink());
-        }
+        let _ = std::fs::copy(&clip, &fifo);
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = rig.asterisk.log_text();

@@ -634,13 +634,13 @@ impl Gateway {
         let call = &handle.node;
         match action {
             RouteAction::Record { path, channels } => {
-                let path = self.recording_path(path, handle);
+                let relative = self.recording_path(path, handle);
                 let stereo = *channels == RecordChannels::Both;
                 let recorder =
                     NodeRef::new(NodeKind::Recorder, &format!("rec-{}-{index}", handle.id))?;
-                let mut topology = self.add_recorder(
+                let (mut topology, path) = self.add_recorder(
                     &recorder,
-                    &path,
+                    &relative,
                     if stereo { 2 } else { 1 },
                     Some(call.clone()),
                 )?;
@@ -839,17 +839,13 @@ impl Gateway {
         }
     }
 
+    /// A route's recording path for this call, relative to the recordings directory.
     fn recording_path(&self, template: &str, handle: &CallHandle) -> PathBuf {
         let start = format_utc(handle.started_at);
         let expanded = template
             .replace("{uuid}", &handle.id.to_string())
             .replace("{start}", &start);
-        let path = PathBuf::from(expanded);
-        if path.is_relative() {
-            self.config.recordings.dir.join(path)
-        } else {
-            path
-        }
+        PathBuf::from(expanded)
     }
 
     fn watch_recording(
@@ -870,22 +866,39 @@ impl Gateway {
         }
     }
 
-    /// Opens a recording at `path` and adds its node (input `in`, or `in1..inN`).
-    /// Returns the topology still locked, so the caller can patch it at once.
+    /// Creates a recording at `relative` inside the recordings directory (a numbered
+    /// variant if the name is taken; never through a symbolic link) and adds its node
+    /// (input `in`, or `in1..inN`). Returns the topology still locked, so the caller can
+    /// patch it at once, and the path the file was created at.
     fn add_recorder(
         &self,
         node: &NodeRef,
-        path: &Path,
+        relative: &Path,
         channels: u16,
         owner: Option<NodeRef>,
-    ) -> anyhow::Result<MutexGuard<'_, Topology>> {
-        let (recorder, stats, done) = {
+    ) -> anyhow::Result<(MutexGuard<'_, Topology>, PathBuf)> {
+        let opened = {
             let disk = lock(&self.disk);
             let disk = disk
                 .as_ref()
                 .ok_or(anyhow::anyhow!("the recording writer has stopped"))?;
-            disk.open(path, channels, self.config.recordings.format, self.block)?
+            disk.open(
+                &self.config.recordings.dir,
+                relative,
+                channels,
+                self.config.recordings.format,
+                self.block,
+            )?
         };
+        let crate::engine::recorder::OpenedRecording {
+            node: recorder,
+            stats,
+            path,
+            done,
+        } = opened;
+        if path.strip_prefix(&self.config.recordings.dir).ok() != Some(relative) {
+            tracing::info!(asked = %relative.display(), path = %path.display(), "recording name was taken; using a numbered variant");
+        }
         let inputs = if channels == 1 {
             vec!["in".to_owned()]
         } else {
@@ -903,9 +916,9 @@ impl Gateway {
         )?;
         topology
             .recorder_stats
-            .insert(node.clone(), (path.to_path_buf(), stats));
+            .insert(node.clone(), (path.clone(), stats));
         self.watch_recording(done);
-        Ok(topology)
+        Ok((topology, path))
     }
 
     /// Puts `call` into conference `name`, creating it on demand.
@@ -1434,16 +1447,8 @@ impl Gateway {
                     .map_err(|e| unprocessable("file", &e))?;
             }
             NodeConfig::Recorder { path, channels } => {
-                let path = {
-                    let p = PathBuf::from(path);
-                    if p.is_relative() {
-                        self.config.recordings.dir.join(p)
-                    } else {
-                        p
-                    }
-                };
                 drop(
-                    self.add_recorder(&node, &path, *channels, None)
+                    self.add_recorder(&node, Path::new(path), *channels, None)
                         .map_err(|e| unprocessable("path", &e))?,
                 );
             }

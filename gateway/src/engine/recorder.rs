@@ -7,6 +7,7 @@
 //! or when the disk writer shuts down; either way every sample that reached the ring is
 //! written before the file is closed.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +83,107 @@ pub enum RecorderError {
     /// The disk thread has stopped (the gateway is shutting down).
     #[error("the recording writer has stopped")]
     WriterStopped,
+    /// The path is not a plain relative path inside the recordings directory.
+    #[error("recording path {path} must be relative, inside the recordings directory")]
+    OutsideDirectory {
+        /// The path asked for.
+        path: PathBuf,
+    },
+    /// The path (or a directory on it) is a symbolic link, or not what it must be.
+    #[error("cannot open recording {path} inside the recordings directory: {source}")]
+    Open {
+        /// The path asked for.
+        path: PathBuf,
+        /// What failed (`ELOOP`/`ENOTDIR` for a symbolic link on the way).
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every numbered variant of the name is taken.
+    #[error("recording {path} and its numbered variants all exist already")]
+    NoFreeName {
+        /// The path asked for.
+        path: PathBuf,
+    },
+}
+
+/// Most numbered variants (`take-1.wav`, `take-2.wav`, ...) tried for a taken name.
+const MAX_NAME_VARIANTS: u32 = 999;
+
+/// Creates a new file at `relative` inside `dir`, never following a symbolic link and
+/// never truncating an existing file: a taken name (a live recording, a recording from
+/// before a restart) gets the next free numbered variant. Missing directories on the
+/// way are created. Returns the file and the path it was created at.
+pub fn create_beneath(dir: &Path, relative: &Path) -> Result<(File, PathBuf), RecorderError> {
+    use rustix::fs::{Mode, OFlags};
+    use std::path::Component;
+
+    let outside = || RecorderError::OutsideDirectory {
+        path: relative.to_path_buf(),
+    };
+    let open_err = |source: rustix::io::Errno| RecorderError::Open {
+        path: relative.to_path_buf(),
+        source: source.into(),
+    };
+    let mut parts = Vec::new();
+    for component in relative.components() {
+        match component {
+            Component::Normal(part) => parts.push(part),
+            _ => return Err(outside()),
+        }
+    }
+    let Some(file_name) = parts.pop() else {
+        return Err(outside());
+    };
+    std::fs::create_dir_all(dir).map_err(|source| RecorderError::Directory {
+        path: relative.to_path_buf(),
+        source,
+    })?;
+    let mut at = rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(open_err)?;
+    let mut created_in = dir.to_path_buf();
+    for part in parts {
+        match rustix::fs::mkdirat(&at, part, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(open_err(e)),
+        }
+        // NOFOLLOW: a symbolic link here (to anywhere) is refused, not followed.
+        at = rustix::fs::openat(
+            &at,
+            part,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(open_err)?;
+        created_in.push(part);
+    }
+    let name = Path::new(file_name);
+    let stem = name.file_stem().unwrap_or(file_name).to_string_lossy();
+    let extension = name.extension().map(|e| e.to_string_lossy());
+    for variant in 0..=MAX_NAME_VARIANTS {
+        let candidate = match (variant, &extension) {
+            (0, _) => file_name.to_string_lossy().into_owned(),
+            (n, Some(ext)) => format!("{stem}-{n}.{ext}"),
+            (n, None) => format!("{stem}-{n}"),
+        };
+        // CREATE | EXCL never opens an existing file, nor follows a link in its place.
+        match rustix::fs::openat(
+            &at,
+            candidate.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => return Ok((File::from(fd), created_in.join(candidate))),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(open_err(e)),
+        }
+    }
+    Err(RecorderError::NoFreeName {
+        path: relative.to_path_buf(),
+    })
 }
 
 /// The recorder node: `channels` inputs interleaved into a WAV file.
@@ -216,6 +318,19 @@ enum DiskCommand {
     Shutdown,
 }
 
+/// A recording just created: its node, counters, where it was created, and a receiver
+/// that resolves when the file is closed.
+pub struct OpenedRecording {
+    /// The engine node that feeds the file.
+    pub node: RecorderNode,
+    /// Its counters.
+    pub stats: Arc<RecorderStats>,
+    /// Where the file was created (a numbered variant when the name was taken).
+    pub path: PathBuf,
+    /// Resolves with the summary once the file is closed.
+    pub done: tokio::sync::oneshot::Receiver<RecordingSummary>,
+}
+
 /// The disk thread that owns every open recording file.
 pub struct DiskWriter {
     commands: mpsc::Sender<DiskCommand>,
@@ -235,29 +350,19 @@ impl DiskWriter {
         })
     }
 
-    /// Opens `path` and returns the node that feeds it, plus a receiver that resolves when
-    /// the file is closed. The file is created here, so a bad path fails before any
-    /// patch is made.
+    /// Creates a recording at `relative` inside `dir` (see [`create_beneath`]: no
+    /// symbolic links, no file overwritten) and returns the node that feeds it, the path
+    /// it was created at, and a receiver that resolves when the file is closed. The file
+    /// is created here, so a bad path fails before any patch is made.
     pub fn open(
         &self,
-        path: &Path,
+        dir: &Path,
+        relative: &Path,
         channels: u16,
         format: RecordingFormat,
         block: usize,
-    ) -> Result<
-        (
-            RecorderNode,
-            Arc<RecorderStats>,
-            tokio::sync::oneshot::Receiver<RecordingSummary>,
-        ),
-        RecorderError,
-    > {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| RecorderError::Directory {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
+    ) -> Result<OpenedRecording, RecorderError> {
+        let (file, path) = create_beneath(dir, relative)?;
         let channels_usize = usize::from(channels.max(1));
         let (bits, sample_format) = match format {
             RecordingFormat::S16 => (16, hound::SampleFormat::Int),
@@ -271,9 +376,11 @@ impl DiskWriter {
             sample_format,
         };
         let writer =
-            hound::WavWriter::create(path, spec).map_err(|source| RecorderError::Create {
-                path: path.to_path_buf(),
-                source,
+            hound::WavWriter::new(std::io::BufWriter::new(file), spec).map_err(|source| {
+                RecorderError::Create {
+                    path: path.clone(),
+                    source,
+                }
             })?;
         let (producer, consumer) =
             rtrb::RingBuffer::new(BUS_RATE.hz() as usize * RING_SECONDS * channels_usize);
@@ -298,7 +405,12 @@ impl DiskWriter {
             interleaved: vec![0.0; block * channels_usize],
             stats: Arc::clone(&stats),
         };
-        Ok((node, stats, done_rx))
+        Ok(OpenedRecording {
+            node,
+            stats,
+            path,
+            done: done_rx,
+        })
     }
 
     /// Finalizes every open recording (draining what reached their rings) and stops the
@@ -364,9 +476,22 @@ mod tests {
     #[test]
     fn writes_every_consumed_sample_and_finalizes_when_the_node_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/take.wav");
         let disk = DiskWriter::start().unwrap();
-        let (mut node, stats, done) = disk.open(&path, 2, RecordingFormat::S16, 4).unwrap();
+        let OpenedRecording {
+            mut node,
+            stats,
+            path,
+            done,
+        } = disk
+            .open(
+                dir.path(),
+                Path::new("sub/take.wav"),
+                2,
+                RecordingFormat::S16,
+                4,
+            )
+            .unwrap();
+        assert_eq!(path, dir.path().join("sub/take.wav"));
         // Two channels, blocks of 4: channel 0 ramps up, channel 1 is constant.
         for b in 0..1000 {
             let base = b as f32 * 4.0;
@@ -402,9 +527,21 @@ mod tests {
     #[test]
     fn shutdown_finalizes_open_recordings() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("open.wav");
         let disk = DiskWriter::start().unwrap();
-        let (mut node, _stats, done) = disk.open(&path, 1, RecordingFormat::F32, 48).unwrap();
+        let OpenedRecording {
+            mut node,
+            path,
+            done,
+            ..
+        } = disk
+            .open(
+                dir.path(),
+                Path::new("open.wav"),
+                1,
+                RecordingFormat::F32,
+                48,
+            )
+            .unwrap();
         node.consume(&[0.25; 48], 48);
         disk.shutdown();
         let summary = done.blocking_recv().unwrap();
@@ -419,16 +556,76 @@ mod tests {
     fn an_unwritable_path_fails_before_anything_starts() {
         let disk = DiskWriter::start().unwrap();
         let result = disk.open(
-            Path::new("/proc/telepatch/x.wav"),
+            Path::new("/proc/telepatch"),
+            Path::new("x.wav"),
             1,
             RecordingFormat::S16,
             48,
         );
         assert!(matches!(
             result,
-            Err(RecorderError::Directory { .. } | RecorderError::Create { .. })
+            Err(RecorderError::Directory { .. } | RecorderError::Open { .. })
         ));
         disk.shutdown();
+    }
+
+    #[test]
+    fn paths_leaving_the_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in ["../x.wav", "/tmp/x.wav", "a/../../x.wav", "", "./"] {
+            assert!(
+                matches!(
+                    create_beneath(dir.path(), Path::new(path)),
+                    Err(RecorderError::OutsideDirectory { .. })
+                ),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn symbolic_links_inside_the_directory_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let recordings = dir.path().join("recordings");
+        std::fs::create_dir(&recordings).unwrap();
+        // A link to a directory outside, and a link where a file would go.
+        std::os::unix::fs::symlink(elsewhere.path(), recordings.join("escape")).unwrap();
+        let victim = elsewhere.path().join("victim.wav");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, recordings.join("victim.wav")).unwrap();
+
+        let through_dir = create_beneath(&recordings, Path::new("escape/x.wav"));
+        assert!(
+            matches!(through_dir, Err(RecorderError::Open { .. })),
+            "{through_dir:?}"
+        );
+        assert!(!elsewhere.path().join("x.wav").exists());
+        // The linked name is taken, so the recording gets a fresh name beside it and the
+        // link's target is untouched.
+        let (_file, path) = create_beneath(&recordings, Path::new("victim.wav")).unwrap();
+        assert_eq!(path, recordings.join("victim-1.wav"));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn a_taken_name_gets_the_next_numbered_variant_and_nothing_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("show.wav"), b"earlier audio").unwrap();
+        let (_a, first) = create_beneath(dir.path(), Path::new("show.wav")).unwrap();
+        let (_b, second) = create_beneath(dir.path(), Path::new("show.wav")).unwrap();
+        let (_c, bare) = create_beneath(dir.path(), Path::new("notes")).unwrap();
+        let (_d, bare2) = create_beneath(dir.path(), Path::new("notes")).unwrap();
+        assert_eq!(first, dir.path().join("show-1.wav"));
+        assert_eq!(second, dir.path().join("show-2.wav"));
+        assert_eq!(
+            (bare, bare2),
+            (dir.path().join("notes"), dir.path().join("notes-1"))
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("show.wav")).unwrap(),
+            b"earlier audio"
+        );
     }
 
     #[test]
