@@ -1229,10 +1229,9 @@ mod tests {
                     let n_mod = value - 1;
                     if let Some(previous) = last
                         && t >= settle
+                        && n_mod != (previous + 1) % RAMP
                     {
-                        if n_mod != (previous + 1) % RAMP {
-                            run.discontinuities += 1;
-                        }
+                        run.discontinuities += 1;
                     }
                     last = Some(n_mod);
                     if t >= settle {
