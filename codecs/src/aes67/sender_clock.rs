@@ -120,8 +120,9 @@ impl SenderClock {
     pub fn observe(&mut self, t: u64, m: u32) {
         let s_now = self.sender_time(t);
         // The packet's media time unwrapped next to s(t) (within ±2^31 frames).
-        let m_full = s_now as i64 + i64::from(m.wrapping_sub(s_now as u32) as i32);
-        let e = m_full - t as i64;
+        // Wrapping: any u64 is a valid (if absurd) time from the network's point of view.
+        let m_full = (s_now as i64).wrapping_add(i64::from(m.wrapping_sub(s_now as u32) as i32));
+        let e = m_full.wrapping_sub(t as i64);
         let start = *self.window_start.get_or_insert(t);
         if t.saturating_sub(start) >= WINDOW_FRAMES {
             if let Some(point) = self.window_max.take() {
@@ -158,17 +159,18 @@ impl SenderClock {
         let (t0, e0) = self.history[(self.head + HISTORY - 1) % HISTORY];
         let n = self.len as f64;
         let (mut sx, mut sy) = (0.0, 0.0);
+        let dx = |pt: u64| pt.wrapping_sub(t0) as i64 as f64;
         for &(pt, pe) in points {
-            sx += (pt as i64 - t0 as i64) as f64;
-            sy += (pe - e0) as f64;
+            sx += dx(pt);
+            sy += pe.wrapping_sub(e0) as f64;
         }
         let (mx, my) = (sx / n, sy / n);
         let (mut sxx, mut sxy) = (0.0, 0.0);
         for &(pt, pe) in points {
-            let dx = (pt as i64 - t0 as i64) as f64 - mx;
-            let dy = (pe - e0) as f64 - my;
-            sxx += dx * dx;
-            sxy += dx * dy;
+            let x = dx(pt) - mx;
+            let y = pe.wrapping_sub(e0) as f64 - my;
+            sxx += x * x;
+            sxy += x * y;
         }
         if sxx <= 0.0 {
             return;
@@ -177,7 +179,7 @@ impl SenderClock {
         self.measured_ppm = slope * 1e6;
         // Where the least-delayed packets are now (on the fitted line), against where
         // s(t) puts them.
-        let fitted_e = e0 as f64 + my + slope * ((t as i64 - t0 as i64) as f64 - mx);
+        let fitted_e = e0 as f64 + my + slope * (dx(t) - mx);
         self.rebase(t);
         let offset_now = self.base_s - t as f64;
         let phase_error = fitted_e - reference as f64 - offset_now;
