@@ -80,6 +80,19 @@ async fn invalid_flows_are_refused_with_the_field_at_fault() {
             serde_json::json!({"kind": "aes67rx", "sap_session": "x", "latency_ms": 41}),
             "latency_ms",
         ),
+        (
+            serde_json::json!({"kind": "aes67rx", "sap_session": "x", "latency_ms": 10, "max_latency_ms": 5}),
+            "max_latency_ms",
+        ),
+        (
+            serde_json::json!({"kind": "aes67rx", "sap_session": "x", "max_latency_ms": 41}),
+            "max_latency_ms",
+        ),
+        (
+            // Below the default latency of 4 ms packets (6 ms).
+            serde_json::json!({"kind": "aes67rx", "sdp": "v=0\r\nc=IN IP4 239.69.1.1/15\r\nm=audio 5004 RTP/AVP 96\r\na=rtpmap:96 L24/48000/2\r\na=ptime:4\r\n", "max_latency_ms": 5}),
+            "max_latency_ms",
+        ),
     ];
     // Ranges are checked by the API before anything is built (400, like every node's
     // configuration); what needs the SDP or the network is refused by the gateway (422).
@@ -179,11 +192,24 @@ async fn flows_are_measured_stored_restored_and_stamped_with_ptp_time() {
     let rx_status = api.status(&format!("aes67rx:{rx}")).await;
     assert!(rx_status["received"].as_u64().unwrap() > 300, "{rx_status}");
     assert_eq!(rx_status["source"]["latency_ms"], 5.0);
+    assert_eq!(rx_status["source"]["max_latency_ms"], 40.0);
     assert_eq!(rx_status["source"]["alignment"], "media_clock");
+    // The latency now (5 ms unless a late packet raised it), and no sender clock to
+    // follow on the media clock.
+    let latency = rx_status["latency_ms"].as_f64().unwrap();
+    assert!((5.0..=40.0).contains(&latency), "{rx_status}");
+    assert_eq!(
+        rx_status["sender_ppm"],
+        serde_json::Value::Null,
+        "{rx_status}"
+    );
+    assert_eq!(rx_status["no_sender_frames"], 0, "{rx_status}");
     let metrics = api.metrics().await;
     for family in [
         format!("telepatch_aes67_tx_packets_total{{node=\"aes67tx:{tx}\"}}"),
         format!("telepatch_aes67_rx_packets_total{{node=\"aes67rx:{rx}\"}}"),
+        format!("telepatch_aes67_rx_latency_seconds{{node=\"aes67rx:{rx}\"}}"),
+        format!("telepatch_aes67_rx_no_sender_frames_total{{node=\"aes67rx:{rx}\"}}"),
         format!("telepatch_aes67_bridge_underruns_total{{node=\"aes67tx:{tx}\"}}"),
     ] {
         let line = metrics

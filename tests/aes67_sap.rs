@@ -438,3 +438,88 @@ async fn announcements_repeat_and_every_change_and_removal_is_announced() {
     })
     .await;
 }
+
+/// A second gateway started on the same configuration and database while the first one
+/// holds the API port: it must exit non-zero saying why, and leave no session of its own
+/// in listeners' directories (announce nothing, or delete what it announced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_cannot_start_leaves_no_stray_announcement() {
+    let recorder = SapRecorder::start();
+    let gateway = GatewayProcess::start("[aes67]\nsap_interval_s = 300\n");
+    let api = Api::new(&gateway);
+    let flow = unique_name("stored");
+    api.create(
+        &flow,
+        serde_json::json!({"kind": "aes67tx", "channels": 2,
+        "group": unique_group().to_string(), "port": unique_port()}),
+    )
+    .await;
+    let sdp = api.sdp(&flow).await;
+    let id = session_id(&sdp);
+
+    let config = gateway.dir.path().join("telepatch.toml");
+    let taken = gateway.api_addr.to_string();
+    let database = gateway.database.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_telepatch"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", "127.0.0.1:0", "--api-listen", &taken])
+            .args(["--database-url", &database])
+            .arg("serve")
+            .env_remove("TELEPATCH_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the second gateway did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "exit status {}", output.status);
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen for the HTTP API on {}",
+            gateway.api_addr
+        )),
+        "{stderr}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Whatever the second gateway announced (another version of the stored flow) must
+    // have been deleted again.
+    let ours = version(&sdp);
+    let packets = heard(&recorder, &id);
+    let strays: Vec<&Heard> = packets
+        .iter()
+        .filter(|h| h.kind == MessageType::Announce && version(&h.payload) != ours)
+        .collect();
+    for stray in &strays {
+        assert!(
+            packets.iter().any(|h| h.kind == MessageType::Delete
+                && h.hash == stray.hash
+                && h.at >= stray.at
+                && version(&h.payload) == version(&stray.payload)),
+            "the second gateway announced {:?} (hash {:#06x}) and never deleted it:\n{stderr}",
+            stray.payload,
+            stray.hash
+        );
+    }
+    // The running gateway's session is untouched.
+    assert!(
+        packets
+            .iter()
+            .all(|h| h.kind == MessageType::Announce || version(&h.payload) != ours),
+        "the running gateway's session was deleted"
+    );
+}

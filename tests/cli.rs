@@ -96,3 +96,33 @@ fn invalid_configuration_is_rejected_with_every_problem_located() {
     let text = String::from_utf8(output.stderr).unwrap();
     assert!(text.contains("unknown field `lisen`"), "{text}");
 }
+
+/// The README's configuration table gives `database.cdr_queue = 10000`: `check-config`
+/// prints that default, and a queue of 0 (no call record could wait for the database)
+/// is refused.
+#[test]
+fn the_call_record_queue_defaults_to_what_the_readme_says() {
+    let output = telepatch().arg("check-config").output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("cdr_queue = 10000\n"), "{text}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    assert!(
+        readme.contains("| `database.cdr_queue` | `10000` |"),
+        "README's configuration table"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("zero.toml");
+    std::fs::write(&file, "[database]\ncdr_queue = 0\n").unwrap();
+    let output = telepatch()
+        .arg("--config")
+        .arg(&file)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8(output.stderr).unwrap();
+    assert!(text.contains("database.cdr_queue"), "{text}");
+}

@@ -340,11 +340,17 @@ pub enum NodeConfig {
         #[serde(default)]
         #[schema(minimum = 1, maximum = 8)]
         channels: Option<u8>,
-        /// Jitter-buffer latency beyond the media timestamp, in ms: from one packet time
-        /// up to 40. Default: packet time + 2 ms.
+        /// Jitter-buffer latency beyond the media timestamp, in ms, at the start: from one
+        /// packet time up to 40. Default: packet time + 2 ms.
         #[serde(default)]
         #[schema(minimum = 0.125, maximum = 40)]
         latency_ms: Option<f32>,
+        /// Largest latency, in ms, that packets arriving late may raise the latency to (in
+        /// whole ms, each time heard once as a short pause): `latency_ms` up to 40.
+        /// Default: 40. Equal to `latency_ms`: a fixed latency.
+        #[serde(default)]
+        #[schema(minimum = 0.125, maximum = 40)]
+        max_latency_ms: Option<f32>,
         /// Address of the interface to join the group on (127.0.0.1).
         #[serde(default = "loopback")]
         #[schema(value_type = String, example = "127.0.0.1")]
@@ -712,6 +718,7 @@ impl NodeConfig {
                 sap_session,
                 channels,
                 latency_ms,
+                max_latency_ms,
                 interface,
                 ..
             } => {
@@ -736,6 +743,17 @@ impl NodeConfig {
                     && (!latency.is_finite() || *latency <= 0.0 || *latency > 40.0)
                 {
                     return Err(("latency_ms", format!("{latency} is out of range (0..=40]")));
+                }
+                if let Some(max) = max_latency_ms
+                    && (!max.is_finite()
+                        || *max <= 0.0
+                        || *max > 40.0
+                        || latency_ms.is_some_and(|latency| *max < latency))
+                {
+                    return Err((
+                        "max_latency_ms",
+                        format!("{max} is out of range (latency_ms..=40)"),
+                    ));
                 }
                 check_interface(interface)?;
             }

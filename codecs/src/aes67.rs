@@ -17,8 +17,10 @@
 //! Nothing on the per-packet or per-block path allocates: buffers are sized in `new`.
 
 pub mod jitter;
+pub mod sender_clock;
 
 pub use jitter::{Alignment, JitterBuffer, PushOutcome, RxConfig, RxStats};
+pub use sender_clock::SenderClock;
 
 use crate::pcm;
 use crate::rtp::{FIXED_HEADER_LEN, PayloadType, RtpHeader};

@@ -8,7 +8,7 @@
 //! * PTP: decode -> encode -> decode gives the same message.
 //! * Stateful cores fed the same bytes never panic: jitter buffer push/read, PTP
 //!   follower handle/poll, SAP directory handle/expire.
-use codecs::aes67::{Channels, JitterBuffer, RxConfig, StreamFormat};
+use codecs::aes67::{Alignment, Channels, JitterBuffer, RxConfig, StreamFormat};
 use codecs::ptp::{ClockIdentity, Follower, FollowerConfig, PortIdentity};
 use codecs::rtp::{PayloadType, RtpPacket};
 use codecs::{ptp, sap, sdp};
@@ -63,6 +63,19 @@ fuzz_target!(|data: &[u8]| {
         let mut block = [0.0f32; 96];
         let _ = jb.read_block(now.wrapping_add(144), &mut block);
         let _ = jb.stats();
+    }
+    // A non-PTP sender's buffer: its own clock followed, latency raised by late packets.
+    let mut cfg = RxConfig::new(PayloadType::AES67_DEFAULT, format);
+    cfg.alignment = Alignment::FirstPacket;
+    cfg.max_latency_frames = codecs::aes67::jitter::MAX_LATENCY_FRAMES;
+    if let Ok(mut jb) = JitterBuffer::new(cfg) {
+        let mut block = [0.0f32; 96];
+        for step in 0..4u64 {
+            let t = now.wrapping_add(step * 12_000);
+            let _ = jb.push(datagram, t);
+            let _ = jb.read_block(jb.playout_time(t), &mut block);
+        }
+        let _ = (jb.stats(), jb.sender_ppm(), jb.playout_rate_ppm());
     }
     let me = PortIdentity {
         clock: ClockIdentity([2, 0, 0, 0, 0, 0, 0, 1]),

@@ -1,8 +1,10 @@
 //! Start-up and graceful shutdown of the whole service (used by `main` and by tests).
 //!
-//! Start: open the database (migrations run), start the gateway (engine, disk writer,
-//! players), restore what the API stored (nodes, patches, routes), start the CDR writer,
-//! the HTTP API, the level-meter ticker and the AudioSocket listener. The control plane
+//! Start: bind the HTTP API's and AudioSocket's listeners (a gateway that cannot serve
+//! stops here, before it starts or announces any flow), open the database (migrations
+//! run), start the gateway (engine, disk writer, players), restore what the API stored
+//! (nodes, patches, routes), start the CDR writer, the HTTP API, the level-meter ticker
+//! and the AudioSocket listener, and only then release the SAP announcements. The control plane
 //! (database, API, CDR writer, level ticker) runs on its own small runtime, apart from
 //! the call sessions.
 //!
@@ -87,7 +89,24 @@ impl Drop for ControlPlaneRuntime {
 }
 
 /// Binds the listeners and starts serving.
+///
+/// Every listener is bound before anything else starts: a gateway that cannot serve (its
+/// API or AudioSocket port taken, by a gateway already running on the same configuration
+/// say) exits before it restores a flow or announces anything. SAP announcements are
+/// released only once start-up has succeeded, and a start-up that fails after the
+/// gateway started shuts it down, which withdraws (deletes) whatever it announced.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let api_listen = config.api.listen;
+    let http_listener = std::net::TcpListener::bind(api_listen)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .map_err(|e| anyhow::anyhow!("cannot listen for the HTTP API on {api_listen}: {e}"))?;
+    let audiosocket_listen = config.audiosocket.listen;
+    let audiosocket_listener = std::net::TcpListener::bind(audiosocket_listen)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen for AudioSocket on {audiosocket_listen}: {e}")
+        })?;
+
     let control_plane = ControlPlaneRuntime::start(config.api.worker_threads)?;
     let database_url = config.database_url();
     let url = database_url.clone();
@@ -97,15 +116,51 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", redact(&database_url)))?;
     tracing::info!(database = %redact(&database_url), "database open");
 
-    let audiosocket_listen = config.audiosocket.listen;
-    let api_listen = config.api.listen;
     let levels_interval = Duration::from_millis(config.api.levels_interval_ms);
-    let cdr_capacity = if config.database.cdr_queue == 0 {
-        10_000
-    } else {
-        config.database.cdr_queue
-    };
+    let cdr_capacity = config.database.cdr_queue;
     let gateway = Gateway::start(config)?;
+    let started = serve(
+        Arc::clone(&gateway),
+        store,
+        control_plane,
+        Listeners {
+            http: http_listener,
+            audiosocket: audiosocket_listener,
+        },
+        levels_interval,
+        cdr_capacity,
+    )
+    .await;
+    match started {
+        Ok(running) => {
+            gateway.aes67().start_announcing();
+            Ok(running)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed; stopping what started");
+            gateway.begin_shutdown();
+            let stopping = Arc::clone(&gateway);
+            tokio::task::spawn_blocking(move || stopping.finish()).await?;
+            Err(e)
+        }
+    }
+}
+
+/// The listeners [`start`] bound.
+struct Listeners {
+    http: std::net::TcpListener,
+    audiosocket: std::net::TcpListener,
+}
+
+/// Restores what the API stored and starts serving on `listeners`.
+async fn serve(
+    gateway: Arc<Gateway>,
+    store: Arc<dyn Store>,
+    control_plane: ControlPlaneRuntime,
+    listeners: Listeners,
+    levels_interval: Duration,
+    cdr_capacity: usize,
+) -> anyhow::Result<Running> {
     // AoDNS broadcasts keep their sequence numbers in the database.
     gateway.set_sequence_store(Arc::new(crate::dns::StoreSequences::new(
         Arc::clone(&store),
@@ -147,14 +202,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api::http::install_prometheus_recorder(),
         http_stop.clone(),
     );
-    let http_listener = std::net::TcpListener::bind(api_listen)
-        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-        .map_err(|e| anyhow::anyhow!("cannot listen for the HTTP API on {api_listen}: {e}"))?;
-    let api_addr = http_listener.local_addr()?;
+    let api_addr = listeners.http.local_addr()?;
     let stop = http_stop.clone();
     let http = {
         let _control_context = control_handle.enter();
-        let http_listener = TcpListener::from_std(http_listener)?;
+        let http_listener = TcpListener::from_std(listeners.http)?;
         control_handle.spawn(async move {
             let app = api::http::router(state);
             if let Err(e) = axum::serve(http_listener, app)
@@ -170,9 +222,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     control_handle.spawn(level_ticker(Arc::clone(&gateway), levels_interval));
     control_handle.spawn(engine_watch(Arc::clone(&gateway)));
 
-    let tcp = TcpListener::bind(audiosocket_listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen for AudioSocket on {audiosocket_listen}: {e}")
-    })?;
+    let tcp = TcpListener::from_std(listeners.audiosocket)?;
     let audiosocket_addr = tcp.local_addr()?;
     let listener = tokio::spawn(listener::serve(Arc::clone(&gateway), tcp));
     Ok(Running {

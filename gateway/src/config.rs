@@ -263,14 +263,23 @@ impl Default for ApiConfig {
 }
 
 /// The database.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://path/telepatch.db` or `postgres://user@host/db`. Default: a SQLite file
     /// `telepatch.db` next to the configuration file (or in the working directory).
     pub url: Option<String>,
-    /// Call records that may wait in memory while the database is unavailable.
+    /// Call records that may wait in memory while the database is unavailable (10000).
     pub cdr_queue: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            cdr_queue: 10_000,
+        }
+    }
 }
 
 /// Voice activity detection on callers' audio (talk start/stop events).
@@ -663,6 +672,12 @@ impl Config {
                     "{} is out of range (2..=256)",
                     self.engine.conference_members
                 ),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.database.cdr_queue) {
+            problem(
+                "database.cdr_queue",
+                format!("{} is out of range (1..=1000000)", self.database.cdr_queue),
             );
         }
         if !(1..=16).contains(&self.api.worker_threads) {

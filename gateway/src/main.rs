@@ -173,11 +173,13 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let running = gateway::app::start(config).await?;
-        wait_for_signal().await?;
+        // Shut down (hang up, withdraw SAP announcements) even if the signal handler
+        // failed.
+        let waited = wait_for_signal().await;
         tracing::info!("shutting down: hanging up every call");
         running.shutdown().await?;
         tracing::info!("shutdown complete");
-        Ok(())
+        waited
     })
 }
 

@@ -15,13 +15,30 @@
 //!   (aes67.md §5).
 //! * `FirstPacket`: for senders that are format peers but not timing peers (ffmpeg,
 //!   aes67.md §6): the first packet fixes `offset` so it plays `latency` after arrival;
-//!   16 packets in a row outside the window re-anchor (counted in `resyncs`).
+//!   16 packets in a row outside the window re-anchor (counted in `resyncs`). Such a
+//!   sender runs on its own crystal, so the buffer is read on the sender's clock as
+//!   estimated from its arrivals ([`SenderClock`]): the caller reads at
+//!   [`JitterBuffer::playout_time`] of its media clock, and the latency stays where the
+//!   first packets put it however far the sender drifts (±3000 ppm).
+//!
+//! Latency: `latency_frames` is where playout starts. With `max_latency_frames` above it,
+//! a packet that arrives after its playout time raises the latency (to its lateness plus
+//! 1 ms, in whole ms, up to the maximum): the read position steps back, so the late
+//! packet still plays and what was already read is heard once as a pause (counted in
+//! `inserted_frames`). A sender that needs more than the maximum is flagged
+//! ([`JitterBuffer::needed_latency_frames`]). Bursty senders (ffmpeg's RTP muxer sends
+//! 10-20 ms bursts) settle this way after a few seconds.
+//!
+//! Concealment counts only frames a sender failed to deliver: silence while a later frame
+//! is already here, or a gap that the sender's next packet closes within 1 s. A longer
+//! silence means no sender, and its frames count as `no_sender_frames`.
 //!
 //! Counters follow RFC 3550 §6.4.1 / A.3 where it defines them: `lost` = expected −
 //! received (late packets count as received), sequence numbers extended across wraps, and
 //! a jump of more than 3000 starts a new sequence only when the next packet confirms it
 //! (RFC 3550 A.1 probation).
 
+use super::sender_clock::SenderClock;
 use super::{Aes67Error, PacketTime, StreamFormat};
 use crate::rtp::{PayloadType, RtpPacket};
 
@@ -42,6 +59,10 @@ const MAX_DROPOUT: i32 = 3000;
 /// Sequence numbers remembered for duplicate detection (RFC 3550 A.1 MAX_MISORDER 100
 /// is smaller; this also covers a full 40 ms of 125 µs packets).
 const SEQ_HISTORY: usize = 1024;
+/// Silence for this long (frames, 1 s) without a packet means there is no sender.
+const ABSENT_AFTER_FRAMES: u64 = 48_000;
+/// Margin added to a late packet's lateness when the latency grows (1 ms).
+const GROWTH_GUARD_FRAMES: u32 = 48;
 
 /// How RTP timestamps map onto the local media clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,20 +83,24 @@ pub struct RxConfig {
     pub payload_type: PayloadType,
     /// Encoding, channel count and the announced packet time.
     pub format: StreamFormat,
-    /// Playout delay in frames after the media timestamp.
+    /// Playout delay in frames after the media timestamp, at the start.
     pub latency_frames: u32,
+    /// Largest playout delay late packets may raise it to (at most `latency_frames`, 0
+    /// say: a fixed latency).
+    pub max_latency_frames: u32,
     /// Timestamp alignment.
     pub alignment: Alignment,
 }
 
 impl RxConfig {
-    /// Default latency: one packet time + 2 ms (96 frames); media-clock alignment with
-    /// offset 0.
+    /// Default latency: one packet time + 2 ms (96 frames), fixed; media-clock alignment
+    /// with offset 0.
     pub const fn new(payload_type: PayloadType, format: StreamFormat) -> RxConfig {
         RxConfig {
             payload_type,
             format,
             latency_frames: Self::default_latency(format.packet_time),
+            max_latency_frames: 0,
             alignment: Alignment::MediaClock { offset: 0 },
         }
     }
@@ -102,8 +127,15 @@ pub struct RxStats {
     pub late: u64,
     /// Packets too far ahead of the playout window (timestamps not aligned with ours).
     pub early: u64,
-    /// Frames played as silence once playout reached the stream's first frame.
+    /// Frames played as silence because the sender's packet was missing (lost or late)
+    /// while the sender was present.
     pub concealed_frames: u64,
+    /// Frames played as silence because no packet came for more than 1 s (no sender).
+    pub no_sender_frames: u64,
+    /// Frames of silence heard once when the latency grew.
+    pub inserted_frames: u64,
+    /// Times the latency grew for a late packet.
+    pub latency_increases: u64,
     /// Datagrams that were not RTP or whose payload was not whole frames.
     pub malformed: u64,
     /// Packets with another payload type.
@@ -249,6 +281,19 @@ pub struct JitterBuffer {
     /// Whether playout has reached `first_frame`.
     started: bool,
     last_arrival: Option<u64>,
+    /// The sender's clock (`FirstPacket` only).
+    sender: Option<SenderClock>,
+    /// Media time just past the newest frame stored.
+    newest_end: Option<u32>,
+    /// Silent frames read since the last frame stored, not yet known to be loss or absence.
+    pending_silence: u64,
+    /// Whether the silence has lasted long enough to mean no sender.
+    absent: bool,
+    /// Frames before this were read before the latency last grew: missing, they are the
+    /// pause the growth inserted.
+    inserted_until: Option<u32>,
+    /// The largest latency a packet needed (frames), also beyond the maximum.
+    needed_latency: u32,
     stats: RxStats,
 }
 
@@ -263,6 +308,15 @@ impl JitterBuffer {
                 max: MAX_LATENCY_FRAMES,
             });
         }
+        if cfg.max_latency_frames > MAX_LATENCY_FRAMES {
+            return Err(Aes67Error::BadLatency {
+                frames: cfg.max_latency_frames,
+                min: cfg.latency_frames,
+                max: MAX_LATENCY_FRAMES,
+            });
+        }
+        let mut cfg = cfg;
+        cfg.max_latency_frames = cfg.max_latency_frames.max(cfg.latency_frames);
         let channels = cfg.format.channels.count();
         Ok(JitterBuffer {
             cfg,
@@ -284,13 +338,77 @@ impl JitterBuffer {
             first_frame: None,
             started: false,
             last_arrival: None,
+            sender: match cfg.alignment {
+                Alignment::MediaClock { .. } => None,
+                Alignment::FirstPacket => Some(SenderClock::new()),
+            },
+            newest_end: None,
+            pending_silence: 0,
+            absent: false,
+            inserted_until: None,
+            needed_latency: 0,
             stats: RxStats::default(),
         })
     }
 
-    /// The configuration.
+    /// The configuration (`latency_frames` is the current latency).
     pub fn config(&self) -> &RxConfig {
         &self.cfg
+    }
+
+    /// The current playout latency in frames.
+    pub fn latency_frames(&self) -> u32 {
+        self.cfg.latency_frames
+    }
+
+    /// The largest latency a packet has needed so far, in frames; above
+    /// `max_latency_frames` the sender cannot be played without late packets.
+    pub fn needed_latency_frames(&self) -> u32 {
+        self.needed_latency
+    }
+
+    /// Where to read at media clock `now`: `now` itself on the media clock, the sender's
+    /// estimated clock for `FirstPacket`. Pass it to [`JitterBuffer::read_block`].
+    pub fn playout_time(&self, now: u64) -> u64 {
+        match &self.sender {
+            Some(sender) => sender.sender_time(now),
+            None => now,
+        }
+    }
+
+    /// How much faster than our media clock [`JitterBuffer::playout_time`] runs, in ppm
+    /// (0 on the media clock).
+    pub fn playout_rate_ppm(&self) -> f64 {
+        self.sender.as_ref().map_or(0.0, SenderClock::ratio_ppm)
+    }
+
+    /// The sender's measured rate error in ppm, once measured (`FirstPacket`).
+    pub fn sender_ppm(&self) -> Option<f64> {
+        self.sender
+            .as_ref()
+            .filter(|s| s.locked())
+            .map(SenderClock::measured_ppm)
+    }
+
+    /// Sets the offset so a packet stamped `ts` starts at playout time `now_s` (the
+    /// sender's clock is re-measured from here).
+    fn anchor(&mut self, ts: u32, now: u64, now_s: u32) -> u32 {
+        let o = ts.wrapping_sub(now_s);
+        self.offset = Some(o);
+        if let Some(sender) = &mut self.sender {
+            sender.restart(now);
+        }
+        o
+    }
+
+    /// Raises the latency by `frames`: the read position steps back.
+    fn grow_latency(&mut self, frames: u32) {
+        self.cfg.latency_frames += frames;
+        self.stats.latency_increases += 1;
+        if let Some(next) = self.next_read {
+            self.inserted_until = Some(next);
+            self.next_read = Some(next.wrapping_sub(frames));
+        }
     }
 
     /// The counters, with `lost` brought up to date.
@@ -330,8 +448,9 @@ impl JitterBuffer {
             self.stats.malformed += 1;
             return PushOutcome::Malformed;
         }
-        // Truncation: the media clock is used mod 2^32 like RTP timestamps.
-        let now32 = now as u32;
+        // Truncation: the media clock is used mod 2^32 like RTP timestamps. On the
+        // sender's clock for `FirstPacket`.
+        let now32 = self.playout_time(now) as u32;
         let ssrc = pkt.header.ssrc;
         match self.ssrc {
             None => self.ssrc = Some(ssrc),
@@ -390,18 +509,32 @@ impl JitterBuffer {
         let ts = pkt.header.timestamp;
         let offset = match self.offset {
             Some(o) => o,
-            None => {
-                // FirstPacket: this packet's first frame gets media time `now`.
-                let o = ts.wrapping_sub(now32);
-                self.offset = Some(o);
-                o
-            }
+            // FirstPacket: this packet's first frame gets media time `now`.
+            None => self.anchor(ts, now, now32),
         };
-        let latency = self.cfg.latency_frames;
         let mut m_start = ts.wrapping_sub(offset);
-        let mut cursor = self.next_read.unwrap_or(now32.wrapping_sub(latency));
+        let mut cursor = self
+            .next_read
+            .unwrap_or(now32.wrapping_sub(self.cfg.latency_frames));
         let mut rel = i64::from(m_start.wrapping_sub(cursor) as i32);
         let n = frames as i64;
+        if rel < 0 && -rel < RING_FRAMES as i64 {
+            // Late: what latency would have played it?
+            let needed = self.cfg.latency_frames as i64 - rel + i64::from(GROWTH_GUARD_FRAMES);
+            let needed = u32::try_from(needed)
+                .unwrap_or(u32::MAX)
+                .next_multiple_of(48);
+            self.needed_latency = self.needed_latency.max(needed);
+            let grown = needed.min(self.cfg.max_latency_frames);
+            if grown > self.cfg.latency_frames {
+                self.grow_latency(grown - self.cfg.latency_frames);
+                cursor = self
+                    .next_read
+                    .unwrap_or(now32.wrapping_sub(self.cfg.latency_frames));
+                rel = i64::from(m_start.wrapping_sub(cursor) as i32);
+            }
+        }
+        let latency = self.cfg.latency_frames;
         let out_of_window = rel + n <= 0 || rel + n > RING_FRAMES as i64;
         if out_of_window {
             self.out_of_window_run += 1;
@@ -409,8 +542,7 @@ impl JitterBuffer {
                 && self.out_of_window_run >= REANCHOR_AFTER
             {
                 self.stats.resyncs += 1;
-                let o = ts.wrapping_sub(now32);
-                self.offset = Some(o);
+                let o = self.anchor(ts, now, now32);
                 self.valid.fill(false);
                 if !self.started {
                     // The old anchor's first frame means nothing on the new timeline.
@@ -422,6 +554,9 @@ impl JitterBuffer {
                 self.out_of_window_run = 0;
             } else if rel + n <= 0 {
                 self.stats.late += 1;
+                if let Some(sender) = &mut self.sender {
+                    sender.observe(now, m_start);
+                }
                 return PushOutcome::Late;
             } else {
                 self.stats.early += 1;
@@ -439,6 +574,21 @@ impl JitterBuffer {
         );
         self.first_frame
             .get_or_insert(m_start.wrapping_add(skip as u32));
+        let end = m_start.wrapping_add(frames as u32);
+        match self.newest_end {
+            Some(newest) if (end.wrapping_sub(newest) as i32) <= 0 => {}
+            _ => self.newest_end = Some(end),
+        }
+        // The sender is here: the silence read since its last packet was loss, unless it
+        // lasted long enough to mean there was no sender.
+        if !self.absent {
+            self.stats.concealed_frames += self.pending_silence;
+        }
+        self.pending_silence = 0;
+        self.absent = false;
+        if let Some(sender) = &mut self.sender {
+            sender.observe(now, m_start);
+        }
         if skip > 0 {
             self.stats.late += 1;
             return PushOutcome::Late;
@@ -485,6 +635,11 @@ impl JitterBuffer {
                 // (compared within ±2^31 frames, 12 hours).
                 self.started = m.wrapping_sub(first) as i32 >= 0;
             }
+            if let Some(until) = self.inserted_until
+                && (m.wrapping_sub(until) as i32) >= 0
+            {
+                self.inserted_until = None;
+            }
             let slot = m as usize % RING_FRAMES;
             if self.valid[slot] && self.tags[slot] == m {
                 let src = &self.ring[slot * ch..(slot + 1) * ch];
@@ -497,8 +652,24 @@ impl JitterBuffer {
                     out[c * frames + i] = 0.0;
                 }
                 missing += 1;
-                if self.started {
+                let before =
+                    |limit: Option<u32>| limit.is_some_and(|l| (m.wrapping_sub(l) as i32) < 0);
+                if !self.started {
+                } else if before(self.inserted_until) {
+                    self.stats.inserted_frames += 1;
+                } else if before(self.newest_end) {
+                    // A later frame is here: this one was lost or late.
                     concealed += 1;
+                } else if self.absent {
+                    self.stats.no_sender_frames += 1;
+                } else {
+                    self.pending_silence += 1;
+                    if self.pending_silence > ABSENT_AFTER_FRAMES {
+                        self.absent = true;
+                        self.newest_end = None;
+                        self.stats.no_sender_frames += self.pending_silence;
+                        self.pending_silence = 0;
+                    }
                 }
             }
         }
@@ -973,6 +1144,217 @@ mod tests {
         assert!(jb.read_block(0, &mut [0.0; 2 * 481]).is_err());
         assert_eq!(jb.read_block(0, &mut [1.0; 96]), Ok(48));
         assert_eq!(jb.stats().concealed_frames, 0, "not started yet");
+    }
+
+    /// Distinct values a [`mono_packet`] frame counts through before wrapping.
+    const RAMP: u64 = 4_000_000;
+
+    /// A 1 ms L24 mono packet: frame n of the stream carries (n mod RAMP) + 1 LSBs.
+    fn mono_packet(k: u64, ts0: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 98];
+        p.extend_from_slice(&(k as u16).to_be_bytes());
+        p.extend_from_slice(&ts0.wrapping_add(48 * k as u32).to_be_bytes());
+        p.extend_from_slice(&0xfeedu32.to_be_bytes());
+        for i in 0..48 {
+            let v = ((k * 48 + i) % RAMP + 1) as u32;
+            p.extend_from_slice(&v.to_be_bytes()[1..]);
+        }
+        p
+    }
+
+    /// What a virtual run of a mono 1 ms stream through a jitter buffer gave.
+    struct Run {
+        /// Frames heard out of order (a gap, a repeat or a jump) after `settle_s`.
+        discontinuities: usize,
+        /// Silent frames after the first sound, before `settle_s` and after.
+        silent_before: usize,
+        silent_after: usize,
+        /// Arrival-to-playout delay of the stream's frames after `settle_s`, in frames.
+        delay: (u64, u64),
+        /// The counters at the end.
+        stats: RxStats,
+    }
+
+    /// Plays `seconds` of a sender whose clock is `ppm` off ours through `jb` the way the
+    /// gateway's media thread does: it wakes every 250 µs of our media clock, pushes what
+    /// arrived, and reads 48-frame chunks while [`JitterBuffer::playout_time`] has passed
+    /// their end. Packet k leaves the sender when its last frame is captured (sender time
+    /// 48(k+1)) and arrives `delay(k)` frames later.
+    fn run_virtual(
+        jb: &mut JitterBuffer,
+        ppm: f64,
+        seconds: u64,
+        settle_s: u64,
+        delay: impl Fn(u64) -> u64,
+    ) -> Run {
+        let t0 = 7_000_000_000u64;
+        let arrival = |k: u64| t0 + (48.0 * (k + 1) as f64 / (1.0 + ppm * 1e-6)) as u64 + delay(k);
+        // Enough for a sender up to 1 % fast.
+        let packets = seconds * 1010 + 100;
+        let mut next_packet = 0u64;
+        let mut cursor: Option<u64> = None;
+        let mut block = [0.0f32; 48];
+        let mut last: Option<u64> = None;
+        let mut run = Run {
+            discontinuities: 0,
+            silent_before: 0,
+            silent_after: 0,
+            delay: (u64::MAX, 0),
+            stats: RxStats::default(),
+        };
+        let settle = t0 + settle_s * 48_000;
+        let mut t = t0;
+        while t < t0 + seconds * 48_000 {
+            while next_packet < packets && arrival(next_packet) <= t {
+                jb.push(&mono_packet(next_packet, 0x5000_0000), arrival(next_packet));
+                next_packet += 1;
+            }
+            let now = jb.playout_time(t);
+            let c = cursor.get_or_insert(now);
+            while now >= *c + 48 {
+                jb.read_block(*c, &mut block).unwrap();
+                *c += 48;
+                for &v in &block {
+                    let value = (v * 8_388_608.0).round() as u64;
+                    if value == 0 {
+                        if last.is_some() {
+                            if t < settle {
+                                run.silent_before += 1;
+                            } else {
+                                run.silent_after += 1;
+                            }
+                        }
+                        continue;
+                    }
+                    let n_mod = value - 1;
+                    if let Some(previous) = last
+                        && t >= settle
+                        && n_mod != (previous + 1) % RAMP
+                    {
+                        run.discontinuities += 1;
+                    }
+                    last = Some(n_mod);
+                    if t >= settle {
+                        // Frame n_mod (mod RAMP) came with packet n / 48; which wrap of
+                        // the ramp: the one closest to what was sent by now.
+                        let sent = next_packet * 48;
+                        let n = sent - (sent + RAMP - n_mod) % RAMP;
+                        let d = t - arrival(n / 48);
+                        run.delay = (run.delay.0.min(d), run.delay.1.max(d));
+                    }
+                }
+            }
+            t += 12;
+        }
+        run.stats = jb.stats();
+        run
+    }
+
+    fn first_packet_mono(latency: u32, max_latency: u32) -> JitterBuffer {
+        let format = StreamFormat::l24_1ms(Channels::new(1).unwrap());
+        let mut cfg = RxConfig::new(PayloadType::AES67_DEFAULT, format);
+        cfg.alignment = Alignment::FirstPacket;
+        cfg.latency_frames = latency;
+        cfg.max_latency_frames = max_latency;
+        JitterBuffer::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn a_drifting_non_ptp_sender_plays_at_a_steady_latency_for_ten_minutes() {
+        for ppm in [-2000.0, -200.0, 200.0, 2000.0] {
+            let mut jb = first_packet_mono(LATENCY, LATENCY);
+            // 10 frames of transit, and every 5th packet up to 1 ms later.
+            // Locked within a second; the phase settles within a few more (2 s time
+            // constant): the latency is checked from 5 s on, gaps and late packets from
+            // the start.
+            let run = run_virtual(&mut jb, ppm, 600, 5, |k| {
+                10 + if k % 5 == 0 { (k * 13) % 48 } else { 0 }
+            });
+            let s = run.stats;
+            assert_eq!((s.late, s.resyncs, s.lost), (0, 0, 0), "{ppm}: {s:?}");
+            assert_eq!(run.silent_before + run.silent_after, 0, "{ppm}: gaps");
+            assert_eq!(run.discontinuities, 0, "{ppm}");
+            assert_eq!(s.concealed_frames, 0, "{ppm}");
+            // A frame leaves the buffer in the 1 ms chunk read once the sender's clock
+            // is past the chunk's end: between `latency` - 1 ms and `latency` + 2 ms
+            // (+ 250 µs of wake-up) after its packet arrived, depending on its place in
+            // the packet and in the chunk, and on its packet's jitter. Within 1 ms of
+            // that band over the ten minutes (200 ppm of drift alone would be 120 ms).
+            let latency = u64::from(LATENCY);
+            let (lo, hi) = run.delay;
+            assert!(
+                lo + 48 >= latency - 48 && hi <= latency + 96 + 12 + 48,
+                "{ppm}: arrival to playout {lo}..{hi} frames, latency {latency}"
+            );
+            let measured = jb.sender_ppm().unwrap();
+            assert!(
+                (measured - ppm).abs() < 5.0,
+                "{ppm}: measured {measured} ppm"
+            );
+            assert!((jb.playout_rate_ppm() - ppm).abs() < 10.0, "{ppm}");
+        }
+    }
+
+    /// ffmpeg's RTP muxer with `-re`: packets leave in bursts, here every 20 ms with the
+    /// last 20 ms of packets, so the oldest of each burst is 19 ms late. The stream starts
+    /// with the last packet of a burst (the first packet is on time).
+    fn burst_delay(k: u64) -> u64 {
+        10 + (19 - (k + 19) % 20) * 48
+    }
+
+    #[test]
+    fn a_bursty_sender_raises_the_latency_to_what_it_needs_then_plays_clean() {
+        let mut jb = first_packet_mono(LATENCY, MAX_LATENCY_FRAMES);
+        let run = run_virtual(&mut jb, 0.0, 30, 3, burst_delay);
+        let s = run.stats;
+        // The latency grew, in a few steps, to cover the 19 ms bursts (and not much
+        // more: at most the default latency on top).
+        let latency = jb.latency_frames();
+        assert!(
+            (19 * 48..=19 * 48 + LATENCY + 96).contains(&latency),
+            "latency {latency}"
+        );
+        assert!((1..=5).contains(&s.latency_increases), "{s:?}");
+        assert_eq!(jb.needed_latency_frames(), latency);
+        assert_eq!(run.silent_after, 0);
+        assert_eq!(run.discontinuities, 0);
+        assert!(s.late <= 5, "late only before adapting: {s:?}");
+        // Only the first burst was missing when its time came; the pause the growth
+        // inserted is not loss.
+        assert!(s.concealed_frames <= 19 * 48, "{s:?}");
+        assert!(s.inserted_frames > 0);
+    }
+
+    #[test]
+    fn a_sender_needing_more_than_the_maximum_is_flagged() {
+        let mut jb = first_packet_mono(LATENCY, 480);
+        let run = run_virtual(&mut jb, 0.0, 5, 2, burst_delay);
+        assert_eq!(jb.latency_frames(), 480, "grown to the maximum");
+        assert!(jb.needed_latency_frames() > 480);
+        assert!(run.stats.late > 100, "{:?}", run.stats);
+    }
+
+    #[test]
+    fn no_sender_is_not_concealment() {
+        // 2 s of stream, 1 lost packet, then 10 s without any packet, then the sender is
+        // back for 1 s.
+        let mut jb = jb();
+        let mut block = [0.0f32; 96];
+        let packets = stream(BASE as u32, 0, 13_000);
+        for j in 0..13_000u64 {
+            let now = BASE + 48 * j + u64::from(LATENCY);
+            let k = j as usize;
+            let sending = !(2_000..12_000).contains(&k) && k != 500;
+            if sending {
+                jb.push(&packets[k], BASE + 48 * j + 48 + TRANSIT);
+            }
+            jb.read_block(now, &mut block).unwrap();
+        }
+        let s = jb.stats();
+        assert_eq!(s.concealed_frames, 48, "only the lost packet: {s:?}");
+        // The 10 s away, and the first packet after them: a sequence jump of 10000 is
+        // confirmed by the next packet first (RFC 3550 A.1 probation).
+        assert_eq!(s.no_sender_frames, 10_001 * 48, "{s:?}");
     }
 
     #[test]

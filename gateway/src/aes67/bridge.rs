@@ -19,6 +19,11 @@
 //! than the margin, so drift is corrected before the ring runs dry; inside it the ratio
 //! stays exactly nominal and the bridge passes audio through bit for bit.
 //!
+//! A producer that knows its rate is off (a receive flow playing a sender that is not on
+//! the media clock, at that sender's pace) says so ([`BridgeWriter::set_feed_forward_ppm`]):
+//! the reader applies it on top of the controller's correction from its next update, so
+//! the controller only has the host's own drift left to find.
+//!
 //! A loaded host stalls the consumer for milliseconds at a time, and it then catches up
 //! with a burst of pulls that find the ring fuller: that is lateness, not drift. So a late
 //! consumer says how late it is and the fill it measures leaves that out
@@ -54,6 +59,9 @@ pub struct BridgeStats {
     pub resyncs: AtomicU64,
     /// Current ratio correction in ppm, as `f64` bits.
     correction_ppm_bits: AtomicU64,
+    /// The producer's known rate offset in ppm (`f64` bits, 0 = +0.0): applied on top of
+    /// the controller's correction.
+    feed_forward_ppm_bits: AtomicU64,
     /// Fill before the last pull, in µs.
     pub fill_us: AtomicU64,
 }
@@ -62,6 +70,11 @@ impl BridgeStats {
     /// The ratio correction applied now, in ppm.
     pub fn correction_ppm(&self) -> f64 {
         f64::from_bits(self.correction_ppm_bits.load(Ordering::Relaxed))
+    }
+
+    /// The rate correction the producer asked for up front, in ppm.
+    pub fn feed_forward_ppm(&self) -> f64 {
+        f64::from_bits(self.feed_forward_ppm_bits.load(Ordering::Relaxed))
     }
 
     fn set_correction_ppm(&self, ppm: f64) {
@@ -148,6 +161,14 @@ pub struct BridgeWriter {
 }
 
 impl BridgeWriter {
+    /// Tells the reader that frames come `-ppm` off nominal: it reads them out with a
+    /// ratio `ppm` higher (positive: more output per input, for a slow producer).
+    pub fn set_feed_forward_ppm(&self, ppm: f64) {
+        self.stats
+            .feed_forward_ppm_bits
+            .store((ppm + 0.0).to_bits(), Ordering::Relaxed);
+    }
+
     /// Writes whole interleaved frames; what does not fit is dropped and counted.
     pub fn write(&mut self, interleaved: &[f32]) {
         let ch = self.channels;
@@ -247,6 +268,8 @@ impl BridgeReader {
             }
             // Start at exactly the target: anything queued beyond it is pure latency.
             self.interpolator.reset();
+            self.interpolator
+                .set_ratio_ppm(self.stats.feed_forward_ppm());
             self.drop_ring_frames_beyond(target);
             self.restart_controller();
             self.started = true;
@@ -289,7 +312,8 @@ impl BridgeReader {
             let elapsed_s = self.window_frames as f64 / 48_000.0;
             let ppm = self
                 .controller
-                .update(window_fill.round() as usize, elapsed_s);
+                .update(window_fill.round() as usize, elapsed_s)
+                + self.stats.feed_forward_ppm();
             self.interpolator.set_ratio_ppm(ppm);
             self.stats.set_correction_ppm(ppm);
             self.window_frames = 0;

@@ -320,8 +320,10 @@ pub struct RxSettings {
     pub sap_session: Option<String>,
     /// Output channels, if given.
     pub channels: Option<u8>,
-    /// Latency in ms, if given.
+    /// Latency in ms at the start, if given.
     pub latency_ms: Option<f32>,
+    /// Largest latency in ms late packets may raise it to, if given (40 by default).
+    pub max_latency_ms: Option<f32>,
     /// Interface to join on.
     pub interface: Ipv4Addr,
     /// Timestamp alignment.
@@ -336,6 +338,7 @@ impl RxSettings {
             sap_session,
             channels,
             latency_ms,
+            max_latency_ms,
             interface,
             alignment,
         } = config
@@ -350,6 +353,7 @@ impl RxSettings {
             sap_session: sap_session.clone(),
             channels: *channels,
             latency_ms: *latency_ms,
+            max_latency_ms: *max_latency_ms,
             interface: *interface,
             alignment: *alignment,
         })
@@ -369,6 +373,7 @@ struct SourceInfo {
     alignment: &'static str,
     mediaclk_offset: Option<u32>,
     latency_ms: f64,
+    max_latency_ms: f64,
     ts_refclk: Option<String>,
 }
 
@@ -425,6 +430,20 @@ impl RxFlow {
         if let Some(ms) = self.settings.latency_ms {
             cfg.latency_frames = (f64::from(ms) * 48.0).round() as u32;
         }
+        cfg.max_latency_frames = match self.settings.max_latency_ms {
+            Some(ms) => (f64::from(ms) * 48.0).round() as u32,
+            None => codecs::aes67::jitter::MAX_LATENCY_FRAMES,
+        };
+        if cfg.max_latency_frames < cfg.latency_frames {
+            return Err((
+                "max_latency_ms",
+                format!(
+                    "{} ms is below the latency of {} ms",
+                    f64::from(cfg.max_latency_frames) / 48.0,
+                    f64::from(cfg.latency_frames) / 48.0
+                ),
+            ));
+        }
         let jitter = JitterBuffer::new(cfg).map_err(|e| ("latency_ms", e.to_string()))?;
         let socket =
             net::flow_receiver(info.group, info.port, self.settings.interface).map_err(|e| {
@@ -453,6 +472,7 @@ impl RxFlow {
                 Alignment::FirstPacket => None,
             },
             latency_ms: f64::from(cfg.latency_frames) / 48.0,
+            max_latency_ms: f64::from(cfg.max_latency_frames) / 48.0,
             ts_refclk: info.refclk.as_ref().map(|r| match r {
                 RefClock::Ptp { gmid, domain } => format!("ptp=IEEE1588-2008:{gmid}:{domain}"),
                 RefClock::PtpTraceable => "ptp=IEEE1588-2008:traceable".to_owned(),
@@ -788,7 +808,7 @@ impl Aes67Hub {
                 ..RxState::default()
             }),
         });
-        let mut core = RxCore::new(writer, channels, Arc::clone(&stats));
+        let mut core = RxCore::new(writer, channels, Arc::clone(&stats)).named(&node.to_string());
         let mut socket = None;
         if let Some(sdp) = &settings.sdp {
             let (source, info) = flow
@@ -886,6 +906,13 @@ impl Aes67Hub {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
+        }
+    }
+
+    /// Lets SAP announcements go out (start-up succeeded; see [`SapService::release`]).
+    pub fn start_announcing(&self) {
+        if let Some(sap) = &self.inner.sap {
+            sap.release();
         }
     }
 
@@ -1108,7 +1135,16 @@ impl NodeService for RxService {
             "duplicate": load(&s.duplicate),
             "reordered": load(&s.reordered),
             "early": load(&s.early),
+            "latency_ms": ms(load(&s.latency_us) * 1000),
+            "needed_latency_ms": ms(load(&s.needed_latency_us) * 1000),
+            "latency_increases": load(&s.latency_increases),
+            "latency_limited": state.source.as_ref().is_some_and(|source| {
+                ms(load(&s.needed_latency_us) * 1000) > source.max_latency_ms
+            }),
+            "sender_ppm": s.sender_ppm(),
             "concealed_frames": load(&s.concealed_frames),
+            "no_sender_frames": load(&s.no_sender_frames),
+            "inserted_frames": load(&s.inserted_frames),
             "malformed": load(&s.malformed),
             "wrong_payload_type": load(&s.wrong_payload_type),
             "foreign_ssrc": load(&s.foreign_ssrc),
@@ -1163,6 +1199,16 @@ impl NodeService for RxService {
                 load(&s.concealed_frames),
             ),
             (
+                "telepatch_aes67_rx_no_sender_frames_total",
+                "Frames played as silence while no sender was present.",
+                load(&s.no_sender_frames),
+            ),
+            (
+                "telepatch_aes67_rx_latency_increases_total",
+                "Times late packets raised a receive flow's latency.",
+                load(&s.latency_increases),
+            ),
+            (
                 "telepatch_aes67_rx_malformed_total",
                 "Datagrams that were not usable RTP.",
                 load(&s.malformed),
@@ -1175,6 +1221,14 @@ impl NodeService for RxService {
         ] {
             families.sample(name, "counter", help, node, &[], value);
         }
+        families.sample(
+            "telepatch_aes67_rx_latency_seconds",
+            "gauge",
+            "A receive flow's playout latency after the media timestamp.",
+            node,
+            &[],
+            load(&s.latency_us) / 1e6,
+        );
         bridge_metrics(node, families, &s.bridge);
     }
 

@@ -12,6 +12,14 @@
 //! end, so a frame leaves the jitter buffer between `latency` and `latency + 1 ms` after
 //! its timestamp. Until a subscription exists (a SAP session not heard yet), and while the
 //! media clock is known, chunks of silence keep the bridge flowing.
+//!
+//! A sender that is not on the media clock (`first_packet`) is played on its own clock:
+//! chunks are read when the jitter buffer's estimate of the sender's clock
+//! ([`JitterBuffer::playout_time`]) has passed their end, so they reach the bridge at the
+//! sender's rate, and the bridge's read-out is told that rate up front (a feed-forward
+//! ratio, [`BridgeWriter::set_feed_forward_ppm`]) so the caller hears the sender's pace
+//! without the ring running dry or filling up. Latency changes (a bursty sender raising
+//! it) are logged here, a few times per subscription at most.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,8 +54,20 @@ pub struct RxStats {
     pub late: AtomicU64,
     /// Packets too far ahead of the playout window (timestamps not on our media clock).
     pub early: AtomicU64,
-    /// Frames played as silence after the stream started.
+    /// Frames played as silence because the sender's packet was missing.
     pub concealed_frames: AtomicU64,
+    /// Frames played as silence while no sender was present (no packet for 1 s).
+    pub no_sender_frames: AtomicU64,
+    /// Frames of silence inserted once when the latency grew.
+    pub inserted_frames: AtomicU64,
+    /// Times a late packet raised the latency.
+    pub latency_increases: AtomicU64,
+    /// The current playout latency, in µs (0 without a subscription).
+    pub latency_us: AtomicU64,
+    /// The largest latency a packet needed, in µs.
+    pub needed_latency_us: AtomicU64,
+    /// The sender's measured rate error in ppm (`f64` bits; NaN until measured).
+    sender_ppm_bits: AtomicU64,
     /// Datagrams that were not RTP or not whole frames.
     pub malformed: AtomicU64,
     /// Packets with another payload type.
@@ -72,8 +92,15 @@ impl RxStats {
     pub fn new(bridge: Arc<BridgeStats>) -> RxStats {
         RxStats {
             bridge,
+            sender_ppm_bits: AtomicU64::new(f64::NAN.to_bits()),
             ..RxStats::default()
         }
+    }
+
+    /// The sender's measured rate error in ppm, once measured (`first_packet` only).
+    pub fn sender_ppm(&self) -> Option<f64> {
+        let ppm = f64::from_bits(self.sender_ppm_bits.load(Ordering::Relaxed));
+        (!ppm.is_nan()).then_some(ppm)
     }
 
     fn publish(&self, before: &JitterStats, now: &JitterStats, playout_resyncs: u64) {
@@ -88,6 +115,18 @@ impl RxStats {
         set(
             &self.concealed_frames,
             sum(before.concealed_frames, now.concealed_frames),
+        );
+        set(
+            &self.no_sender_frames,
+            sum(before.no_sender_frames, now.no_sender_frames),
+        );
+        set(
+            &self.inserted_frames,
+            sum(before.inserted_frames, now.inserted_frames),
+        );
+        set(
+            &self.latency_increases,
+            sum(before.latency_increases, now.latency_increases),
         );
         set(&self.malformed, sum(before.malformed, now.malformed));
         set(
@@ -114,6 +153,9 @@ fn add(a: &JitterStats, b: &JitterStats) -> JitterStats {
         late: a.late + b.late,
         early: a.early + b.early,
         concealed_frames: a.concealed_frames + b.concealed_frames,
+        no_sender_frames: a.no_sender_frames + b.no_sender_frames,
+        inserted_frames: a.inserted_frames + b.inserted_frames,
+        latency_increases: a.latency_increases + b.latency_increases,
         malformed: a.malformed + b.malformed,
         wrong_payload_type: a.wrong_payload_type + b.wrong_payload_type,
         foreign_ssrc: a.foreign_ssrc + b.foreign_ssrc,
@@ -151,6 +193,9 @@ pub struct RxCore {
     /// Jitter-buffer counters of earlier subscriptions.
     before: JitterStats,
     playout_resyncs: u64,
+    /// The latency and the most needed at the last report, in frames (for the log).
+    reported_latency: (u32, u32),
+    name: Arc<str>,
     stats: Arc<RxStats>,
 }
 
@@ -165,8 +210,16 @@ impl RxCore {
             interleaved: vec![0.0; channels * CHUNK],
             before: JitterStats::default(),
             playout_resyncs: 0,
+            reported_latency: (0, 0),
+            name: Arc::from(""),
             stats,
         }
+    }
+
+    /// The same core naming its flow `name` in the log.
+    pub fn named(mut self, name: &str) -> RxCore {
+        self.name = Arc::from(name);
+        self
     }
 
     /// Replaces the stream received (`None`: silence until the next one). Returns the
@@ -179,6 +232,10 @@ impl RxCore {
         if let Some(old) = &old {
             self.before = add(&self.before, &old.jitter.stats());
         }
+        // The new stream has its own timeline: playout restarts from its now.
+        self.cursor = None;
+        self.reported_latency = (0, 0);
+        self.writer.set_feed_forward_ppm(0.0);
         old
     }
 
@@ -211,7 +268,11 @@ impl RxCore {
     /// Plays every chunk whose playout has passed by PTP time `now_ns` into the bridge;
     /// returns when the next one is due.
     pub fn play(&mut self, now_ns: u64) -> u64 {
-        let now = media_clock(now_ns);
+        let local = media_clock(now_ns);
+        let now = self
+            .subscription
+            .as_ref()
+            .map_or(local, |s| s.jitter.playout_time(local));
         let chunk = CHUNK as u64;
         let mut cursor = *self.cursor.get_or_insert(now);
         if now > cursor + RESYNC_FRAMES || cursor > now + RESYNC_FRAMES {
@@ -243,14 +304,63 @@ impl RxCore {
             cursor += chunk;
         }
         self.cursor = Some(cursor);
-        let current = self
-            .subscription
-            .as_ref()
-            .map(|s| s.jitter.stats())
-            .unwrap_or_default();
+        let current = match self.subscription.take() {
+            Some(s) => {
+                // Chunks go out at the sender's rate: the bridge reads them out that
+                // much slower (or faster) from the start.
+                self.writer
+                    .set_feed_forward_ppm(-s.jitter.playout_rate_ppm());
+                let ppm = s.jitter.sender_ppm().unwrap_or(f64::NAN);
+                self.stats
+                    .sender_ppm_bits
+                    .store(ppm.to_bits(), Ordering::Relaxed);
+                self.report_latency(&s.jitter);
+                let stats = s.jitter.stats();
+                self.subscription = Some(s);
+                stats
+            }
+            None => {
+                self.stats.latency_us.store(0, Ordering::Relaxed);
+                JitterStats::default()
+            }
+        };
         self.stats
             .publish(&self.before, &current, self.playout_resyncs);
-        ptp_ns_of_sample(cursor + chunk)
+        ptp_ns_of_sample(local + (cursor + chunk).saturating_sub(now))
+    }
+
+    /// Publishes the latency, and logs when it grew or when the sender needs more than
+    /// the maximum (each happens a few times per subscription at most: the latency only
+    /// grows, in whole milliseconds, up to 40 ms).
+    fn report_latency(&mut self, jitter: &JitterBuffer) {
+        let latency = jitter.latency_frames();
+        let needed = jitter.needed_latency_frames();
+        let max = jitter.config().max_latency_frames;
+        let us = |frames: u32| u64::from(frames) * 1000 / 48;
+        self.stats.latency_us.store(us(latency), Ordering::Relaxed);
+        self.stats
+            .needed_latency_us
+            .store(us(needed), Ordering::Relaxed);
+        let (reported, reported_needed) = self.reported_latency;
+        let ms = |frames: u32| f64::from(frames) / 48.0;
+        if reported != 0 && latency > reported {
+            tracing::info!(
+                flow = %self.name,
+                latency_ms = ms(latency),
+                max_latency_ms = ms(max),
+                "packets arrived late: receive latency raised"
+            );
+        }
+        if needed > max && reported_needed <= max {
+            tracing::warn!(
+                flow = %self.name,
+                needed_ms = ms(needed),
+                max_latency_ms = ms(max),
+                "the sender's packets arrive later than max_latency_ms allows: late packets \
+                 will be heard as gaps (raise max_latency_ms or fix the sender's pacing)"
+            );
+        }
+        self.reported_latency = (latency, needed);
     }
 }
 
@@ -296,6 +406,8 @@ mod tests {
         Alignment, Channels, Encoding, PacketTime, Packetizer, RxConfig, StreamFormat, TxConfig,
         rtp_timestamp,
     };
+    use codecs::measure::fit_sine;
+    use codecs::rate::SampleRate;
     use codecs::rtp::PayloadType;
 
     const TAI_NS: u64 = 1_700_000_000_000_000_000;
@@ -380,6 +492,104 @@ mod tests {
         assert_eq!(stats.lost.load(Ordering::Relaxed), 0);
         assert_eq!(stats.late.load(Ordering::Relaxed), 0);
         assert_eq!(stats.concealed_frames.load(Ordering::Relaxed), 0);
+    }
+
+    /// A non-PTP sender (`first_packet`) whose crystal is `ppm` off the media clock sends
+    /// a 1 kHz tone (of its clock) in 1 ms L24 mono packets for 60 s; the media thread
+    /// plays every 250 µs and the engine pulls 1 ms blocks on the media clock. Returns
+    /// what the engine heard after the first 5 s, the flow's counters and the bridge's.
+    fn drifting_sender(ppm: f64) -> (Vec<f32>, Arc<RxStats>) {
+        let bridge_stats = Arc::new(BridgeStats::default());
+        let (writer, mut reader) = bridge(
+            BridgeSettings::new(1, CHUNK, 48, 2.0),
+            Arc::clone(&bridge_stats),
+        );
+        let stats = Arc::new(RxStats::new(bridge_stats));
+        let mut core = RxCore::new(writer, 1, Arc::clone(&stats));
+        let mut cfg = RxConfig::new(PayloadType::AES67_DEFAULT, format(1));
+        cfg.alignment = Alignment::FirstPacket;
+        core.replace(Some(Box::new(Subscription::new(
+            JitterBuffer::new(cfg).unwrap(),
+        ))));
+        let m0 = media_clock(TAI_NS);
+        let arrival = |k: u64| {
+            ptp_ns_of_sample(m0 + (48.0 * (k + 1) as f64 / (1.0 + ppm * 1e-6)) as u64) + 50_000
+        };
+        let packet = |k: u64| {
+            let mut p = vec![0x80, 98];
+            p.extend_from_slice(&(k as u16).to_be_bytes());
+            p.extend_from_slice(&(0x1234_0000u32.wrapping_add(48 * k as u32)).to_be_bytes());
+            p.extend_from_slice(&7u32.to_be_bytes());
+            for i in 0..48 {
+                let n = (k * 48 + i) as f64;
+                let v = (0.5 * (std::f64::consts::TAU * 1000.0 * n / 48_000.0).sin() * 8_388_607.0)
+                    .round() as i32;
+                p.extend_from_slice(&v.to_be_bytes()[1..]);
+            }
+            p
+        };
+        let mut k = 0u64;
+        let mut heard = Vec::new();
+        let mut out = [0.0f32; 48];
+        let mut t = TAI_NS;
+        while t < TAI_NS + 60_000_000_000 {
+            while arrival(k) <= t {
+                core.push(&packet(k), arrival(k));
+                k += 1;
+            }
+            core.play(t);
+            if (t - TAI_NS).is_multiple_of(1_000_000) {
+                reader.pull(&mut out);
+                if t >= TAI_NS + 5_000_000_000 {
+                    heard.extend_from_slice(&out);
+                }
+            }
+            t += 250_000;
+        }
+        (heard, stats)
+    }
+
+    #[test]
+    fn a_drifting_non_ptp_sender_is_heard_clean_at_its_own_pace() {
+        for ppm in [-2000.0, 2000.0] {
+            let (heard, stats) = drifting_sender(ppm);
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            let counters = (
+                load(&stats.late),
+                load(&stats.resyncs),
+                load(&stats.concealed_frames),
+                load(&stats.bridge.underruns),
+                load(&stats.bridge.overflow_frames),
+                load(&stats.bridge.resyncs),
+            );
+            assert_eq!(
+                counters,
+                (0, 0, 0, 0, 0, 0),
+                "{ppm}: late, resyncs, concealed, bridge"
+            );
+            // The sender's pace: its 1 kHz is heard `ppm` off, in every 100 ms window,
+            // with no gap or jump (a glitch leaves an SNR of 25 dB or less).
+            let expected = 1000.0 * (1.0 + ppm * 1e-6);
+            for (w, window) in heard.chunks_exact(4800).enumerate() {
+                let fit = fit_sine(window, SampleRate::HZ_48000).unwrap();
+                assert!(
+                    (fit.frequency_hz - expected).abs() < 0.5 && fit.snr_db > 50.0,
+                    "{ppm}: window {w}: {:.2} Hz, SNR {:.1} dB",
+                    fit.frequency_hz,
+                    fit.snr_db
+                );
+            }
+            // The bridge reads out at the sender's rate (the measured drift, fed forward).
+            let correction = stats.bridge.correction_ppm();
+            assert!(
+                (correction + ppm).abs() < 20.0,
+                "{ppm}: bridge correction {correction} ppm"
+            );
+            let measured = stats.sender_ppm().unwrap();
+            assert!((measured - ppm).abs() < 5.0, "{ppm}: measured {measured}");
+            // The latency stayed the default 3 ms.
+            assert_eq!(load(&stats.latency_us), 3000, "{ppm}");
+        }
     }
 
     #[test]

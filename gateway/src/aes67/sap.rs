@@ -8,6 +8,11 @@
 //! new SDP with a bumped `o=` version and a new message id hash. Removing a flow (or
 //! shutting down) sends its deletion three times, 5 ms apart, as aes67-linux-daemon does.
 //!
+//! Nothing is announced before [`SapService::release`]: the gateway releases the
+//! announcements only once every listener it needs is bound and start-up has succeeded,
+//! so a gateway that fails to start leaves no session in anyone's directory. A flow
+//! withdrawn before the release sends no deletion (nobody heard of it).
+//!
 //! Listener: a socket joined to the SAP group on `sap_interface` feeds a
 //! [`SapDirectory`] (sans-IO: deletions, modifications, expiry after `max(10 × interval,
 //! 1 hour)`). Receive flows that subscribed by session name are told whenever the session
@@ -57,6 +62,8 @@ struct Announced {
     flow: Arc<TxFlow>,
     socket: UdpSocket,
     next_due: Instant,
+    /// Whether an announcement went out (so a deletion is owed).
+    sent: bool,
 }
 
 struct Watcher {
@@ -79,6 +86,8 @@ struct Shared {
     listen_on: Option<Ipv4Addr>,
     started: Instant,
     stop: AtomicBool,
+    /// Announcements may go out (see [`SapService::release`]).
+    released: AtomicBool,
     state: Mutex<State>,
     wake: Condvar,
     stats: SapStats,
@@ -127,6 +136,7 @@ impl SapService {
             listen_on,
             started: Instant::now(),
             stop: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             state: Mutex::new(State {
                 announced: Vec::new(),
                 directory: SapDirectory::new(max_sessions),
@@ -157,18 +167,33 @@ impl SapService {
         self.shared.state().listener_error.clone()
     }
 
-    /// Starts announcing `flow`: its first announcement leaves now.
+    /// Lets announcements go out: every flow announced so far is announced at once, and
+    /// later ones as they come.
+    pub fn release(&self) {
+        self.shared.released.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_all();
+    }
+
+    /// Starts announcing `flow`: its first announcement leaves now (or at the release).
     pub fn announce(&self, flow: Arc<TxFlow>) -> std::io::Result<()> {
         let socket = net::sap_sender(flow.settings.interface)?;
         let mut state = self.shared.state();
         let hash = unique_hash(&state.announced, &flow, flow.msg_id_hash());
         flow.set_msg_id_hash(hash);
-        send_announcement(&self.shared.stats, &socket, &flow);
-        let next_due = Instant::now() + self.shared.interval;
+        let released = self.shared.released.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if released {
+            send_announcement(&self.shared.stats, &socket, &flow);
+        }
         state.announced.push(Announced {
             flow,
             socket,
-            next_due,
+            next_due: if released {
+                now + self.shared.interval
+            } else {
+                now
+            },
+            sent: released,
         });
         Ok(())
     }
@@ -184,19 +209,7 @@ impl SapService {
                 .map(|index| state.announced.swap_remove(index))
         };
         if let Some(announced) = removed {
-            let (hash, origin_line) = announced.flow.deletion();
-            for repeat in 0..DELETION_REPEATS {
-                if repeat > 0 {
-                    std::thread::sleep(DELETION_SPACING);
-                }
-                send_deletion(
-                    &self.shared.stats,
-                    &announced.socket,
-                    hash,
-                    announced.flow.settings.interface,
-                    &origin_line,
-                );
-            }
+            withdrawn(&self.shared.stats, &announced);
         }
     }
 
@@ -244,7 +257,8 @@ impl SapService {
             .collect()
     }
 
-    /// Stops the thread (announced flows should have been withdrawn already).
+    /// Stops the thread, and deletes any flow still announced (they are normally
+    /// withdrawn one by one before; this covers every other way out).
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wake.notify_all();
@@ -258,12 +272,36 @@ impl SapService {
         {
             tracing::error!("SAP thread panicked");
         }
+        let left = std::mem::take(&mut self.shared.state().announced);
+        for announced in &left {
+            withdrawn(&self.shared.stats, announced);
+        }
     }
 }
 
 impl Drop for SapService {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Sends the deletion of a flow no longer announced (three times), if it was announced.
+fn withdrawn(stats: &SapStats, announced: &Announced) {
+    if !announced.sent {
+        return;
+    }
+    let (hash, origin_line) = announced.flow.deletion();
+    for repeat in 0..DELETION_REPEATS {
+        if repeat > 0 {
+            std::thread::sleep(DELETION_SPACING);
+        }
+        send_deletion(
+            stats,
+            &announced.socket,
+            hash,
+            announced.flow.settings.interface,
+            &origin_line,
+        );
     }
 }
 
@@ -369,25 +407,29 @@ fn run(shared: &Shared) {
         }
         let mut state = shared.state();
         let now = Instant::now();
-        for index in 0..state.announced.len() {
+        let released = shared.released.load(Ordering::Relaxed);
+        for index in (0..state.announced.len()).filter(|_| released) {
             let flow = Arc::clone(&state.announced[index].flow);
             if let Some((old_hash, old_origin_line)) = flow.refresh() {
                 // A changed SDP: the old version's deletion, then the new one at once.
                 let hash = unique_hash(&state.announced, &flow, flow.msg_id_hash());
                 flow.set_msg_id_hash(hash);
-                send_deletion(
-                    &shared.stats,
-                    &state.announced[index].socket,
-                    old_hash,
-                    flow.settings.interface,
-                    &old_origin_line,
-                );
+                if state.announced[index].sent {
+                    send_deletion(
+                        &shared.stats,
+                        &state.announced[index].socket,
+                        old_hash,
+                        flow.settings.interface,
+                        &old_origin_line,
+                    );
+                }
                 state.announced[index].next_due = now;
             }
             let announced = &mut state.announced[index];
             if now >= announced.next_due {
                 send_announcement(&shared.stats, &announced.socket, &flow);
                 announced.next_due = now + shared.interval;
+                announced.sent = true;
             }
         }
         if now.duration_since(last_expiry) >= Duration::from_secs(1) {
