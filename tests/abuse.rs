@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{GatewayProcess, metric_value, metrics_text, uuid};
+use common::{GatewayProcess, metric_value, metrics_text, uuid, wait_cdr};
 use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -135,24 +135,7 @@ async fn a_peer_that_stops_reading_is_hung_up_and_recorded_as_an_error() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ended_after = started.elapsed();
-    let http = reqwest::Client::new();
-    let mut record = serde_json::Value::Null;
-    for _ in 0..100 {
-        let page: serde_json::Value = http
-            .get(format!("{}/v1/cdrs?uuid={id}", gateway.api_url()))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(item) = page["items"].as_array().and_then(|i| i.first()) {
-            record = item.clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let record = wait_cdr(&gateway, &token, id).await;
     assert_eq!(
         record["uuid"],
         id.to_string(),
@@ -273,4 +256,43 @@ async fn only_allowed_source_networks_may_connect() {
         1.0
     );
     assert_eq!(metric_value(&metrics, "telepatch_calls_total"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_counters_never_go_backwards_while_calls_end() {
+    // Calls end all the time while /metrics is scraped: each scrape must count every
+    // call exactly once, live or ended.
+    let gateway = GatewayProcess::start("");
+    let calls = tokio::spawn({
+        let addr = gateway.addr;
+        async move {
+            let calls = (0..40u64).map(|k| async move {
+                tokio::time::sleep(Duration::from_millis(25 * k)).await;
+                FakeCall::new(addr, uuid())
+                    .duration(Duration::from_millis(300))
+                    .run()
+                    .await
+            });
+            futures_util::future::join_all(calls).await
+        }
+    });
+    let mut last = (0.0, 0.0);
+    let mut scrapes = 0;
+    while !calls.is_finished() {
+        let metrics = metrics_text(&gateway).await;
+        let now = (
+            metric_value(&metrics, "telepatch_frames_in_total"),
+            metric_value(&metrics, "telepatch_frames_out_total"),
+        );
+        assert!(
+            now.0 >= last.0 && now.1 >= last.1,
+            "counters went backwards: {last:?} -> {now:?}"
+        );
+        last = now;
+        scrapes += 1;
+    }
+    for report in calls.await.unwrap() {
+        assert_eq!(report.unwrap().end, CallEnd::Completed);
+    }
+    assert!(scrapes > 20, "only {scrapes} scrapes");
 }

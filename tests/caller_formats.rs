@@ -15,7 +15,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{GatewayProcess, RECORD_ALL, active_span, read_wav, steady_fit, uuid, wait_recording};
+use common::{GatewayProcess, RECORD_ALL, check_tone_recording, uuid, wait_cdr};
 use sip_glue::audiosocket::AudioKind;
 use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source, WireCodec};
 
@@ -68,36 +68,6 @@ async fn a_caller_silent_at_first_is_answered_at_its_own_rate_once_it_speaks() {
     gateway
         .wait_log("reply rate follows the caller", Duration::from_secs(2))
         .expect("the switch is logged");
-}
-
-/// Checks one recording of a 3 s, -6 dBFS, 1 kHz tone.
-fn check_tone_recording(gateway: &GatewayProcess, id: uuid::Uuid, min_snr_db: f64) {
-    let path = gateway.recordings().join(format!("{id}.wav"));
-    wait_recording(gateway, &path);
-    let (channels, rate) = read_wav(&path);
-    let voice = &channels[0];
-    let (first, last) = active_span(voice, rate, 0.05).expect("the tone is in the recording");
-    let tone_seconds = (last - first) as f64 / f64::from(rate);
-    assert!(
-        (tone_seconds - 3.0).abs() <= 0.020,
-        "{id}: tone lasts {tone_seconds:.4} s, expected 3 s within one 20 ms frame"
-    );
-    let fit = steady_fit(&voice[first..last], rate, 0.1);
-    assert!(
-        (fit.frequency_hz - 1000.0).abs() < 0.5,
-        "{id}: frequency {:.3} Hz",
-        fit.frequency_hz
-    );
-    assert!(
-        (fit.amplitude_dbfs + 6.0).abs() < 0.3,
-        "{id}: level {:.2} dBFS",
-        fit.amplitude_dbfs
-    );
-    assert!(
-        fit.snr_db >= min_snr_db,
-        "{id}: SNR {:.1} dB < {min_snr_db} dB",
-        fit.snr_db
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,25 +164,8 @@ async fn a_caller_that_hangs_up_with_a_reset_is_recorded_as_ended_by_the_caller(
     for report in futures_util::future::join_all(calls).await {
         assert_eq!(report.unwrap().end, CallEnd::Completed);
     }
-    let http = reqwest::Client::new();
     for id in ids {
-        let mut record = serde_json::Value::Null;
-        for _ in 0..50 {
-            let page: serde_json::Value = http
-                .get(format!("{}/v1/cdrs?uuid={id}", gateway.api_url()))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if let Some(item) = page["items"].as_array().and_then(|items| items.first()) {
-                record = item.clone();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let record = wait_cdr(&gateway, &token, id).await;
         assert_eq!(record["uuid"], id.to_string(), "no record for {id}");
         assert_eq!(record["ended_by"], "caller", "{record}");
     }

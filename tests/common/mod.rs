@@ -448,3 +448,60 @@ where
 pub fn uuid() -> uuid::Uuid {
     uuid::Uuid::new_v4()
 }
+
+/// Checks the recording `<uuid>.wav` of a caller that sent a 3 s, -6 dBFS, 1 kHz tone:
+/// the tone lasts 3 s within one 20 ms frame, at 1 kHz ±0.5 Hz and -6 dBFS ±0.3 dB, with
+/// at least `min_snr_db` of SNR. Returns the fitted SNR.
+pub fn check_tone_recording(gateway: &GatewayProcess, id: uuid::Uuid, min_snr_db: f64) -> f64 {
+    let path = gateway.recordings().join(format!("{id}.wav"));
+    wait_recording(gateway, &path);
+    let (channels, rate) = read_wav(&path);
+    assert_eq!(rate, 48_000, "recordings are on the bus rate");
+    assert_eq!(channels.len(), 1);
+    let voice = &channels[0];
+    let (first, last) = active_span(voice, rate, 0.05).expect("the tone is in the recording");
+    let tone_seconds = (last - first) as f64 / f64::from(rate);
+    assert!(
+        (tone_seconds - 3.0).abs() <= 0.020,
+        "{id}: tone lasts {tone_seconds:.4} s, expected 3 s within one 20 ms frame"
+    );
+    let fit = steady_fit(&voice[first..last], rate, 0.1);
+    assert!(
+        (fit.frequency_hz - 1000.0).abs() < 0.5,
+        "{id}: frequency {:.3} Hz",
+        fit.frequency_hz
+    );
+    assert!(
+        (fit.amplitude_dbfs + 6.0).abs() < 0.3,
+        "{id}: level {:.2} dBFS",
+        fit.amplitude_dbfs
+    );
+    assert!(
+        fit.snr_db >= min_snr_db,
+        "{id}: SNR {:.1} dB < {min_snr_db} dB",
+        fit.snr_db
+    );
+    fit.snr_db
+}
+
+/// The call record of `id` through `GET /v1/cdrs`, waiting up to 5 s for it to be written
+/// (`Value::Null` if it never is).
+pub async fn wait_cdr(gateway: &GatewayProcess, token: &str, id: uuid::Uuid) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    for _ in 0..50 {
+        let page: serde_json::Value = http
+            .get(format!("{}/v1/cdrs?uuid={id}", gateway.api_url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(item) = page["items"].as_array().and_then(|items| items.first()) {
+            return item.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serde_json::Value::Null
+}

@@ -10,9 +10,11 @@
 //! 16-bit samples decoded as μ-law are random. [`CodingDetector`] looks at each frame both
 //! ways and decides once several loud frames clearly agree. Until then each frame is
 //! decoded the way it looks on its own, and a loud frame that looks like neither is
-//! muted rather than let through as noise. Signals neither way resembles (silence, a
-//! lone 3 kHz tone) decide nothing; quiet ones decode as slin, which is what the
-//! dialplan app and every `c(slin*)` channel send.
+//! muted rather than let through as noise, for a few frames at most: loud audio that
+//! keeps looking like neither (tones above about 1.3 kHz look alike both ways) settles
+//! the call on slin, which is what the dialplan app and every `c(slin*)` channel send.
+//! Silence decides nothing and decodes as slin. So a μ-law call whose first loud audio
+//! is a lone high tone is taken for slin; its route can fix the coding.
 //!
 //! A-law cannot be told from μ-law this way with confidence; it is chosen by
 //! configuration only.
@@ -59,6 +61,10 @@ const MIN_RMS: f64 = 0.02;
 const MAX_AUDIO_ROUGHNESS: f64 = 1.0;
 /// ...and be at least this many times smoother than the other one.
 const MIN_MARGIN: f64 = 2.0;
+/// Loud frames that vote neither way (tones above about 1.3 kHz, such as the high DTMF
+/// group, look alike both ways) that are muted before the detector gives up and settles
+/// on slin: muting is for the first instants of a call, never for its life.
+const MAX_MUTED_FRAMES: u8 = 3;
 
 /// Decides, from the first loud frames of a call, whether its 0x10 payloads are slin or
 /// μ-law, and says meanwhile how to decode each one. Sans-IO and allocation-free; once
@@ -68,6 +74,7 @@ pub struct CodingDetector {
     decided: Option<DetectedCoding>,
     leaning: Option<DetectedCoding>,
     agreeing: u8,
+    muted: u8,
     frames_seen: u64,
 }
 
@@ -91,7 +98,8 @@ impl CodingDetector {
     /// frame is decoded the way it looks on its own: a frame that is quiet as slin
     /// stays slin (harmless either way), one that is loud as slin but quiet as μ-law is
     /// quiet μ-law (loud slin is never quiet read as μ-law), and a loud frame that does
-    /// not clearly vote is muted.
+    /// not clearly vote is muted, a few times at most: then the detector settles on
+    /// slin.
     pub fn observe(&mut self, payload: &[u8]) -> FrameCoding {
         if let Some(decided) = self.decided {
             return decided.into();
@@ -114,7 +122,16 @@ impl CodingDetector {
             Some(v) => v.into(),
             None if !look.slin_loud => FrameCoding::Slin,
             None if !look.ulaw_loud => FrameCoding::Ulaw,
-            None => FrameCoding::Mute,
+            None if self.muted < MAX_MUTED_FRAMES => {
+                self.muted += 1;
+                FrameCoding::Mute
+            }
+            None => {
+                // Loud audio that keeps looking like neither: what the dialplan app and
+                // every c(slin*) channel send.
+                self.decided = Some(DetectedCoding::Slin);
+                FrameCoding::Slin
+            }
         }
     }
 }
@@ -373,9 +390,42 @@ mod tests {
     }
 
     #[test]
-    fn a_high_tone_alone_is_left_undecided() {
-        // 3.2 kHz at 8 kHz is rougher than audio is assumed to be: no decision, slin.
-        let (decision, _) = run(50, |k| ulaw_bytes(&tone(160, 3200.0, 0.5, k * 160)));
-        assert_eq!(decision, None);
+    fn loud_audio_that_looks_like_neither_is_muted_briefly_then_taken_as_slin() {
+        // A 1.6 kHz tone (the high DTMF group) looks alike both ways.
+        let mut detector = CodingDetector::new();
+        let mut muted = 0;
+        for k in 0..50 {
+            match detector.observe(&slin_bytes(&tone(160, 1600.0, 0.5, k * 160))) {
+                FrameCoding::Mute => muted += 1,
+                FrameCoding::Slin => {}
+                FrameCoding::Ulaw => panic!("frame {k} decoded as μ-law"),
+            }
+        }
+        assert!(muted <= 3, "{muted} frames muted");
+        assert_eq!(detector.decided(), Some(DetectedCoding::Slin));
+    }
+
+    #[test]
+    fn slin_tones_callers_use_are_never_muted_for_long() {
+        for hz in [500.0, 800.0, 1000.0, 1004.0, 1200.0, 1336.0, 1477.0, 1633.0, 2000.0] {
+            let mut detector = CodingDetector::new();
+            let muted = (0..50)
+                .filter(|&k| {
+                    detector.observe(&slin_bytes(&tone(160, hz, 0.5, k * 160)))
+                        == FrameCoding::Mute
+                })
+                .count();
+            assert!(muted <= 3, "{hz} Hz: {muted} frames muted");
+            assert_eq!(detector.decided(), Some(DetectedCoding::Slin), "{hz} Hz");
+        }
+    }
+
+    #[test]
+    fn a_lone_high_ulaw_tone_is_beyond_detection_and_settles_on_slin() {
+        // The known limit: 3.2 kHz at 8 kHz is rougher than audio is assumed to be, so
+        // a μ-law call whose first loud audio is such a tone is taken as slin (its route
+        // can say `coding = "ulaw"`).
+        let (decision, frames) = run(50, |k| ulaw_bytes(&tone(160, 3200.0, 0.5, k * 160)));
+        assert_eq!((decision, frames), (Some(DetectedCoding::Slin), 4));
     }
 }
