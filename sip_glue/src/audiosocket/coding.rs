@@ -407,12 +407,13 @@ mod tests {
 
     #[test]
     fn slin_tones_callers_use_are_never_muted_for_long() {
-        for hz in [500.0, 800.0, 1000.0, 1004.0, 1200.0, 1336.0, 1477.0, 1633.0, 2000.0] {
+        for hz in [
+            500.0, 800.0, 1000.0, 1004.0, 1200.0, 1336.0, 1477.0, 1633.0, 2000.0,
+        ] {
             let mut detector = CodingDetector::new();
             let muted = (0..50)
                 .filter(|&k| {
-                    detector.observe(&slin_bytes(&tone(160, hz, 0.5, k * 160)))
-                        == FrameCoding::Mute
+                    detector.observe(&slin_bytes(&tone(160, hz, 0.5, k * 160))) == FrameCoding::Mute
                 })
                 .count();
             assert!(muted <= 3, "{hz} Hz: {muted} frames muted");
