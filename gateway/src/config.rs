@@ -151,6 +151,10 @@ pub struct EngineConfig {
     /// Lock the process's memory (`mlockall`) when allowed, so that no page the media
     /// threads touch is paged out and read back from disk in the middle of a block.
     pub lock_memory: bool,
+    /// Most memory the decoded clips of players may take, in MiB (a clip is kept
+    /// decoded at 48 kHz while a player uses it: 11 MiB a minute). A clip that would
+    /// not fit is refused.
+    pub clip_cache_mb: usize,
 }
 
 impl Default for EngineConfig {
@@ -160,6 +164,7 @@ impl Default for EngineConfig {
             conference_members: 16,
             realtime_priority: true,
             lock_memory: true,
+            clip_cache_mb: 512,
         }
     }
 }
@@ -587,6 +592,12 @@ impl Config {
             problem(
                 "audiosocket.max_calls",
                 format!("{} is out of range (1..=20000)", a.max_calls),
+            );
+        }
+        if !(1..=65_536).contains(&self.engine.clip_cache_mb) {
+            problem(
+                "engine.clip_cache_mb",
+                format!("{} is out of range (1..=65536)", self.engine.clip_cache_mb),
             );
         }
         if a.max_unidentified == 0 || a.max_unidentified > 100_000 {

@@ -26,7 +26,7 @@ use crate::engine::call::{
 };
 use crate::engine::conference::ConferenceNode;
 use crate::engine::driver::EngineThread;
-use crate::engine::player::{Clip, PlayerNode, PlayerState, load_clip};
+use crate::engine::player::{Clip, ClipCache, PlayerNode, PlayerState, load_clip};
 use crate::engine::recorder::{DiskWriter, RecorderStats};
 use crate::engine::{BUS_RATE, Engine, EngineStats, Retired, db_to_gain};
 use crate::node_service::NodeService;
@@ -251,7 +251,7 @@ pub struct Gateway {
     vad_calls: Mutex<HashMap<u64, Arc<CallHandle>>>,
     /// Patches each live call has had, for its record.
     call_patch_log: Mutex<HashMap<Uuid, Vec<String>>>,
-    clips: Mutex<HashMap<PathBuf, Clip>>,
+    clips: Mutex<ClipCache>,
     disk: Mutex<Option<DiskWriter>>,
     engine_thread: Mutex<Option<EngineThread>>,
     engine_stats: Arc<EngineStats>,
@@ -318,7 +318,9 @@ impl Gateway {
             totals: Mutex::new(Totals::default()),
             vad: std::sync::OnceLock::new(),
             vad_calls: Mutex::new(HashMap::new()),
-            clips: Mutex::new(HashMap::new()),
+            clips: Mutex::new(ClipCache::new(
+                config.engine.clip_cache_mb.saturating_mul(1024 * 1024),
+            )),
             disk: Mutex::new(Some(DiskWriter::start()?)),
             engine_thread: Mutex::new(Some(engine_thread)),
             engine_stats,
@@ -425,14 +427,18 @@ impl Gateway {
         let _ = self.events.send(event);
     }
 
-    /// A decoded clip, from the cache or the file (blocking I/O on first use).
+    /// A decoded clip, from the cache or the file (blocking I/O on first use, outside
+    /// the cache's lock). Refused when it would not fit in `engine.clip_cache_mb`.
     pub fn clip(&self, path: &Path) -> anyhow::Result<Clip> {
-        if let Some(clip) = lock(&self.clips).get(path) {
-            return Ok(Arc::clone(clip));
-        }
-        let clip = load_clip(path)?;
-        lock(&self.clips).insert(path.to_path_buf(), Arc::clone(&clip));
-        Ok(clip)
+        let free = {
+            let mut clips = lock(&self.clips);
+            if let Some(clip) = clips.get(path) {
+                return Ok(clip);
+            }
+            clips.free_bytes()
+        };
+        let clip = load_clip(path, free)?;
+        Ok(lock(&self.clips).insert(path, clip)?)
     }
 
     /// Creates a standing player node `player:<name>`.

@@ -40,6 +40,18 @@ pub enum ClipError {
         /// The file.
         path: String,
     },
+    /// The clip would not fit in the clip cache.
+    #[error(
+        "WAV file {path} decodes to {needed_mb} MiB at 48 kHz, more than the {free_mb} MiB left of the clip cache (engine.clip_cache_mb)"
+    )]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// What it needs, in MiB.
+        needed_mb: usize,
+        /// What is left, in MiB.
+        free_mb: usize,
+    },
     /// Resampling failed.
     #[error("cannot resample {path}: {message}")]
     Resample {
@@ -53,9 +65,14 @@ pub enum ClipError {
 /// A decoded clip at the bus rate.
 pub type Clip = Arc<[f32]>;
 
-/// Loads a WAV file (any channel count, 8-32 bit integer or float) as a mono bus clip.
-/// Blocking file I/O: call it off the media path (`spawn_blocking` in async code).
-pub fn load_clip(path: &Path) -> Result<Clip, ClipError> {
+/// Bytes of one decoded bus sample.
+const SAMPLE_BYTES: usize = std::mem::size_of::<f32>();
+const MIB: usize = 1024 * 1024;
+
+/// Loads a WAV file (any channel count, 8-32 bit integer or float) as a mono bus clip,
+/// refusing (from its header, before decoding) one that would take more than
+/// `max_bytes` decoded. Blocking file I/O: call it off the media path.
+pub fn load_clip(path: &Path, max_bytes: usize) -> Result<Clip, ClipError> {
     let display = path.display().to_string();
     let reader = hound::WavReader::open(path).map_err(|source| ClipError::Wav {
         path: display.clone(),
@@ -66,6 +83,18 @@ pub fn load_clip(path: &Path) -> Result<Clip, ClipError> {
         path: display.clone(),
         hz: spec.sample_rate,
     })?;
+    let bus_bytes = (u64::from(reader.duration()) * u64::from(BUS_RATE.hz())
+        / u64::from(rate.hz()))
+    .saturating_mul(SAMPLE_BYTES as u64);
+    if bus_bytes > max_bytes as u64 {
+        return Err(ClipError::TooLarge {
+            path: display,
+            needed_mb: usize::try_from(bus_bytes)
+                .unwrap_or(usize::MAX)
+                .div_ceil(MIB),
+            free_mb: max_bytes / MIB,
+        });
+    }
     let channels = usize::from(spec.channels.max(1));
     let interleaved: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Float => reader
@@ -103,6 +132,76 @@ pub fn load_clip(path: &Path) -> Result<Clip, ClipError> {
         })?
     };
     Ok(Arc::from(bus))
+}
+
+/// Decoded clips shared by players, bounded in memory. A clip is kept while a player
+/// holds it; clips nobody holds any more are dropped whenever the cache is used.
+#[derive(Debug)]
+pub struct ClipCache {
+    clips: std::collections::HashMap<std::path::PathBuf, Clip>,
+    limit_bytes: usize,
+}
+
+impl ClipCache {
+    /// An empty cache holding at most `limit_bytes` of decoded audio.
+    pub fn new(limit_bytes: usize) -> ClipCache {
+        ClipCache {
+            clips: std::collections::HashMap::new(),
+            limit_bytes,
+        }
+    }
+
+    /// The cached clip of `path`, if any (after dropping clips nobody plays).
+    pub fn get(&mut self, path: &Path) -> Option<Clip> {
+        self.evict_unused();
+        self.clips.get(path).cloned()
+    }
+
+    /// Bytes still free for a new clip.
+    pub fn free_bytes(&mut self) -> usize {
+        self.evict_unused();
+        self.limit_bytes.saturating_sub(self.used_bytes())
+    }
+
+    /// Keeps `clip` for `path`, unless it no longer fits (another clip was cached
+    /// meanwhile): then it is refused.
+    pub fn insert(&mut self, path: &Path, clip: Clip) -> Result<Clip, ClipError> {
+        self.evict_unused();
+        if let Some(cached) = self.clips.get(path) {
+            return Ok(Arc::clone(cached));
+        }
+        let needed = clip.len() * SAMPLE_BYTES;
+        let free = self.limit_bytes.saturating_sub(self.used_bytes());
+        if needed > free {
+            return Err(ClipError::TooLarge {
+                path: path.display().to_string(),
+                needed_mb: needed.div_ceil(MIB),
+                free_mb: free / MIB,
+            });
+        }
+        self.clips.insert(path.to_path_buf(), Arc::clone(&clip));
+        Ok(clip)
+    }
+
+    /// Bytes of decoded audio held now.
+    pub fn used_bytes(&self) -> usize {
+        self.clips.values().map(|c| c.len() * SAMPLE_BYTES).sum()
+    }
+
+    /// Clips held now.
+    pub fn len(&self) -> usize {
+        self.clips.len()
+    }
+
+    /// Whether no clip is held.
+    pub fn is_empty(&self) -> bool {
+        self.clips.is_empty()
+    }
+
+    fn evict_unused(&mut self) {
+        // The cache's own reference is the only one left: no player plays it.
+        self.clips.retain(|_, clip| Arc::strong_count(clip) > 1);
+    }
 }
 
 /// Progress of a player, readable by the control plane.
@@ -203,7 +302,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/prompt-8k.wav");
         let reader = hound::WavReader::open(&path).unwrap();
         let source_len = reader.len() as usize;
-        let clip = load_clip(&path).unwrap();
+        let clip = load_clip(&path, usize::MAX).unwrap();
         let expected = source_len * 6;
         assert!(
             clip.len().abs_diff(expected) <= 12,
@@ -217,8 +316,46 @@ mod tests {
     }
 
     #[test]
+    fn a_clip_too_large_for_the_cache_is_refused_from_its_header() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/prompt-8k.wav");
+        let frames = hound::WavReader::open(&path).unwrap().duration() as usize;
+        let needed = frames * 6 * SAMPLE_BYTES;
+        assert!(matches!(
+            load_clip(&path, needed - 1024),
+            Err(ClipError::TooLarge { .. })
+        ));
+        assert!(load_clip(&path, needed + 1024).is_ok());
+    }
+
+    #[test]
+    fn the_cache_keeps_clips_while_players_hold_them_and_never_exceeds_its_limit() {
+        let a = Path::new("/media/a.wav");
+        let b = Path::new("/media/b.wav");
+        let mut cache = ClipCache::new(1_000 * SAMPLE_BYTES);
+        let clip_a = cache.insert(a, clip(600)).unwrap();
+        assert_eq!(cache.used_bytes(), 600 * SAMPLE_BYTES);
+        // A player holds clip A: B does not fit beside it.
+        assert!(matches!(
+            cache.insert(b, clip(600)),
+            Err(ClipError::TooLarge { .. })
+        ));
+        assert!(Arc::ptr_eq(&cache.get(a).unwrap(), &clip_a));
+        // The player is gone: A is dropped, and B fits.
+        drop(clip_a);
+        assert_eq!(cache.free_bytes(), 1_000 * SAMPLE_BYTES);
+        assert!(cache.is_empty());
+        let clip_b = cache.insert(b, clip(600)).unwrap();
+        assert_eq!((cache.len(), cache.used_bytes()), (1, 600 * SAMPLE_BYTES));
+        drop(clip_b);
+        assert!(cache.get(b).is_none());
+    }
+
+    #[test]
     fn rejects_a_file_that_is_not_wav() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        assert!(matches!(load_clip(&path), Err(ClipError::Wav { .. })));
+        assert!(matches!(
+            load_clip(&path, usize::MAX),
+            Err(ClipError::Wav { .. })
+        ));
     }
 }

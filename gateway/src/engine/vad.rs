@@ -308,7 +308,7 @@ mod tests {
     fn speech_48k() -> Vec<f32> {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/speech-16k.wav");
-        let clip = crate::engine::player::load_clip(&path).unwrap();
+        let clip = crate::engine::player::load_clip(&path, usize::MAX).unwrap();
         clip.to_vec()
     }
 
