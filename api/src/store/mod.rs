@@ -334,6 +334,55 @@ fn port_from_column(text: &str, patch_id: i64) -> StoreResult<PortRef> {
         })
 }
 
+/// How often, while the database is known to be down, one request may try it again;
+/// the others are answered at once.
+const OUTAGE_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Remembers that the database could not be reached, so that requests fail at once
+/// instead of each waiting out the pool's `acquire_timeout`. One request a second goes
+/// through as a probe; the first connection that succeeds ends the outage.
+#[derive(Debug, Default)]
+pub(crate) struct OutageGate {
+    /// When the last attempt to reach the database started, while it is down.
+    down: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl OutageGate {
+    /// Whether this request may try the database now.
+    pub(crate) fn admit(&self) -> StoreResult<()> {
+        let mut down = self
+            .down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *down {
+            Some(last_try) if last_try.elapsed() < OUTAGE_PROBE_INTERVAL => {
+                Err(StoreError::Unavailable {
+                    source: sqlx::Error::PoolTimedOut,
+                })
+            }
+            Some(_) => {
+                // This request is the probe; others keep failing fast meanwhile.
+                *down = Some(std::time::Instant::now());
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Records whether reaching the database worked.
+    pub(crate) fn record(&self, reached: bool) {
+        let mut down = self
+            .down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (reached, *down) {
+            (true, _) => *down = None,
+            (false, None) => *down = Some(std::time::Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+}
+
 /// Decodes JSON read back from the database (JSONB on PostgreSQL).
 fn json_from_value<T: serde::de::DeserializeOwned>(
     value: Value,

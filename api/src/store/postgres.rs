@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::error::{classify, connect_error, migrate_error, pg_unavailable_code, unavailable};
 use super::records::{now, to_i64, to_u64};
 use super::{
-    Backend, CdrFilter, CdrPage, CdrRecord, EndedBy, NewToken, NodeRecord, PatchRecord,
+    Backend, CdrFilter, CdrPage, CdrRecord, EndedBy, NewToken, NodeRecord, OutageGate, PatchRecord,
     RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr, TokenInfo,
     check_counter, check_dns_sequences, check_patch_gain, check_persistent_node, check_route,
     check_token_name, coding_from_column, json_from_value, node_from_columns, patch_key,
@@ -41,6 +41,7 @@ const CDR_ROWS_PER_STATEMENT: usize = 500;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    outage: std::sync::Arc<OutageGate>,
 }
 
 impl PgStore {
@@ -69,11 +70,17 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|error| migrate_error(error, pg_unavailable_code))?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            outage: std::sync::Arc::default(),
+        })
     }
 
     async fn conn(&self) -> StoreResult<PoolConnection<Postgres>> {
-        self.pool.acquire().await.map_err(unavailable)
+        self.outage.admit()?;
+        let conn = self.pool.acquire().await;
+        self.outage.record(conn.is_ok());
+        conn.map_err(unavailable)
     }
 }
 

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::error::{classify, connect_error, migrate_error, sqlite_unavailable_code, unavailable};
 use super::records::{from_micros, now, to_i64, to_u64};
 use super::{
-    Backend, CdrFilter, CdrPage, CdrRecord, EndedBy, NewToken, NodeRecord, PatchRecord,
+    Backend, CdrFilter, CdrPage, CdrRecord, EndedBy, NewToken, NodeRecord, OutageGate, PatchRecord,
     RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr, TokenInfo,
     check_counter, check_dns_sequences, check_patch_gain, check_persistent_node, check_route,
     check_token_name, coding_from_column, json_from_text, json_text, node_from_columns, patch_key,
@@ -47,6 +47,7 @@ const CDR_ROWS_PER_STATEMENT: usize = 500;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    outage: std::sync::Arc<OutageGate>,
 }
 
 impl SqliteStore {
@@ -82,11 +83,17 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|error| migrate_error(error, sqlite_unavailable_code))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            outage: std::sync::Arc::default(),
+        })
     }
 
     async fn conn(&self) -> StoreResult<PoolConnection<Sqlite>> {
-        self.pool.acquire().await.map_err(unavailable)
+        self.outage.admit()?;
+        let conn = self.pool.acquire().await;
+        self.outage.record(conn.is_ok());
+        conn.map_err(unavailable)
     }
 }
 
