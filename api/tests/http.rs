@@ -1088,3 +1088,63 @@ async fn metrics_lines(api: &Api) -> usize {
     let body = api.send(Method::GET, "/metrics", None, None).await.1;
     String::from_utf8(body).unwrap().lines().count()
 }
+
+#[tokio::test]
+async fn a_token_revoked_elsewhere_stops_working_within_seconds() {
+    let api = api().await;
+    assert_eq!(
+        api.send(Method::GET, "/v1/calls", Some(&api.read), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Revoked straight in the database, as the CLI or another gateway does: this
+    // gateway's token cache does not hear of it.
+    api.store.revoke_token("screen").await.unwrap();
+    let revoked = std::time::Instant::now();
+    loop {
+        let status = api
+            .send(Method::GET, "/v1/calls", Some(&api.read), None)
+            .await
+            .0;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            revoked.elapsed() < std::time::Duration::from_secs(7),
+            "a revoked token still works after {:?}",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_stream_ends_when_its_token_is_revoked() {
+    let api = api().await;
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri("/v1/events")
+        .header(header::AUTHORIZATION, format!("Bearer {}", api.read))
+        .body(Body::empty())
+        .unwrap();
+    let response = router(api.state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    api.store.revoke_token("screen").await.unwrap();
+    let revoked = std::time::Instant::now();
+    // Drain what the stream sends (keep-alives, events) until it ends.
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(8), body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(frame)) => drop(frame.unwrap()),
+            Err(_) => panic!("the stream outlived its token's revocation by 8 s"),
+        }
+    }
+    assert!(
+        revoked.elapsed() < std::time::Duration::from_secs(7),
+        "ended {:?} after the revocation",
+        revoked.elapsed()
+    );
+}

@@ -23,8 +23,10 @@ use super::AppState;
 use super::error::ApiError;
 use crate::store::{Scope, TokenInfo};
 
-/// How long a verified token is trusted without asking the database again.
-const CACHE_FRESH: Duration = Duration::from_secs(60);
+/// How long a verified token is trusted without asking the database again: a token
+/// revoked elsewhere (the CLI, another gateway on the same database) stops working
+/// within this.
+pub const CACHE_FRESH: Duration = Duration::from_secs(5);
 /// How long a cached token is still accepted while the database is unavailable.
 pub const OUTAGE_GRACE: Duration = Duration::from_secs(15 * 60);
 /// Most cached tokens (oldest dropped first).
@@ -134,5 +136,17 @@ pub async fn require_token(
         )));
     }
     request.extensions_mut().insert(info);
+    request.extensions_mut().insert(PresentedToken(token));
     Ok(next.run(request).await)
+}
+
+/// The token a request was authenticated with, for handlers that outlive the request
+/// (an event stream re-checks it while it runs).
+#[derive(Clone)]
+pub struct PresentedToken(pub String);
+
+/// Whether `token` is still valid; `true` while the database cannot say (the stream
+/// was authenticated when it started, and an outage must not cut every stream).
+pub async fn still_valid(state: &AppState, token: &str) -> bool {
+    !matches!(state.store.verify_token(token).await, Ok(None))
 }

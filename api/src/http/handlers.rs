@@ -868,6 +868,7 @@ fn event_call(event: &Event) -> Option<Uuid> {
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
+    token: Option<axum::Extension<super::auth::PresentedToken>>,
     QueryParams(query): QueryParams<EventQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let types: Option<Vec<String>> = query.types.as_ref().map(|t| {
@@ -879,39 +880,54 @@ pub async fn events(
     let call = query.call;
     let receiver = state.control.subscribe();
     let shutdown = state.shutdown.clone();
-    let stream = futures_util::stream::unfold(receiver, move |mut receiver| {
-        let types = types.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            loop {
-                let next = tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    next = receiver.recv() => next,
-                };
-                let event = match next {
-                    Ok(event) => event,
-                    Err(RecvError::Lagged(missed)) => Event::Lagged { missed },
-                    Err(RecvError::Closed) => return None,
-                };
-                if let Some(types) = &types
-                    && !types.iter().any(|t| t == event.name())
-                {
-                    continue;
+    let token = token.map(|t| t.0.0);
+    // The stream re-checks its token as often as the token cache would, and ends when
+    // the token has been revoked.
+    let mut recheck = tokio::time::interval(super::auth::CACHE_FRESH);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream =
+        futures_util::stream::unfold((receiver, recheck), move |(mut receiver, mut recheck)| {
+            let types = types.clone();
+            let shutdown = shutdown.clone();
+            let (state, token) = (state.clone(), token.clone());
+            async move {
+                loop {
+                    let next = tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        _ = recheck.tick() => {
+                            if let Some(token) = &token
+                                && !super::auth::still_valid(&state, token).await
+                            {
+                                return None;
+                            }
+                            continue;
+                        }
+                        next = receiver.recv() => next,
+                    };
+                    let event = match next {
+                        Ok(event) => event,
+                        Err(RecvError::Lagged(missed)) => Event::Lagged { missed },
+                        Err(RecvError::Closed) => return None,
+                    };
+                    if let Some(types) = &types
+                        && !types.iter().any(|t| t == event.name())
+                    {
+                        continue;
+                    }
+                    if let Some(call) = call
+                        && !matches!(event, Event::Levels { .. } | Event::Lagged { .. })
+                        && event_call(&event) != Some(call)
+                    {
+                        continue;
+                    }
+                    let sse = SseEvent::default()
+                        .event(event.name())
+                        .json_data(&event)
+                        .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"));
+                    return Some((Ok(sse), (receiver, recheck)));
                 }
-                if let Some(call) = call
-                    && !matches!(event, Event::Levels { .. } | Event::Lagged { .. })
-                    && event_call(&event) != Some(call)
-                {
-                    continue;
-                }
-                let sse = SseEvent::default()
-                    .event(event.name())
-                    .json_data(&event)
-                    .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"));
-                return Some((Ok(sse), receiver));
             }
-        }
-    });
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
