@@ -296,3 +296,50 @@ async fn traffic_counters_never_go_backwards_while_calls_end() {
     }
     assert!(scrapes > 20, "only {scrapes} scrapes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_tokens_is_limited_per_source_address() {
+    let gateway = GatewayProcess::start("");
+    let operator = gateway.token("operator", "read");
+    let http = reqwest::Client::new();
+    let get = |token: &str| {
+        http.get(format!("{}/v1/calls", gateway.api_url()))
+            .bearer_auth(token)
+            .send()
+    };
+    // The operator's token was verified before the guessing started.
+    assert_eq!(get(&operator).await.unwrap().status().as_u16(), 200);
+    let mut statuses = Vec::new();
+    for k in 0..40 {
+        statuses.push(get(&format!("guess-{k}")).await.unwrap().status().as_u16());
+    }
+    assert!(
+        statuses[..20].iter().all(|&s| s == 401),
+        "the first 20 guesses are checked: {statuses:?}"
+    );
+    assert!(
+        statuses[20..].iter().all(|&s| s == 429),
+        "then the address is refused: {statuses:?}"
+    );
+    gateway
+        .wait_log(
+            "failed API token checks from this address",
+            Duration::from_secs(2),
+        )
+        .expect("the brute force is logged");
+    let logged = gateway
+        .logs()
+        .iter()
+        .filter(|l| l.contains("failed API token checks"))
+        .count();
+    assert_eq!(logged, 1, "logged once, not per guess");
+    // A token verified before keeps working from the same address.
+    assert_eq!(get(&operator).await.unwrap().status().as_u16(), 200);
+    // Health checks need no token and are not refused.
+    let health = http
+        .get(format!("{}/healthz", gateway.api_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}

@@ -208,7 +208,9 @@ async fn serve(
         let _control_context = control_handle.enter();
         let http_listener = TcpListener::from_std(listeners.http)?;
         control_handle.spawn(async move {
-            let app = api::http::router(state);
+            // With the peer's address: failed token checks are limited per source.
+            let app = api::http::router(state)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>();
             if let Err(e) = axum::serve(http_listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await

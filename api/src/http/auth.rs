@@ -77,6 +77,56 @@ impl TokenCache {
     }
 }
 
+/// Unknown tokens one address may present within [`FAILURE_WINDOW`]; beyond them its
+/// requests with tokens not verified recently are refused (429) without checking
+/// anything until the window ends.
+pub const MAX_FAILURES: u32 = 20;
+/// The window failed token checks are counted in.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// Most addresses tracked at once (a flood of addresses cannot grow memory).
+const MAX_TRACKED_SOURCES: usize = 4096;
+
+/// Failed token checks per source address: brute force gets 20 guesses per 10 s.
+#[derive(Default)]
+pub struct FailedAttempts {
+    sources: Mutex<HashMap<std::net::IpAddr, (u32, Instant)>>,
+}
+
+impl FailedAttempts {
+    /// Whether `source` may try a token now.
+    fn allowed(&self, source: std::net::IpAddr) -> bool {
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match sources.get(&source) {
+            Some((failures, since)) => *failures < MAX_FAILURES || since.elapsed() > FAILURE_WINDOW,
+            None => true,
+        }
+    }
+
+    /// Counts a failed check; returns true when this one used up the allowance (the
+    /// moment worth one log line).
+    fn failed(&self, source: std::net::IpAddr) -> bool {
+        let mut sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sources.len() >= MAX_TRACKED_SOURCES && !sources.contains_key(&source) {
+            sources.retain(|_, (_, since)| since.elapsed() <= FAILURE_WINDOW);
+            if sources.len() >= MAX_TRACKED_SOURCES {
+                return false;
+            }
+        }
+        let entry = sources.entry(source).or_insert((0, Instant::now()));
+        if entry.1.elapsed() > FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+        entry.0 == MAX_FAILURES
+    }
+}
+
 /// The scope a request needs.
 pub fn required_scope(method: &Method) -> Scope {
     if method == Method::GET || method == Method::HEAD {
@@ -93,6 +143,19 @@ pub async fn require_token(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let source = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let failed = |message: &str| {
+        if let Some(source) = source
+            && state.failed_attempts.failed(source)
+        {
+            tracing::warn!(%source, failures = MAX_FAILURES, window_s = FAILURE_WINDOW.as_secs(),
+                "failed API token checks from this address; refusing it for a while");
+        }
+        ApiError::unauthorized(message)
+    };
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -106,6 +169,18 @@ pub async fn require_token(
         .ok_or_else(|| ApiError::unauthorized("send an API token: Authorization: Bearer <token>"))?
         .to_owned();
     let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    // An address that keeps presenting unknown tokens gets no more answers about new
+    // ones for a while; tokens this gateway verified recently keep working from it (an
+    // operator behind the same address is not locked out by a guesser).
+    if let Some(source) = source
+        && state.tokens.get(&key, OUTAGE_GRACE).is_none()
+        && !state.failed_attempts.allowed(source)
+    {
+        return Err(ApiError::too_many_attempts(format!(
+            "too many unknown tokens from {source}; try again in {} s",
+            FAILURE_WINDOW.as_secs()
+        )));
+    }
 
     let info = match state.tokens.get(&key, CACHE_FRESH) {
         Some(info) => info,
@@ -116,7 +191,7 @@ pub async fn require_token(
             }
             Ok(None) => {
                 state.tokens.forget(&key);
-                return Err(ApiError::unauthorized("unknown or revoked API token"));
+                return Err(failed("unknown or revoked API token"));
             }
             Err(e) if e.is_unavailable() => {
                 state.tokens.get(&key, OUTAGE_GRACE).ok_or_else(|| {

@@ -34,6 +34,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Verified-token cache.
     pub tokens: Arc<auth::TokenCache>,
+    /// Failed token checks per source address.
+    pub failed_attempts: Arc<auth::FailedAttempts>,
     /// Renders the `metrics` crate's registry (API request counters and latency), if a
     /// Prometheus recorder was installed.
     pub prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -53,6 +55,7 @@ impl AppState {
             control,
             store,
             tokens: Arc::new(auth::TokenCache::default()),
+            failed_attempts: Arc::new(auth::FailedAttempts::default()),
             prometheus,
             shutdown,
         }
