@@ -6,7 +6,9 @@
 //! detector. Never panics on any input.
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use sip_glue::audiosocket::{AudioKind, CodecError, CodingDetector, Limits, Message, ServerCodec};
+use sip_glue::audiosocket::{
+    AudioKind, CodecError, CodingDetector, FrameCoding, Limits, Message, ServerCodec,
+};
 use tokio_util::codec::Decoder;
 
 /// Decodes `bytes` as one whole stream (then EOF); returns the messages and whether
@@ -33,18 +35,24 @@ fuzz_target!(|data: &[u8]| {
     let (first, _err) = decode_stream(&mut codec, data);
 
     // The kind-0x10 coding detector takes every payload a peer sends: it never panics,
-    // and once it has decided, the decision stands.
+    // once it has decided the decision stands and every payload is decoded that way,
+    // and it mutes three payloads at most.
     let mut detector = CodingDetector::new();
+    let mut muted = 0;
     for m in &first {
         if let Message::Audio { kind: AudioKind::Slin8, payload, .. } = m {
             let before = detector.decided();
-            let now = detector.observe(payload);
-            if before.is_some() {
-                assert_eq!(now, None);
+            let frame = detector.observe(payload);
+            if let Some(decided) = before {
+                assert_eq!(frame, FrameCoding::from(decided));
                 assert_eq!(detector.decided(), before);
+            }
+            if frame == FrameCoding::Mute {
+                muted += 1;
             }
         }
     }
+    assert!(muted <= 3, "{muted} payloads muted");
 
     let mut encoded = Vec::new();
     for m in &first {
