@@ -91,14 +91,13 @@ async fn ulaw_and_slin_callers_side_by_side_are_both_decoded_with_the_default_co
     // G.711 μ-law itself limits a -6 dBFS sine to about 38 dB SNR.
     check_tone_recording(&gateway, ulaw, 33.0);
     check_tone_recording(&gateway, slin, 70.0);
-    let decided = gateway
+    gateway
         .wait_log_count(
             "kind 0x10 coding told from the caller's audio",
             2,
             Duration::from_secs(2),
         )
         .expect("each call's coding decision is logged");
-    drop(decided);
     let logs = gateway.logs();
     let decision = |id: uuid::Uuid| {
         logs.iter()

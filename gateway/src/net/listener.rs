@@ -169,16 +169,6 @@ impl Unidentified {
             source,
         })
     }
-
-    /// Places taken now.
-    pub fn held(&self) -> usize {
-        self.inner
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .sum()
-    }
 }
 
 impl Drop for UnidentifiedPlace {
