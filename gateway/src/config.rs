@@ -255,6 +255,10 @@ pub struct ApiConfig {
     /// Threads of the control plane's runtime (API, database, CDR writer), apart from
     /// the call sessions' runtime so that busy calls cannot starve the API.
     pub worker_threads: usize,
+    /// Unknown API tokens one address may present within 10 s before its requests with
+    /// tokens not verified recently are refused (429) for the rest of the window (20;
+    /// 0 turns the limit off).
+    pub max_failed_tokens: u32,
 }
 
 impl Default for ApiConfig {
@@ -263,6 +267,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             levels_interval_ms: 100,
             worker_threads: 1,
+            max_failed_tokens: api::http::auth::DEFAULT_MAX_FAILURES,
         }
     }
 }

@@ -77,30 +77,57 @@ impl TokenCache {
     }
 }
 
-/// Unknown tokens one address may present within [`FAILURE_WINDOW`]; beyond them its
-/// requests with tokens not verified recently are refused (429) without checking
-/// anything until the window ends.
-pub const MAX_FAILURES: u32 = 20;
+/// Unknown tokens one address may present within [`FAILURE_WINDOW`] by default; beyond
+/// them its requests with tokens not verified recently are refused (429) without
+/// checking anything until the window ends.
+pub const DEFAULT_MAX_FAILURES: u32 = 20;
 /// The window failed token checks are counted in.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
 /// Most addresses tracked at once (a flood of addresses cannot grow memory).
 const MAX_TRACKED_SOURCES: usize = 4096;
 
-/// Failed token checks per source address: brute force gets 20 guesses per 10 s.
-#[derive(Default)]
+/// Failed token checks per source address: brute force gets `max_failures` guesses
+/// (20 by default) per 10 s.
 pub struct FailedAttempts {
+    /// Unknown tokens allowed per address and window; 0 turns the limit off.
+    max_failures: u32,
     sources: Mutex<HashMap<std::net::IpAddr, (u32, Instant)>>,
 }
 
+impl Default for FailedAttempts {
+    fn default() -> Self {
+        FailedAttempts::new(DEFAULT_MAX_FAILURES)
+    }
+}
+
 impl FailedAttempts {
+    /// A limit of `max_failures` unknown tokens per address and [`FAILURE_WINDOW`]
+    /// (0: no limit).
+    pub fn new(max_failures: u32) -> FailedAttempts {
+        FailedAttempts {
+            max_failures,
+            sources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Unknown tokens allowed per address and window (0: no limit).
+    pub fn max_failures(&self) -> u32 {
+        self.max_failures
+    }
+
     /// Whether `source` may try a token now.
     fn allowed(&self, source: std::net::IpAddr) -> bool {
+        if self.max_failures == 0 {
+            return true;
+        }
         let sources = self
             .sources
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match sources.get(&source) {
-            Some((failures, since)) => *failures < MAX_FAILURES || since.elapsed() > FAILURE_WINDOW,
+            Some((failures, since)) => {
+                *failures < self.max_failures || since.elapsed() > FAILURE_WINDOW
+            }
             None => true,
         }
     }
@@ -108,6 +135,9 @@ impl FailedAttempts {
     /// Counts a failed check; returns true when this one used up the allowance (the
     /// moment worth one log line).
     fn failed(&self, source: std::net::IpAddr) -> bool {
+        if self.max_failures == 0 {
+            return false;
+        }
         let mut sources = self
             .sources
             .lock()
@@ -123,7 +153,7 @@ impl FailedAttempts {
             *entry = (0, Instant::now());
         }
         entry.0 += 1;
-        entry.0 == MAX_FAILURES
+        entry.0 == self.max_failures
     }
 }
 
@@ -151,7 +181,7 @@ pub async fn require_token(
         if let Some(source) = source
             && state.failed_attempts.failed(source)
         {
-            tracing::warn!(%source, failures = MAX_FAILURES, window_s = FAILURE_WINDOW.as_secs(),
+            tracing::warn!(%source, failures = state.failed_attempts.max_failures(), window_s = FAILURE_WINDOW.as_secs(),
                 "failed API token checks from this address; refusing it for a while");
         }
         ApiError::unauthorized(message)
@@ -224,4 +254,33 @@ pub struct PresentedToken(pub String);
 /// was authenticated when it started, and an outage must not cut every stream).
 pub async fn still_valid(state: &AppState, token: &str) -> bool {
     !matches!(state.store.verify_token(token).await, Ok(None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailedAttempts;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    const GUESSER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
+    const OPERATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10));
+
+    #[test]
+    fn an_address_is_refused_after_its_allowance_and_others_are_not() {
+        let attempts = FailedAttempts::new(3);
+        assert!(!attempts.failed(GUESSER));
+        assert!(!attempts.failed(GUESSER));
+        assert!(attempts.allowed(GUESSER));
+        assert!(attempts.failed(GUESSER), "the third failure uses up the allowance");
+        assert!(!attempts.allowed(GUESSER));
+        assert!(attempts.allowed(OPERATOR));
+    }
+
+    #[test]
+    fn a_limit_of_zero_never_refuses() {
+        let attempts = FailedAttempts::new(0);
+        for _ in 0..1000 {
+            assert!(!attempts.failed(GUESSER));
+        }
+        assert!(attempts.allowed(GUESSER));
+    }
 }

@@ -44,6 +44,12 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Limits failed token checks to `max_failures` per address and 10 s (0: no limit).
+    pub fn with_failed_token_limit(mut self, max_failures: u32) -> AppState {
+        self.failed_attempts = Arc::new(auth::FailedAttempts::new(max_failures));
+        self
+    }
+
     /// State for `control` and `store`, with a fresh token cache.
     pub fn new(
         control: Arc<dyn Control>,
