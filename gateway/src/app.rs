@@ -97,7 +97,6 @@ impl Drop for ControlPlaneRuntime {
 /// gateway started shuts it down, which withdraws (deletes) whatever it announced.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let api_listen = config.api.listen;
-    let max_failed_tokens = config.api.max_failed_tokens;
     let http_listener = std::net::TcpListener::bind(api_listen)
         .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
         .map_err(|e| anyhow::anyhow!("cannot listen for the HTTP API on {api_listen}: {e}"))?;
@@ -203,7 +202,7 @@ async fn serve(
         api::http::install_prometheus_recorder(),
         http_stop.clone(),
     )
-    .with_failed_token_limit(max_failed_tokens);
+    .with_failed_token_limit(gateway.config().api.max_failed_tokens);
     let api_addr = listeners.http.local_addr()?;
     let stop = http_stop.clone();
     let http = {
