@@ -343,3 +343,155 @@ async fn guessing_tokens_is_limited_per_source_address() {
         .unwrap();
     assert_eq!(health.status().as_u16(), 200);
 }
+
+/// Creates `player:<name>` for `file` through the API; the status and body.
+async fn create_player(
+    gateway: &GatewayProcess,
+    token: &str,
+    name: &str,
+    file: &str,
+) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/nodes", gateway.api_url()))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"name": name, "config": {"kind": "player", "file": file}}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_only_read_regular_files_inside_the_media_directory() {
+    let media = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let prompt = common::data("prompt-8k.wav");
+    std::fs::copy(&prompt, media.path().join("prompt.wav")).unwrap();
+    std::fs::create_dir(media.path().join("ivr")).unwrap();
+    std::fs::copy(&prompt, media.path().join("ivr/menu.wav")).unwrap();
+    std::fs::copy(&prompt, outside.path().join("secret.wav")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.wav"),
+        media.path().join("linked.wav"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(outside.path(), media.path().join("elsewhere")).unwrap();
+    let fifo = media.path().join("fifo.wav");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let gateway =
+        GatewayProcess::start(&format!("[media]\ndir = \"{}\"\n", media.path().display()));
+    let token = gateway.token("ops", "admin");
+
+    // Plain relative paths inside the directory play.
+    for (name, file) in [("prompt", "prompt.wav"), ("menu", "ivr/menu.wav")] {
+        let (status, body) = create_player(&gateway, &token, name, file).await;
+        assert_eq!(status, 201, "{file}: {body}");
+    }
+    // Paths that leave it are refused before anything is opened.
+    let secret = outside.path().join("secret.wav");
+    for file in [secret.to_str().unwrap(), "../secret.wav", "ivr/../../x.wav"] {
+        let (status, body) = create_player(&gateway, &token, "escape", file).await;
+        assert_eq!(status, 400, "{file}: {body}");
+        assert_eq!(body["field"], "file", "{body}");
+    }
+    // Links inside it are never followed, to a file or through a directory.
+    for file in ["linked.wav", "elsewhere/secret.wav"] {
+        let (status, body) = create_player(&gateway, &token, "linked", file).await;
+        assert_eq!(status, 422, "{file}: {body}");
+    }
+    // A FIFO is refused at once instead of blocking the request.
+    let began = Instant::now();
+    let (status, body) = create_player(&gateway, &token, "fifo", "fifo.wav").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("not a regular file"), "{body}");
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "the FIFO held the request {:?}",
+        began.elapsed()
+    );
+    // The errors never name anything outside the media directory.
+    let logs = gateway.logs().join("\n");
+    assert!(!logs.contains(outside.path().to_str().unwrap()), "{logs}");
+    // Routes are held to the same rule.
+    let route = reqwest::Client::new()
+        .post(format!("{}/v1/routes", gateway.api_url()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "name": "escape", "match": "default",
+            "actions": [{"action": "play", "file": secret.to_str().unwrap()}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(route.status().as_u16(), 422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_and_patches_beyond_the_engine_capacity_are_refused() {
+    let gateway = GatewayProcess::start("[engine]\nmax_nodes = 3\nmax_patches = 2\n");
+    let token = gateway.token("ops", "admin");
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, body: serde_json::Value| {
+        http.post(format!("{}{path}", gateway.api_url()))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let conference = |name: &str| serde_json::json!({"name": name, "config": {"kind": "conference", "members": 2}});
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            post("/v1/nodes", conference(name)).await.unwrap().status(),
+            201
+        );
+    }
+    let refused = post("/v1/nodes", conference("d")).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body.to_string().contains("engine.max_nodes"), "{body}");
+
+    let patch = |from: &str, to: &str| serde_json::json!({"source": format!("conference:{from}.out1"), "sink": format!("conference:{to}.in1")});
+    assert_eq!(
+        post("/v1/patches", patch("a", "b")).await.unwrap().status(),
+        201
+    );
+    assert_eq!(
+        post("/v1/patches", patch("b", "c")).await.unwrap().status(),
+        201
+    );
+    let refused = post("/v1/patches", patch("c", "a")).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body.to_string().contains("engine.max_patches"), "{body}");
+
+    // Deleting makes room again.
+    let deleted = http
+        .delete(format!("{}/v1/nodes/conference:c", gateway.api_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(
+        post("/v1/nodes", conference("d")).await.unwrap().status(),
+        201
+    );
+    assert_eq!(
+        post("/v1/patches", patch("d", "a")).await.unwrap().status(),
+        201
+    );
+    // Calls are not nodes of the capacity: one still connects and is heard.
+    let report = FakeCall::new(gateway.addr, uuid())
+        .duration(Duration::from_millis(600))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.end, CallEnd::Completed);
+    assert!(report.frames.len() >= 25, "{} frames", report.frames.len());
+}

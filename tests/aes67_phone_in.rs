@@ -27,9 +27,12 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A looping 48 kHz tone for a player.
-fn tone_wav(dir: &Path, hz: f64, dbfs: f64) -> PathBuf {
-    let path = dir.join(format!("return-{hz}.wav"));
+/// A looping 48 kHz tone for a player, written into the media directory `dir`; returns
+/// its name there.
+fn tone_wav(dir: &Path, hz: f64, dbfs: f64) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let name = format!("return-{hz}.wav");
+    let path = dir.join(&name);
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: 48_000,
@@ -44,7 +47,7 @@ fn tone_wav(dir: &Path, hz: f64, dbfs: f64) -> PathBuf {
         writer.write_sample(s as f32).unwrap();
     }
     writer.finalize().unwrap();
-    path
+    name
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +80,7 @@ async fn the_phone_in_example_puts_four_lines_on_air_and_returns_mix_minus() {
         )
         .await;
         for (k, hz) in return_tones.iter().enumerate() {
-            let file = tone_wav(gateway.dir.path(), *hz, -12.0);
+            let file = tone_wav(&gateway.dir.path().join("media"), *hz, -12.0);
             let name = format!("mix-minus-{}", k + 1);
             api.create(
                 &name,

@@ -60,9 +60,12 @@ impl Client {
     }
 }
 
-/// Writes a 48 kHz mono WAV of a `hz` tone at `dbfs` (peak), `seconds` long.
-fn tone_wav(dir: &std::path::Path, hz: f64, dbfs: f64, seconds: f64) -> std::path::PathBuf {
-    let path = dir.join(format!("tone-{hz}.wav"));
+/// Writes a 48 kHz mono WAV of a `hz` tone at `dbfs` (peak), `seconds` long, into the
+/// media directory `dir`; returns its name there (what routes and players are given).
+fn tone_wav(dir: &std::path::Path, hz: f64, dbfs: f64, seconds: f64) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let name = format!("tone-{hz}.wav");
+    let path = dir.join(&name);
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: 48_000,
@@ -76,7 +79,7 @@ fn tone_wav(dir: &std::path::Path, hz: f64, dbfs: f64, seconds: f64) -> std::pat
         writer.write_sample(s.round() as i16).unwrap();
     }
     writer.finalize().unwrap();
-    path
+    name
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +87,7 @@ async fn a_call_patched_through_the_api_hears_the_player() {
     common::retry_if_host_stalled(|| async {
     let gateway = GatewayProcess::start("");
     let api = Client::new(&gateway, gateway.token("ops", "admin"));
-    let wav = tone_wav(gateway.dir.path(), 700.0, -6.0, 2.0);
+    let wav = tone_wav(&gateway.dir.path().join("media"), 700.0, -6.0, 2.0);
     let (status, node) = api
         .post("/v1/nodes", serde_json::json!({"name": "tone", "config": {"kind": "player", "file": wav, "loop": true}}))
         .await;
@@ -131,7 +134,7 @@ async fn a_call_patched_through_the_api_hears_the_player() {
 async fn a_route_registered_before_the_call_is_applied_when_it_connects() {
     let gateway = GatewayProcess::start("");
     let api = Client::new(&gateway, gateway.token("ivr", "admin"));
-    let wav = tone_wav(gateway.dir.path(), 900.0, -6.0, 5.0);
+    let wav = tone_wav(&gateway.dir.path().join("media"), 900.0, -6.0, 5.0);
     let id = uuid();
     let (status, route) = api
         .post(
@@ -337,7 +340,13 @@ async fn what_the_api_stored_survives_a_restart() {
     let config = "";
     let wav = tone_wav(dir.path(), 500.0, -6.0, 1.0);
     let database = common::database_url(dir.path());
-    let start = || GatewayProcess::start_with_args(config, &["--database-url", &database]);
+    let media = dir.path().to_str().unwrap();
+    let start = || {
+        GatewayProcess::start_with_args(
+            config,
+            &["--database-url", &database, "--media-dir", media],
+        )
+    };
 
     let mut first = start();
     let token = first.token("ops", "admin");

@@ -117,7 +117,9 @@ fn row<'a>(table: &'a str, needles: &[&str]) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_drive_a_live_gateway() {
-    let gateway = GatewayProcess::start("");
+    let media = data("prompt-8k.wav").canonicalize().unwrap();
+    let media = media.parent().unwrap().display();
+    let gateway = GatewayProcess::start(&format!("[media]\ndir = \"{media}\"\n"));
     let admin = Operator {
         api_url: gateway.api_url(),
         token: Some(gateway.token("ops", "admin")),
@@ -248,7 +250,7 @@ async fn operator_commands_drive_a_live_gateway() {
         .run(&["patch", "add", "player:x.out", &sink])
         .await
         .failed_with("telepatch: 422 Unprocessable Entity: no node player:x");
-    let prompt = data("prompt-8k.wav").canonicalize().unwrap();
+    let prompt = "prompt-8k.wav";
     let created = reqwest::Client::new()
         .post(format!("{}/v1/nodes", gateway.api_url()))
         .bearer_auth(admin.token.as_deref().unwrap())

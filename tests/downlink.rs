@@ -93,13 +93,16 @@ async fn lobby_callers_hear_hold_music_and_routed_callers_hear_their_prompt() {
 [lobby]
 hold_music = "{hold}"
 
+[media]
+dir = "{media}"
+
 [[routes]]
 name = "welcome"
 match = {{ uuid_prefix = "aaaa" }}
-actions = [{{ action = "play", file = "{prompt}" }}]
+actions = [{{ action = "play", file = "prompt-8k.wav" }}]
 "#,
             hold = data("hold-music-48k.wav").display(),
-            prompt = prompt.display()
+            media = prompt.parent().unwrap().display()
         );
         let gateway = GatewayProcess::start(&config);
         let welcome_id = uuid::Uuid::parse_str("aaaa0000-0000-4000-8000-000000000001").unwrap();

@@ -63,7 +63,7 @@ struct Rig {
     asterisk: Asterisk,
     gateway: GatewayProcess,
     api: Api,
-    _tones: tempfile::TempDir,
+    tones: tempfile::TempDir,
 }
 
 /// Starts telepatch (default settings: the reply rate follows the caller, kind 0x10
@@ -90,6 +90,11 @@ fn rig() -> Rig {
         ));
     }
     config.push_str(common::RECORD_ALL);
+    // Routes and the API play files from the tones' directory.
+    config.push_str(&format!(
+        "\n[media]\ndir = \"{}\"\n",
+        tones.path().display()
+    ));
     let gateway = GatewayProcess::start(&config);
     let api = Api::new(&gateway);
     let asterisk = Asterisk::start(gateway.addr);
@@ -97,7 +102,7 @@ fn rig() -> Rig {
         asterisk,
         gateway,
         api,
-        _tones: tones,
+        tones,
     }
 }
 
@@ -888,18 +893,15 @@ async fn a_route_stuck_on_the_disk_holds_up_neither_its_call_nor_the_others() {
         wait_connected(&rig.gateway, id);
     }
     let stuck = call_id("0000");
-    let media = tempfile::tempdir().unwrap();
-    let fifo = media.path().join("stuck.wav");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkfifo");
+    // A clip that cannot be opened until the test lets go of its lease: loading it
+    // blocks, as a read from a stalled disk does.
+    let clip = std::fs::read(tone_wav(rig.tones.path(), NARROW_HZ)).unwrap();
+    let stalled = common::StalledFile::create(&rig.tones.path().join("stuck.wav"), &clip);
     let route = serde_json::json!({
         "name": "stuck-clip",
         "priority": 100,
         "match": { "uuid": stuck },
-        "actions": [{ "action": "play", "file": fifo.display().to_string() }],
+        "actions": [{ "action": "play", "file": "stuck.wav" }],
     });
     let (status, body) = rig
         .api
@@ -910,11 +912,8 @@ async fn a_route_stuck_on_the_disk_holds_up_neither_its_call_nor_the_others() {
         .originate("app", &stuck, "extension s@caller-silent");
     wait_connected(&rig.gateway, &stuck);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // The disk comes back: the clip arrives through the FIFO.
-    let clip = tone_wav(media.path(), NARROW_HZ);
-    std::thread::spawn(move || {
-        let _ = std::fs::copy(&clip, &fifo);
-    });
+    // The disk comes back.
+    stalled.release();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = rig.asterisk.log_text();
     let gave_up: Vec<&str> = log

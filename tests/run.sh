@@ -19,6 +19,8 @@ command -v ptp4l >/dev/null || packages+=(linuxptp)
 command -v dig >/dev/null || packages+=(dnsutils)
 command -v ip >/dev/null || packages+=(iproute2)
 command -v unshare >/dev/null || packages+=(util-linux)
+# python3 holds a file lease where a test needs a file that cannot be opened yet.
+command -v python3 >/dev/null || packages+=(python3)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq

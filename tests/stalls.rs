@@ -142,21 +142,36 @@ async fn the_gateway_locks_its_memory_unless_told_not_to() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_stuck_on_the_disk_does_not_hold_up_its_call() {
-    // The call's route plays a "file" that is a FIFO nobody writes yet: loading it
-    // blocks, as a read from a stalled disk does. The call must go on meanwhile
-    // (replies every 20 ms, the caller's audio read), and the route completes once the
-    // FIFO delivers the clip.
-    let gateway = GatewayProcess::start("");
-    let token = gateway.token("routes", "admin");
+    // The call's route plays a file that cannot be opened yet (the test holds a lease
+    // on it): loading it blocks, as a read from a stalled disk does. The call must go on
+    // meanwhile (replies every 20 ms, the caller's audio read), and the route completes
+    // once the file can be read.
     let media = tempfile::tempdir().unwrap();
-    let fifo = media.path().join("stuck.wav");
-    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
-    assert!(made.success());
+    let gateway =
+        GatewayProcess::start(&format!("[media]\ndir = \"{}\"\n", media.path().display()));
+    let token = gateway.token("routes", "admin");
+    // The clip: 0.5 s of a 440 Hz tone.
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = std::io::Cursor::new(Vec::new());
+    {
+        let mut w = hound::WavWriter::new(&mut wav, spec).unwrap();
+        for n in 0..4_000 {
+            let x = (std::f64::consts::TAU * 440.0 * f64::from(n) / 8_000.0).sin();
+            w.write_sample((x * 8_000.0) as i16).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+    let stalled = common::StalledFile::create(&media.path().join("stuck.wav"), &wav.into_inner());
     let id = uuid();
     let route = serde_json::json!({
         "name": "stuck-clip",
         "match": { "uuid": id.to_string() },
-        "actions": [{ "action": "play", "file": fifo.display().to_string() }],
+        "actions": [{ "action": "play", "file": "stuck.wav" }],
     });
     let created = reqwest::Client::new()
         .post(format!("{}/v1/routes", gateway.api_url()))
@@ -173,25 +188,44 @@ async fn a_route_stuck_on_the_disk_does_not_hold_up_its_call() {
             .run(),
     );
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    // The disk comes back: the clip (0.5 s of a 440 Hz tone) arrives through the FIFO.
-    let writer = std::thread::spawn(move || {
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 8_000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut wav = std::io::Cursor::new(Vec::new());
-        {
-            let mut w = hound::WavWriter::new(&mut wav, spec).unwrap();
-            for n in 0..4_000 {
-                let x = (std::f64::consts::TAU * 440.0 * f64::from(n) / 8_000.0).sin();
-                w.write_sample((x * 8_000.0) as i16).unwrap();
-            }
-            w.finalize().unwrap();
+    let ear = format!("call:{id}.ear");
+    let patches_into_ear = || async {
+        let patches: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/v1/patches", gateway.api_url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        patches["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["sink"] == ear.as_str())
+            .map(|p| p["source"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        patches_into_ear().await,
+        Vec::<String>::new(),
+        "the route was not held up by its file"
+    );
+    // The disk comes back: the route completes, and the call hears the clip.
+    stalled.release();
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let sources = patches_into_ear().await;
+        if sources.iter().any(|s| s.starts_with("player:")) {
+            break;
         }
-        std::fs::write(&fifo, wav.into_inner()).unwrap();
-    });
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no player patched into the call 1 s after its file could be read: {sources:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let report = call.await.unwrap().unwrap();
     assert_eq!(report.end, CallEnd::Completed);
     let longest = report.inter_arrival().max().unwrap();
@@ -204,7 +238,6 @@ async fn a_route_stuck_on_the_disk_does_not_hold_up_its_call() {
         "{} reply frames in a 4 s call",
         report.frames.len()
     );
-    writer.join().unwrap();
     assert!(
         !gateway
             .logs()

@@ -155,7 +155,8 @@ pub struct NodeInfo {
 pub enum NodeConfig {
     /// A WAV player (output `out`).
     Player {
-        /// The WAV file (on the gateway's machine).
+        /// The WAV file: a relative path inside the gateway's media directory
+        /// (`media.dir`).
         #[schema(min_length = 1)]
         file: String,
         /// Loop forever.
@@ -572,8 +573,12 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         match self {
             NodeConfig::Player { file, gain_db, .. } => {
-                if file.trim().is_empty() {
-                    return Err(("file", "must name a WAV file".into()));
+                if !crate::model::is_contained_path(file) {
+                    return Err((
+                        "file",
+                        "must be a WAV file's relative path inside the media directory (no `..`)"
+                            .into(),
+                    ));
                 }
                 if !gain_db.is_finite() || !(-96.0..=24.0).contains(gain_db) {
                     return Err(("gain_db", format!("{gain_db} is out of range (-96..=24)")));

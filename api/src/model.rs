@@ -340,7 +340,7 @@ pub enum RouteAction {
     },
     /// Play a WAV file into the caller's ear.
     Play {
-        /// The file.
+        /// The file: a relative path inside the gateway's media directory (`media.dir`).
         file: String,
         /// Loop it until the call ends.
         #[serde(default, rename = "loop")]
@@ -482,8 +482,10 @@ impl Route {
                         "record path {path:?} must be a relative path inside the recordings directory (no `..`)"
                     )));
                 }
-                RouteAction::Play { file, .. } if file.trim().is_empty() => {
-                    return Err(invalid("play needs a file".into()));
+                RouteAction::Play { file, .. } if !is_contained_path(file) => {
+                    return Err(invalid(format!(
+                        "play file {file:?} must be a relative path inside the media directory (no `..`)"
+                    )));
                 }
                 RouteAction::Broadcast { domain, gain_db } => {
                     check_dns_domain(domain)

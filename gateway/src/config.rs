@@ -155,6 +155,14 @@ pub struct EngineConfig {
     /// decoded at 48 kHz while a player uses it: 11 MiB a minute). A clip that would
     /// not fit is refused.
     pub clip_cache_mb: usize,
+    /// Most nodes besides calls (players, recorders, conferences, flows, rooms,
+    /// broadcasts); each costs engine time in every block.
+    pub max_nodes: usize,
+    /// Most patches (a caller's lobby patch not counted).
+    pub max_patches: usize,
+    /// New nodes and patches are refused through the API while the engine's recent
+    /// block processing time exceeds this share of the block period, in percent.
+    pub max_load_percent: u32,
 }
 
 impl Default for EngineConfig {
@@ -165,6 +173,9 @@ impl Default for EngineConfig {
             realtime_priority: true,
             lock_memory: true,
             clip_cache_mb: 512,
+            max_nodes: 2_000,
+            max_patches: 20_000,
+            max_load_percent: 80,
         }
     }
 }
@@ -194,6 +205,23 @@ impl Default for RecordingsConfig {
         RecordingsConfig {
             dir: PathBuf::from("recordings"),
             format: RecordingFormat::S16,
+        }
+    }
+}
+
+/// Where the files that routes and API clients may play live.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Directory of prompts and music: every file a route or an API client names is a
+    /// relative path inside it, opened without following symbolic links.
+    pub dir: PathBuf,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            dir: PathBuf::from("media"),
         }
     }
 }
@@ -413,6 +441,8 @@ pub struct Config {
     pub lobby: LobbyConfig,
     /// Recordings.
     pub recordings: RecordingsConfig,
+    /// Files that routes and API clients may play.
+    pub media: MediaConfig,
     /// Players created at start-up.
     pub players: Vec<PlayerConfig>,
     /// Static routes.
@@ -482,6 +512,8 @@ pub struct Overrides {
     pub hold_music: Option<PathBuf>,
     /// `recordings.dir`.
     pub recordings_dir: Option<PathBuf>,
+    /// `media.dir`.
+    pub media_dir: Option<PathBuf>,
     /// `log.level`.
     pub log_level: Option<String>,
     /// `log.format`.
@@ -542,18 +574,11 @@ impl Config {
             resolve(hold);
         }
         resolve(&mut self.recordings.dir);
+        resolve(&mut self.media.dir);
         for player in &mut self.players {
             resolve(&mut player.file);
         }
-        for route in &mut self.routes {
-            for action in &mut route.actions {
-                if let RouteAction::Play { file, .. } = action
-                    && Path::new(file.as_str()).is_relative()
-                {
-                    *file = base.join(file.as_str()).display().to_string();
-                }
-            }
-        }
+        // A route's play files stay relative: they are inside `media.dir`.
     }
 
     fn apply(&mut self, o: &Overrides) {
@@ -568,6 +593,9 @@ impl Config {
         }
         if let Some(dir) = &o.recordings_dir {
             self.recordings.dir = dir.clone();
+        }
+        if let Some(dir) = &o.media_dir {
+            self.media.dir = dir.clone();
         }
         if let Some(level) = &o.log_level {
             self.log.level = level.clone();
@@ -603,6 +631,24 @@ impl Config {
             problem(
                 "engine.clip_cache_mb",
                 format!("{} is out of range (1..=65536)", self.engine.clip_cache_mb),
+            );
+        }
+        if !(1..=100_000).contains(&self.engine.max_nodes) {
+            problem(
+                "engine.max_nodes",
+                format!("{} is out of range (1..=100000)", self.engine.max_nodes),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.engine.max_patches) {
+            problem(
+                "engine.max_patches",
+                format!("{} is out of range (1..=1000000)", self.engine.max_patches),
+            );
+        }
+        if !(1..=100).contains(&self.engine.max_load_percent) {
+            problem(
+                "engine.max_load_percent",
+                format!("{} is out of range (1..=100)", self.engine.max_load_percent),
             );
         }
         if a.max_unidentified == 0 || a.max_unidentified > 100_000 {
@@ -783,9 +829,15 @@ impl Config {
             }
             for action in &route.actions {
                 if let RouteAction::Play { file, .. } = action
-                    && !Path::new(file).is_file()
+                    && !self.media.dir.join(file).is_file()
                 {
-                    problem(&field, format!("play file {file} is not a readable file"));
+                    problem(
+                        &field,
+                        format!(
+                            "play file {file} is not a readable file in {}",
+                            self.media.dir.display()
+                        ),
+                    );
                 }
             }
         }

@@ -88,7 +88,9 @@ fn patchbay_error(e: PatchbayError) -> ControlError {
                 message: e.to_string(),
             }
         }
-        PatchbayError::EngineStopped => ControlError::Unavailable {
+        PatchbayError::EngineStopped
+        | PatchbayError::TooManyNodes { .. }
+        | PatchbayError::TooManyPatches { .. } => ControlError::Unavailable {
             message: e.to_string(),
         },
         PatchbayError::InvalidGain { .. } => ControlError::Unprocessable {
@@ -227,6 +229,7 @@ impl Control for GatewayControl {
         gain_db: f32,
         persistent: bool,
     ) -> Result<PatchInfo, ControlError> {
+        self.gateway.check_engine_load()?;
         let patch = self
             .gateway
             .connect(source, sink, gain_db)
@@ -408,6 +411,12 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
         "counter",
         "Blocks the engine skipped when it restarted its schedule (bus time lost to stalls).",
         engine.skipped_blocks as f64,
+    );
+    metric(
+        "telepatch_engine_recent_load",
+        "gauge",
+        "Share of real time the engine spent processing blocks, averaged over about a second (1 = all of it).",
+        gateway.engine_load(),
     );
     if let Some(cdr) = gateway.cdr_stats() {
         metric(

@@ -26,6 +26,9 @@ struct Cli {
     /// Directory for recordings (overrides `recordings.dir`).
     #[arg(long, global = true, env = "TELEPATCH_RECORDINGS_DIR")]
     recordings_dir: Option<PathBuf>,
+    /// Directory of the files routes and API clients may play (overrides `media.dir`).
+    #[arg(long, global = true, env = "TELEPATCH_MEDIA_DIR")]
+    media_dir: Option<PathBuf>,
     /// Log filter such as `info` or `telepatch=debug` (overrides `log.level`).
     #[arg(long, global = true, env = "TELEPATCH_LOG")]
     log_level: Option<String>,
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         max_calls: cli.max_calls,
         hold_music: cli.hold_music.clone(),
         recordings_dir: cli.recordings_dir.clone(),
+        media_dir: cli.media_dir.clone(),
         log_level: cli.log_level.clone(),
         log_format: cli.log_format.map(|f| match f {
             LogFormatArg::Text => LogFormat::Text,

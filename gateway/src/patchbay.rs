@@ -78,6 +78,38 @@ pub enum PatchbayError {
     /// The engine thread is gone (shutdown in progress).
     #[error("the media engine has stopped")]
     EngineStopped,
+    /// The patchbay holds as many nodes as it may (`engine.max_nodes`).
+    #[error(
+        "the media engine already runs {limit} nodes besides calls (engine.max_nodes); delete one first"
+    )]
+    TooManyNodes {
+        /// The limit.
+        limit: usize,
+    },
+    /// The patchbay holds as many patches as it may (`engine.max_patches`).
+    #[error("the media engine already runs {limit} patches (engine.max_patches); delete one first")]
+    TooManyPatches {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// How much the engine may be given: every node and patch costs engine time in every
+/// block, so their numbers are bounded before real time breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Nodes other than calls (calls are bounded by `max_calls`).
+    pub max_nodes: usize,
+    /// Patches other than lobby patches (one per call at most, bounded with the calls).
+    pub max_patches: usize,
+}
+
+impl Capacity {
+    /// No bound (tests of other behaviour).
+    pub const UNBOUNDED: Capacity = Capacity {
+        max_nodes: usize::MAX,
+        max_patches: usize::MAX,
+    };
 }
 
 /// Why a patch exists; decides whether it holds a call out of the lobby.
@@ -130,6 +162,12 @@ pub struct NodeEntry {
     slot: Slot,
 }
 
+/// Whether a node counts against [`Capacity::max_nodes`]: calls do not (`max_calls`
+/// bounds them).
+fn counts_against_capacity(node: &NodeRef) -> bool {
+    node.kind() != NodeKind::Call
+}
+
 /// Port names and ownership of a node about to be added.
 pub struct NodeSpec {
     /// Its reference.
@@ -145,6 +183,7 @@ pub struct NodeSpec {
 /// The authoritative topology. See the module documentation.
 pub struct Patchbay {
     block: usize,
+    capacity: Capacity,
     commands: mpsc::Sender<Command>,
     nodes: HashMap<NodeRef, NodeEntry>,
     patches: BTreeMap<PatchId, PatchEntry>,
@@ -156,8 +195,18 @@ pub struct Patchbay {
 impl Patchbay {
     /// A patchbay driving the engine behind `commands`, with `block`-sample blocks.
     pub fn new(block: usize, commands: mpsc::Sender<Command>) -> Patchbay {
+        Patchbay::with_capacity(block, Capacity::UNBOUNDED, commands)
+    }
+
+    /// A patchbay that refuses nodes and patches beyond `capacity`.
+    pub fn with_capacity(
+        block: usize,
+        capacity: Capacity,
+        commands: mpsc::Sender<Command>,
+    ) -> Patchbay {
         Patchbay {
             block,
+            capacity,
             commands,
             nodes: HashMap::new(),
             patches: BTreeMap::new(),
@@ -171,6 +220,13 @@ impl Patchbay {
     pub fn add_node(&mut self, spec: NodeSpec, node: Box<dyn Node>) -> Result<(), PatchbayError> {
         if self.nodes.contains_key(&spec.node) {
             return Err(PatchbayError::NodeExists { node: spec.node });
+        }
+        if counts_against_capacity(&spec.node)
+            && self.nodes_besides_calls() >= self.capacity.max_nodes
+        {
+            return Err(PatchbayError::TooManyNodes {
+                limit: self.capacity.max_nodes,
+            });
         }
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             let slot = self.next_slot;
@@ -240,6 +296,18 @@ impl Patchbay {
                 id: existing.id,
                 from: source,
                 to: sink,
+            });
+        }
+        if role != PatchRole::Lobby
+            && self
+                .patches
+                .values()
+                .filter(|p| p.role != PatchRole::Lobby)
+                .count()
+                >= self.capacity.max_patches
+        {
+            return Err(PatchbayError::TooManyPatches {
+                limit: self.capacity.max_patches,
             });
         }
         let id = self.next_patch;
@@ -364,6 +432,19 @@ impl Patchbay {
         self.nodes.keys().filter(|n| n.kind() == kind).count()
     }
 
+    /// Nodes counted against [`Capacity::max_nodes`].
+    pub fn nodes_besides_calls(&self) -> usize {
+        self.nodes
+            .keys()
+            .filter(|n| counts_against_capacity(n))
+            .count()
+    }
+
+    /// The capacity this patchbay enforces.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
     fn take_patches(&mut self, mut doomed: impl FnMut(&PatchEntry) -> bool) -> Vec<PatchEntry> {
         let ids: Vec<PatchId> = self
             .patches
@@ -474,6 +555,72 @@ mod tests {
 
     fn port(text: &str) -> PortRef {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn nodes_and_patches_beyond_capacity_are_refused_and_calls_and_lobby_patches_are_not_counted() {
+        let (tx, _rx) = mpsc::channel();
+        let capacity = Capacity {
+            max_nodes: 2,
+            max_patches: 1,
+        };
+        let mut bay = Patchbay::with_capacity(48, capacity, tx);
+        bay.add_node(spec("player:hold", &["out"], &[]), Box::new(Silent))
+            .unwrap();
+        bay.add_node(spec("recorder:show", &[], &["in"]), Box::new(Silent))
+            .unwrap();
+        assert_eq!(
+            bay.add_node(spec("player:extra", &["out"], &[]), Box::new(Silent)),
+            Err(PatchbayError::TooManyNodes { limit: 2 })
+        );
+        // Calls are bounded by max_calls, not by the node capacity.
+        let call = "call:00000000-0000-0000-0000-000000000001";
+        bay.add_node(spec(call, &["voice"], &["ear"]), Box::new(Silent))
+            .unwrap();
+
+        bay.connect(
+            port("player:hold.out"),
+            port("recorder:show.in"),
+            0.0,
+            PatchRole::Normal,
+            None,
+        )
+        .unwrap();
+        let refused = bay.connect(
+            port(&format!("{call}.voice")),
+            port("recorder:show.in"),
+            0.0,
+            PatchRole::Monitor,
+            None,
+        );
+        assert!(
+            matches!(refused, Err(PatchbayError::TooManyPatches { limit: 1 })),
+            "{refused:?}"
+        );
+        // The lobby's hold-music patch (one per call) is not counted.
+        bay.connect(
+            port("player:hold.out"),
+            port(&format!("{call}.ear")),
+            0.0,
+            PatchRole::Lobby,
+            None,
+        )
+        .unwrap();
+
+        // Room is made by removing: the refused node and patch now fit.
+        bay.remove_node(&"recorder:show".parse().unwrap()).unwrap();
+        bay.add_node(spec("player:extra", &["out"], &[]), Box::new(Silent))
+            .unwrap();
+        bay.add_node(spec("recorder:show", &[], &["in"]), Box::new(Silent))
+            .unwrap_err();
+        bay.connect(
+            port(&format!("{call}.voice")),
+            port(&format!("{call}.ear")),
+            0.0,
+            PatchRole::Normal,
+            None,
+        )
+        .unwrap();
     }
 
     #[test]

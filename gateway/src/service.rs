@@ -26,7 +26,9 @@ use crate::engine::call::{
 };
 use crate::engine::conference::ConferenceNode;
 use crate::engine::driver::EngineThread;
-use crate::engine::player::{Clip, ClipCache, PlayerNode, PlayerState, load_clip};
+use crate::engine::player::{
+    Clip, ClipCache, ClipError, PlayerNode, PlayerState, load_clip, load_clip_from, open_beneath,
+};
 use crate::engine::recorder::{DiskWriter, RecorderStats};
 use crate::engine::{BUS_RATE, Engine, EngineStats, Retired, db_to_gain};
 use crate::node_service::NodeService;
@@ -236,6 +238,17 @@ struct ConferenceMembers {
     on_demand: bool,
 }
 
+/// Where a player's file comes from, which decides how it is opened.
+#[derive(Debug, Clone, Copy)]
+pub enum ClipSource<'a> {
+    /// A file of the operator's configuration (hold music, start-up players), opened as
+    /// given.
+    Operator(&'a Path),
+    /// A file named by a route or an API client: a relative path inside `media.dir`,
+    /// opened without following links (see [`open_beneath`]).
+    Media(&'a Path),
+}
+
 /// The gateway. See the module documentation.
 pub struct Gateway {
     config: Config,
@@ -304,7 +317,14 @@ impl Gateway {
         let gateway = Arc::new(Gateway {
             block,
             topology: Mutex::new(Topology {
-                patchbay: Patchbay::new(block, command_tx),
+                patchbay: Patchbay::with_capacity(
+                    block,
+                    crate::patchbay::Capacity {
+                        max_nodes: config.engine.max_nodes,
+                        max_patches: config.engine.max_patches,
+                    },
+                    command_tx,
+                ),
                 conferences: HashMap::new(),
                 recorder_stats: HashMap::new(),
                 player_states: HashMap::new(),
@@ -360,10 +380,15 @@ impl Gateway {
         }
         if let Some(hold) = gateway.config.lobby.hold_music.clone() {
             let gain = gateway.config.lobby.hold_gain_db;
-            gateway.add_player(HOLD_PLAYER, &hold, true, gain)?;
+            gateway.add_player(HOLD_PLAYER, ClipSource::Operator(&hold), true, gain)?;
         }
         for player in gateway.config.players.clone() {
-            gateway.add_player(&player.name, &player.file, player.looped, player.gain_db)?;
+            gateway.add_player(
+                &player.name,
+                ClipSource::Operator(&player.file),
+                player.looped,
+                player.gain_db,
+            )?;
         }
         Ok(gateway)
     }
@@ -419,6 +444,43 @@ impl Gateway {
         Arc::clone(&self.engine_stats)
     }
 
+    /// The share of real time the engine recently spent on blocks (see
+    /// [`EngineStats::recent_load`]).
+    pub fn engine_load(&self) -> f64 {
+        let period = Duration::from_secs_f64(self.block as f64 / f64::from(BUS_RATE.hz()));
+        self.engine_stats.recent_load(period)
+    }
+
+    /// Refuses new work for the engine while it is busier than
+    /// `engine.max_load_percent` of real time.
+    pub fn check_engine_load(&self) -> Result<(), ControlError> {
+        let load = self.engine_load();
+        let limit = f64::from(self.config.engine.max_load_percent) / 100.0;
+        if load > limit {
+            return Err(ControlError::Unavailable {
+                message: format!(
+                    "the media engine is busy ({:.0} % of real time, more than engine.max_load_percent = {} %); try again later",
+                    load * 100.0,
+                    self.config.engine.max_load_percent
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a new node when the engine is too busy or runs `engine.max_nodes` already.
+    fn check_node_capacity(&self) -> Result<(), ControlError> {
+        self.check_engine_load()?;
+        let topology = lock(&self.topology);
+        let limit = topology.patchbay.capacity().max_nodes;
+        if topology.patchbay.nodes_besides_calls() >= limit {
+            return Err(ControlError::Unavailable {
+                message: PatchbayError::TooManyNodes { limit }.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     fn emit(&self, event: Event) {
         if let Event::PatchCreated { patch } = &event {
             self.log_call_patch(&patch.source, &patch.sink);
@@ -429,27 +491,40 @@ impl Gateway {
 
     /// A decoded clip, from the cache or the file (blocking I/O on first use, outside
     /// the cache's lock). Refused when it would not fit in `engine.clip_cache_mb`.
-    pub fn clip(&self, path: &Path) -> anyhow::Result<Clip> {
+    pub fn clip(&self, source: ClipSource<'_>) -> Result<Clip, ClipError> {
+        let key = match source {
+            ClipSource::Operator(path) => path.to_path_buf(),
+            ClipSource::Media(relative) => self.config.media.dir.join(relative),
+        };
         let free = {
             let mut clips = lock(&self.clips);
-            if let Some(clip) = clips.get(path) {
+            if let Some(clip) = clips.get(&key) {
                 return Ok(clip);
             }
             clips.free_bytes()
         };
-        let clip = load_clip(path, free)?;
-        Ok(lock(&self.clips).insert(path, clip)?)
+        let clip = match source {
+            ClipSource::Operator(path) => load_clip(path, free)?,
+            ClipSource::Media(relative) => {
+                let file = open_beneath(&self.config.media.dir, relative)?;
+                load_clip_from(file, &relative.display().to_string(), free)?
+            }
+        };
+        lock(&self.clips).insert(&key, clip)
     }
 
     /// Creates a standing player node `player:<name>`.
     pub fn add_player(
         &self,
         name: &str,
-        file: &Path,
+        source: ClipSource<'_>,
         looped: bool,
         gain_db: f32,
     ) -> anyhow::Result<()> {
-        let clip = self.clip(file)?;
+        let clip = self.clip(source)?;
+        let file = match source {
+            ClipSource::Operator(path) | ClipSource::Media(path) => path,
+        };
         let node = NodeRef::new(NodeKind::Player, name)?;
         let state = Arc::new(PlayerState::default());
         let player = PlayerNode::new(clip, looped, db_to_gain(gain_db), Arc::clone(&state));
@@ -585,7 +660,7 @@ impl Gateway {
                     files
                         .into_iter()
                         .map(|f| {
-                            let clip = gateway.clip(&f);
+                            let clip = gateway.clip(ClipSource::Media(&f));
                             (f, clip)
                         })
                         .collect::<Vec<_>>()
@@ -593,7 +668,7 @@ impl Gateway {
                 .await
                 .unwrap_or_default()
             };
-            let clips: HashMap<PathBuf, anyhow::Result<Clip>> = clips.into_iter().collect();
+            let clips: HashMap<PathBuf, Result<Clip, ClipError>> = clips.into_iter().collect();
             // Find or create the broadcasts first: that may wait for the database.
             let mut broadcasts = HashMap::new();
             for action in &route.actions {
@@ -634,7 +709,7 @@ impl Gateway {
         handle: &CallHandle,
         index: usize,
         action: &RouteAction,
-        clips: &HashMap<PathBuf, anyhow::Result<Clip>>,
+        clips: &HashMap<PathBuf, Result<Clip, ClipError>>,
         broadcasts: &HashMap<String, Result<NodeRef, String>>,
     ) -> anyhow::Result<()> {
         let call = &handle.node;
@@ -1439,6 +1514,7 @@ impl Gateway {
                 message: format!("{node} exists already"),
             });
         }
+        self.check_node_capacity()?;
         let unprocessable = |field: &str, e: &dyn std::fmt::Display| ControlError::Unprocessable {
             message: e.to_string(),
             field: Some(field.to_owned()),
@@ -1449,7 +1525,7 @@ impl Gateway {
                 looped,
                 gain_db,
             } => {
-                self.add_player(name, Path::new(file), *looped, *gain_db)
+                self.add_player(name, ClipSource::Media(Path::new(file)), *looped, *gain_db)
                     .map_err(|e| unprocessable("file", &e))?;
             }
             NodeConfig::Recorder { path, channels } => {
@@ -1790,6 +1866,55 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_nodes_are_refused_while_the_engine_is_busy_or_full() {
+        let mut config = Config::default();
+        config.engine.realtime_priority = false;
+        config.engine.lock_memory = false;
+        config.engine.max_nodes = 2;
+        config.engine.max_load_percent = 50;
+        let gateway = Gateway::start(config).unwrap();
+        let conference = NodeConfig::Conference { members: 2 };
+
+        // The engine's real blocks take microseconds; these stand for a second of blocks
+        // taking 0.9 ms of each 1 ms period.
+        for _ in 0..5 * crate::engine::stats::RECENT_BLOCKS {
+            gateway
+                .engine_stats
+                .record_block_time(Duration::from_micros(900));
+        }
+        let busy = gateway.create_configured_node("first", &conference, false);
+        match busy {
+            Err(ControlError::Unavailable { message }) => {
+                assert!(message.contains("engine.max_load_percent"), "{message}")
+            }
+            other => panic!("a busy engine took a node: {other:?}"),
+        }
+        for _ in 0..10 * crate::engine::stats::RECENT_BLOCKS {
+            gateway.engine_stats.record_block_time(Duration::ZERO);
+        }
+        gateway
+            .create_configured_node("first", &conference, false)
+            .unwrap();
+        gateway
+            .create_configured_node("second", &conference, false)
+            .unwrap();
+        match gateway.create_configured_node("third", &conference, false) {
+            Err(ControlError::Unavailable { message }) => {
+                assert!(message.contains("engine.max_nodes"), "{message}")
+            }
+            other => panic!("a third node was taken beyond max_nodes = 2: {other:?}"),
+        }
+        gateway
+            .delete_node(&NodeRef::new(NodeKind::Conference, "first").unwrap())
+            .unwrap();
+        gateway
+            .create_configured_node("third", &conference, false)
+            .unwrap();
+        gateway.begin_shutdown();
+        gateway.finish();
+    }
 
     #[test]
     fn formats_utc_timestamps() {

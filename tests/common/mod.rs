@@ -505,3 +505,55 @@ pub async fn wait_cdr(gateway: &GatewayProcess, token: &str, id: uuid::Uuid) -> 
     }
     serde_json::Value::Null
 }
+
+/// A regular file that other processes cannot open yet, as if it sat on a stalled disk:
+/// a helper process holds a write lease on it, so another process's `open` waits (up to
+/// `/proc/sys/fs/lease-break-time`, 45 s by default) until [`StalledFile::release`].
+pub struct StalledFile {
+    holder: Child,
+}
+
+/// Takes the lease, says so, and holds it until its standard input closes. The kernel
+/// tells a lease holder with SIGIO that someone waits: ignored, only the wait matters.
+const LEASE_HOLDER: &str = r#"
+import fcntl, os, signal, sys
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.fcntl(fd, 1024, fcntl.F_WRLCK)  # F_SETLEASE
+print("held", flush=True)
+sys.stdin.read()
+fcntl.fcntl(fd, 1024, fcntl.F_UNLCK)
+"#;
+
+impl StalledFile {
+    /// Writes `contents` to `path` and has the lease taken.
+    pub fn create(path: &Path, contents: &[u8]) -> StalledFile {
+        std::fs::write(path, contents).unwrap();
+        let mut holder = Command::new("python3")
+            .arg("-c")
+            .arg(LEASE_HOLDER)
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 holds the file lease");
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "held",
+            "the lease on {} was not taken",
+            path.display()
+        );
+        StalledFile { holder }
+    }
+
+    /// Lets waiting readers in.
+    pub fn release(mut self) {
+        drop(self.holder.stdin.take());
+        let status = self.holder.wait().unwrap();
+        assert!(status.success(), "the lease holder failed: {status}");
+    }
+}

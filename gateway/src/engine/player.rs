@@ -4,7 +4,8 @@
 //! loaded, then shared (`Arc<[f32]>`) by every player that plays it: a hundred callers on
 //! hold cost one copy of the hold music. The node itself only copies samples per block.
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -52,6 +53,28 @@ pub enum ClipError {
         /// What is left, in MiB.
         free_mb: usize,
     },
+    /// The path is not a plain relative path inside the media directory.
+    #[error("{path} must be a relative path inside the media directory (media.dir)")]
+    OutsideMedia {
+        /// The path asked for.
+        path: String,
+    },
+    /// The file could not be opened inside the media directory.
+    #[error("cannot open {path} inside the media directory: {source}")]
+    Open {
+        /// The path asked for.
+        path: String,
+        /// What failed (`ELOOP` for a symbolic link on the way).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path names something other than a regular file (a FIFO, a device, a
+    /// directory), which could block or never end.
+    #[error("{path} inside the media directory is not a regular file")]
+    NotRegular {
+        /// The path asked for.
+        path: String,
+    },
     /// Resampling failed.
     #[error("cannot resample {path}: {message}")]
     Resample {
@@ -69,15 +92,78 @@ pub type Clip = Arc<[f32]>;
 const SAMPLE_BYTES: usize = std::mem::size_of::<f32>();
 const MIB: usize = 1024 * 1024;
 
+/// Opens `relative` inside `dir` for reading, the way every file named by a route or
+/// through the API is opened: nothing outside `dir`, no symbolic link anywhere on the
+/// way, and only a regular file (a FIFO or a device could block the caller or never
+/// end). The file type is checked on a handle that reads nothing, so nothing blocks
+/// before the check; reading the file afterwards may wait like any read of the disk.
+pub fn open_beneath(dir: &Path, relative: &Path) -> Result<File, ClipError> {
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+    use std::os::fd::AsRawFd;
+
+    let display = relative.display().to_string();
+    let contained = !relative.as_os_str().is_empty()
+        && relative.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+    if !contained {
+        return Err(ClipError::OutsideMedia { path: display });
+    }
+    let open_err = |source: rustix::io::Errno| ClipError::Open {
+        path: display.clone(),
+        source: source.into(),
+    };
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(open_err)?;
+    let located = rustix::fs::openat2(
+        &dir_fd,
+        relative,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(open_err)?;
+    let stat = rustix::fs::fstat(&located).map_err(open_err)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(ClipError::NotRegular { path: display });
+    }
+    // Reopening the located inode through /proc reads exactly the file checked above.
+    let reopened = rustix::fs::open(
+        PathBuf::from(format!("/proc/self/fd/{}", located.as_raw_fd())),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(open_err)?;
+    Ok(File::from(reopened))
+}
+
 /// Loads a WAV file (any channel count, 8-32 bit integer or float) as a mono bus clip,
 /// refusing (from its header, before decoding) one that would take more than
 /// `max_bytes` decoded. Blocking file I/O: call it off the media path.
 pub fn load_clip(path: &Path, max_bytes: usize) -> Result<Clip, ClipError> {
     let display = path.display().to_string();
-    let reader = hound::WavReader::open(path).map_err(|source| ClipError::Wav {
+    let file = File::open(path).map_err(|source| ClipError::Wav {
         path: display.clone(),
-        source,
+        source: hound::Error::IoError(source),
     })?;
+    load_clip_from(file, &display, max_bytes)
+}
+
+/// [`load_clip`] of an open file, named `display` in errors.
+pub fn load_clip_from(file: File, display: &str, max_bytes: usize) -> Result<Clip, ClipError> {
+    let display = display.to_owned();
+    let reader =
+        hound::WavReader::new(std::io::BufReader::new(file)).map_err(|source| ClipError::Wav {
+            path: display.clone(),
+            source,
+        })?;
     let spec = reader.spec();
     let rate = SampleRate::new(spec.sample_rate).map_err(|_| ClipError::Rate {
         path: display.clone(),

@@ -20,7 +20,13 @@ pub struct EngineStats {
     block_time_ns_total: AtomicU64,
     block_time_ns_max: AtomicU64,
     block_time_buckets: [AtomicU64; BLOCK_TIME_BUCKETS_US.len() + 1],
+    /// Recent block time in ns, averaged exponentially over about
+    /// [`RECENT_BLOCKS`] blocks (one writer: the engine driver).
+    recent_block_time_ns: AtomicU64,
 }
+
+/// Blocks the recent block time is averaged over (about a second of 1 ms blocks).
+pub const RECENT_BLOCKS: u64 = 1024;
 
 /// A copy of [`EngineStats`] at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -58,6 +64,21 @@ impl EngineStats {
             .position(|&bound| us < bound)
             .unwrap_or(BLOCK_TIME_BUCKETS_US.len());
         self.block_time_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        // Single writer, so a load and a store make the update.
+        let recent = self.recent_block_time_ns.load(Ordering::Relaxed);
+        let updated = recent - recent / RECENT_BLOCKS + ns.min(u64::MAX / 2) / RECENT_BLOCKS;
+        self.recent_block_time_ns.store(updated, Ordering::Relaxed);
+    }
+
+    /// The recent average block processing time.
+    pub fn recent_block_time(&self) -> Duration {
+        Duration::from_nanos(self.recent_block_time_ns.load(Ordering::Relaxed))
+    }
+
+    /// The share of real time the engine recently spent processing blocks of
+    /// `block_period` (1.0: all of it, and real time is about to break).
+    pub fn recent_load(&self, block_period: Duration) -> f64 {
+        self.recent_block_time().as_secs_f64() / block_period.as_secs_f64().max(1e-9)
     }
 
     /// Records that the driver had to run `behind` blocks back to back to catch up.
@@ -190,6 +211,26 @@ mod tests {
         assert_eq!(snap.block_time_buckets[BLOCK_TIME_BUCKETS_US.len()], 1);
         assert_eq!(snap.block_time_ns_max, 9_000_000);
         assert_eq!(snap.block_time_ns_total, 9_155_000);
+    }
+
+    #[test]
+    fn recent_load_follows_the_block_time_over_about_a_thousand_blocks() {
+        let stats = EngineStats::default();
+        let period = Duration::from_millis(1);
+        for _ in 0..5 * RECENT_BLOCKS {
+            stats.record_block_time(Duration::from_micros(800));
+        }
+        let busy = stats.recent_load(period);
+        assert!((0.78..=0.80).contains(&busy), "{busy}");
+        // A single stalled block barely moves it.
+        stats.record_block_time(Duration::from_millis(20));
+        assert!(stats.recent_load(period) - busy < 0.02);
+        // After a few seconds of light blocks the load is light again.
+        for _ in 0..5 * RECENT_BLOCKS {
+            stats.record_block_time(Duration::from_micros(100));
+        }
+        let light = stats.recent_load(period);
+        assert!((0.09..=0.11).contains(&light), "{light}");
     }
 
     #[test]
