@@ -9,8 +9,8 @@
 //! the call sessions.
 //!
 //! Shutdown: every call hears `00 00 00` and its session ends (its call record queued);
-//! the HTTP server stops (event streams are closed); the CDR writer flushes; the engine
-//! stops and every recording is finalized.
+//! the HTTP server stops (event streams are closed, requests in flight get a short
+//! grace); the CDR writer flushes; the engine stops and every recording is finalized.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::control::{GatewayControl, level};
 use crate::engine::BUS_RATE;
+use crate::net::fd_limit;
+use crate::net::http::HttpLimits;
 use crate::net::listener;
 use crate::service::Gateway;
 
@@ -152,6 +154,45 @@ struct Listeners {
     audiosocket: std::net::TcpListener,
 }
 
+/// The HTTP API's limits: its connection cap is `api.max_connections` or what the
+/// file-descriptor limit leaves after what calls need, whichever is lower.
+fn http_limits(config: &Config) -> HttpLimits {
+    let limit = fd_limit::current();
+    let reserve = fd_limit::CallReserve {
+        max_calls: config.audiosocket.max_calls,
+        max_unidentified: config.audiosocket.max_unidentified,
+    };
+    let cap = fd_limit::api_connection_cap(config.api.max_connections, limit.soft, reserve);
+    let limits = HttpLimits {
+        header_timeout: Duration::from_millis(config.api.header_timeout_ms),
+        max_connections: cap.connections,
+    };
+    if cap.reserve_short {
+        tracing::warn!(
+            fd_limit = limit.soft,
+            kept_for_calls = reserve.descriptors(),
+            api_connections = cap.connections,
+            "the file-descriptor limit is too low for audiosocket.max_calls and \
+             audiosocket.max_unidentified; raise the hard RLIMIT_NOFILE (LimitNOFILE=) or \
+             lower them"
+        );
+    } else if cap.limited_by_descriptors {
+        tracing::warn!(
+            fd_limit = limit.soft,
+            kept_for_calls = reserve.descriptors(),
+            api_connections = cap.connections,
+            configured = config.api.max_connections,
+            "HTTP API connections capped below api.max_connections by the file-descriptor limit"
+        );
+    }
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_timeout_ms = config.api.header_timeout_ms,
+        "HTTP API connection limits"
+    );
+    limits
+}
+
 /// Restores what the API stored and starts serving on `listeners`.
 async fn serve(
     gateway: Arc<Gateway>,
@@ -204,21 +245,17 @@ async fn serve(
     )
     .with_failed_token_limit(gateway.config().api.max_failed_tokens);
     let api_addr = listeners.http.local_addr()?;
-    let stop = http_stop.clone();
+    let limits = http_limits(gateway.config());
     let http = {
         let _control_context = control_handle.enter();
         let http_listener = TcpListener::from_std(listeners.http)?;
-        control_handle.spawn(async move {
-            // With the peer's address: failed token checks are limited per source.
-            let app = api::http::router(state)
-                .into_make_service_with_connect_info::<std::net::SocketAddr>();
-            if let Err(e) = axum::serve(http_listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %e, "HTTP API server failed");
-            }
-        })
+        control_handle.spawn(crate::net::http::serve(
+            http_listener,
+            api::http::router(state),
+            limits,
+            Arc::clone(&gateway),
+            http_stop.clone(),
+        ))
     };
     tracing::info!(addr = %api_addr, "HTTP API ready");
 

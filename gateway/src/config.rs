@@ -287,6 +287,13 @@ pub struct ApiConfig {
     /// tokens not verified recently are refused (429) for the rest of the window (20;
     /// 0 turns the limit off).
     pub max_failed_tokens: u32,
+    /// A request's head must arrive complete within this many ms of the connection
+    /// opening or of the previous response ending (so it also closes idle kept-alive
+    /// connections); 10000.
+    pub header_timeout_ms: u64,
+    /// HTTP API connections open at once (256); fewer if the file-descriptor limit
+    /// leaves less after what calls need (see `net::fd_limit`).
+    pub max_connections: usize,
 }
 
 impl Default for ApiConfig {
@@ -296,6 +303,8 @@ impl Default for ApiConfig {
             levels_interval_ms: 100,
             worker_threads: 1,
             max_failed_tokens: api::http::auth::DEFAULT_MAX_FAILURES,
+            header_timeout_ms: 10_000,
+            max_connections: 256,
         }
     }
 }
@@ -748,6 +757,25 @@ impl Config {
                 format!("{} is out of range (1..=16)", self.api.worker_threads),
             );
         }
+        if !(100..=600_000).contains(&self.api.header_timeout_ms) {
+            problem(
+                "api.header_timeout_ms",
+                format!(
+                    "{} is out of range (100..=600000)",
+                    self.api.header_timeout_ms
+                ),
+            );
+        }
+        let min_connections = crate::net::fd_limit::MIN_API_CONNECTIONS;
+        if !(min_connections..=1_000_000).contains(&self.api.max_connections) {
+            problem(
+                "api.max_connections",
+                format!(
+                    "{} is out of range ({min_connections}..=1000000)",
+                    self.api.max_connections
+                ),
+            );
+        }
         let dns = &self.dns;
         if !(512..=4096).contains(&dns.max_udp_payload) {
             problem(
@@ -972,6 +1000,23 @@ mod tests {
         };
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["dns.max_udp_payload", "dns.worker_threads"]);
+    }
+
+    #[test]
+    fn api_connection_limits_are_read_and_validated() {
+        let config =
+            Config::from_toml("[api]\nheader_timeout_ms = 500\nmax_connections = 16\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.api.header_timeout_ms, 500);
+        assert_eq!(config.api.max_connections, 16);
+        let mut bad = Config::default();
+        bad.api.header_timeout_ms = 0;
+        bad.api.max_connections = 1;
+        let Err(ConfigError::Invalid { problems }) = bad.validate() else {
+            panic!("expected problems");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["api.header_timeout_ms", "api.max_connections"]);
     }
 
     #[test]

@@ -389,6 +389,24 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
         totals.unidentified_refused as f64,
     );
     metric(
+        "telepatch_audiosocket_accept_errors_total",
+        "counter",
+        "Failed accepts of the AudioSocket listener (out of file descriptors...).",
+        totals.audiosocket_accept_errors as f64,
+    );
+    metric(
+        "telepatch_api_connections_refused_total",
+        "counter",
+        "HTTP API connections closed at once because api.max_connections were open.",
+        totals.api_connections_refused as f64,
+    );
+    metric(
+        "telepatch_api_accept_errors_total",
+        "counter",
+        "Failed accepts of the HTTP API (out of file descriptors...).",
+        totals.api_accept_errors as f64,
+    );
+    metric(
         "telepatch_writer_stalls_total",
         "counter",
         "Times a call's reply frames were held up more than three frames (a blocked or starved session thread).",

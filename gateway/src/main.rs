@@ -172,6 +172,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
             ),
         }
     }
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -185,6 +186,27 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown complete");
         waited
     })
+}
+
+/// Every call and API connection is a file descriptor: take all the hard limit allows
+/// (the HTTP API's share of it is decided at start, see `gateway::net::fd_limit`).
+fn raise_fd_limit() {
+    let raised = gateway::net::fd_limit::raise_to_hard();
+    let show = |limit: Option<u64>| limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    match raised.error {
+        None => tracing::info!(
+            soft = %show(raised.after.soft),
+            hard = %show(raised.after.hard),
+            was = %show(raised.before.soft),
+            "file-descriptor limit (RLIMIT_NOFILE)"
+        ),
+        Some(e) => tracing::warn!(
+            error = %e,
+            soft = %show(raised.after.soft),
+            hard = %show(raised.after.hard),
+            "cannot raise the file-descriptor limit to the hard limit"
+        ),
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -217,6 +217,12 @@ pub struct Totals {
     pub unidentified_refused: u64,
     /// Connections from sources outside `audiosocket.allow`.
     pub source_refused: u64,
+    /// Failed `accept`s of the AudioSocket listener (out of file descriptors...).
+    pub audiosocket_accept_errors: u64,
+    /// HTTP API connections closed at once because `api.max_connections` were open.
+    pub api_connections_refused: u64,
+    /// Failed `accept`s of the HTTP API.
+    pub api_accept_errors: u64,
 }
 
 /// Topology guarded by one mutex: the patchbay and conference membership.
@@ -1419,6 +1425,21 @@ impl Gateway {
     /// Counts a connection closed before its ID because too many were waiting for theirs.
     pub fn count_unidentified_refused(&self) {
         lock(&self.totals).unidentified_refused += 1;
+    }
+
+    /// Counts a failed `accept` of the AudioSocket listener.
+    pub fn count_audiosocket_accept_error(&self) {
+        lock(&self.totals).audiosocket_accept_errors += 1;
+    }
+
+    /// Counts an HTTP API connection closed at its connection limit.
+    pub fn count_api_connection_refused(&self) {
+        lock(&self.totals).api_connections_refused += 1;
+    }
+
+    /// Counts a failed `accept` of the HTTP API.
+    pub fn count_api_accept_error(&self) {
+        lock(&self.totals).api_accept_errors += 1;
     }
 
     /// The routes of the configuration file.

@@ -44,6 +44,21 @@ impl GatewayProcess {
 
     /// Same, with extra command-line flags.
     pub fn start_with_args(config: &str, args: &[&str]) -> GatewayProcess {
+        Self::start_command(config, args, Command::new(env!("CARGO_BIN_EXE_telepatch")))
+    }
+
+    /// Same, with soft and hard `RLIMIT_NOFILE` set to `limit` (through `prlimit`, which
+    /// then runs the gateway in its own place, so the pid stays the gateway's).
+    pub fn start_with_fd_limit(config: &str, limit: u64) -> GatewayProcess {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_telepatch"));
+        Self::start_command(config, &[], command)
+    }
+
+    fn start_command(config: &str, args: &[&str], mut command: Command) -> GatewayProcess {
         host_watch::start();
         let started_at = SystemTime::now();
         let dir = tempfile::tempdir().unwrap();
@@ -54,7 +69,7 @@ impl GatewayProcess {
         } else {
             Some(database_url(dir.path()))
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_telepatch"))
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])

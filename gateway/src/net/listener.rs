@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::net::burst::Burst;
 use crate::net::session;
 use crate::service::Gateway;
 
@@ -43,6 +44,7 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
         Err(e) => warn!(error = %e, "AudioSocket listener ready (address unknown)"),
     }
     let mut refused_logged = RateLimitedLog::default();
+    let mut accept_failures = Burst::default();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -51,6 +53,9 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
+                if let Some(failures) = accept_failures.succeeded() {
+                    info!(failures, "AudioSocket accepts connections again");
+                }
                 if !config.allow.allows(peer.ip()) {
                     gateway.count_source_refused();
                     if refused_logged.allow() {
@@ -83,9 +88,17 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
                 }
             }
             Err(e) => {
-                // Transient (EMFILE, ECONNABORTED...): back off instead of spinning.
-                error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
-                tokio::time::sleep(backoff).await;
+                // Transient (EMFILE, ECONNABORTED...): back off instead of spinning, say
+                // so once, count every one.
+                gateway.count_audiosocket_accept_error();
+                if accept_failures.failed() {
+                    error!(error = %e, "AudioSocket accept failed (out of file descriptors?); \
+                        retrying with a backoff, further failures are counted");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
             }
         }
