@@ -553,9 +553,16 @@ pub struct OpenedRecording {
 
 /// The disk thread that owns every open recording file.
 pub struct DiskWriter {
+    opener: RecordingOpener,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Creates recordings and hands them to the disk thread. Cheap to clone, so callers
+/// create files (which waits for the disk) without holding any lock others need.
+#[derive(Clone)]
+pub struct RecordingOpener {
     dir: PathBuf,
     commands: mpsc::Sender<DiskCommand>,
-    thread: Option<JoinHandle<()>>,
     failures: Arc<AtomicU64>,
 }
 
@@ -575,19 +582,50 @@ impl DiskWriter {
                 disk_loop(rx, journal, &thread_failures)
             })?;
         Ok(DiskWriter {
-            dir: dir.to_path_buf(),
-            commands,
+            opener: RecordingOpener {
+                dir: dir.to_path_buf(),
+                commands,
+                failures,
+            },
             thread: Some(thread),
-            failures,
         })
     }
 
     /// Recordings that failed since start: refused because their header could not be
     /// written, or stopped mid-way.
     pub fn failures(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.failures)
+        Arc::clone(&self.opener.failures)
     }
 
+    /// A handle that creates recordings.
+    pub fn opener(&self) -> RecordingOpener {
+        self.opener.clone()
+    }
+
+    /// See [`RecordingOpener::open`].
+    pub fn open(
+        &self,
+        relative: &Path,
+        channels: u16,
+        format: RecordingFormat,
+        block: usize,
+    ) -> Result<OpenedRecording, RecorderError> {
+        self.opener.open(relative, channels, format, block)
+    }
+
+    /// Finalizes every open recording (draining what reached their rings) and stops the
+    /// thread. Blocking: call from `spawn_blocking` in async code.
+    pub fn shutdown(mut self) {
+        let _ = self.opener.commands.send(DiskCommand::Shutdown);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("disk writer thread panicked");
+        }
+    }
+}
+
+impl RecordingOpener {
     /// Creates a recording at `relative` inside the recordings directory (see
     /// [`create_beneath`]: no symbolic links, no file overwritten) and returns the node
     /// that feeds it, the path it was created at, and receivers for its failure and end.
@@ -679,17 +717,6 @@ impl DiskWriter {
             failed: failed_rx,
             done: done_rx,
         })
-    }
-
-    /// Finalizes every open recording (draining what reached their rings) and stops the
-    /// thread. Blocking: call from `spawn_blocking` in async code.
-    pub fn shutdown(mut self) {
-        let _ = self.commands.send(DiskCommand::Shutdown);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("disk writer thread panicked");
-        }
     }
 }
 
