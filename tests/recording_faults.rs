@@ -94,7 +94,7 @@ async fn a_recording_cut_by_sigkill_is_repaired_at_the_next_start() {
         .wait_log("recording started", Duration::from_secs(5))
         .unwrap();
     let started = Instant::now();
-    // Half a second after a header update, at most: the header then lags the audio.
+    // Mid-second: the header, updated once a second, lags the audio on disk.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     first.kill();
     let recorded = started.elapsed().as_secs_f64();

@@ -19,6 +19,9 @@ command -v ptp4l >/dev/null || packages+=(linuxptp)
 command -v dig >/dev/null || packages+=(dnsutils)
 command -v ip >/dev/null || packages+=(iproute2)
 command -v unshare >/dev/null || packages+=(util-linux)
+# mount: the full-disk test mounts a small tmpfs in a private mount namespace; ffprobe
+# (ffmpeg, above) reads the recordings it leaves.
+command -v mount >/dev/null || packages+=(mount)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq
