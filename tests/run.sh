@@ -21,6 +21,9 @@ command -v ip >/dev/null || packages+=(iproute2)
 command -v unshare >/dev/null || packages+=(util-linux)
 # python3 holds a file lease where a test needs a file that cannot be opened yet.
 command -v python3 >/dev/null || packages+=(python3)
+# mount: the full-disk test mounts a small tmpfs in a private mount namespace; ffprobe
+# (ffmpeg, above) reads the recordings it leaves.
+command -v mount >/dev/null || packages+=(mount)
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq

@@ -851,6 +851,18 @@ pub enum Event {
         /// Why it is incomplete, if it is.
         error: Option<String>,
     },
+    /// A recording failed (a full disk): it stopped taking audio and its file keeps, as
+    /// a valid WAV, what was written before; or it could not start, and no file was left.
+    /// Told once per recording, when it happens.
+    RecordingFailed {
+        /// The recorder node.
+        #[schema(value_type = String)]
+        node: NodeRef,
+        /// The file.
+        path: String,
+        /// What failed.
+        error: String,
+    },
     /// A jammer joined a jam room: a source address that sent its first packet to a
     /// hosted room, or a client_id first heard in a joined room.
     JamMemberJoined {
@@ -898,6 +910,7 @@ impl Event {
             Event::NodeCreated { .. } => "node_created",
             Event::NodeRemoved { .. } => "node_removed",
             Event::RecordingFinished { .. } => "recording_finished",
+            Event::RecordingFailed { .. } => "recording_failed",
             Event::JamMemberJoined { .. } => "jam_member_joined",
             Event::JamMemberLeft { .. } => "jam_member_left",
             Event::Lagged { .. } => "lagged",

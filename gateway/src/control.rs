@@ -413,6 +413,12 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
         (totals.writer_stalls + writer_stalls) as f64,
     );
     metric(
+        "telepatch_recording_failures_total",
+        "counter",
+        "Recordings the disk failed: refused because their header could not be written, or stopped mid-way (the file keeps what was written).",
+        gateway.recording_failures() as f64,
+    );
+    metric(
         "telepatch_engine_blocks_total",
         "counter",
         "Engine blocks processed.",

@@ -272,6 +272,8 @@ pub struct Gateway {
     call_patch_log: Mutex<HashMap<Uuid, Vec<String>>>,
     clips: Mutex<ClipCache>,
     disk: Mutex<Option<DiskWriter>>,
+    /// Recordings refused or stopped by a failing disk, since start.
+    recording_failures: Arc<std::sync::atomic::AtomicU64>,
     engine_thread: Mutex<Option<EngineThread>>,
     engine_stats: Arc<EngineStats>,
     events: broadcast::Sender<Event>,
@@ -320,6 +322,8 @@ impl Gateway {
         let engine_thread =
             EngineThread::spawn(engine, block_duration, config.engine.realtime_priority)?;
         let (events, _) = broadcast::channel(4096);
+        let disk = DiskWriter::start(&config.recordings.dir)?;
+        let recording_failures = disk.failures();
         let gateway = Arc::new(Gateway {
             block,
             topology: Mutex::new(Topology {
@@ -347,7 +351,8 @@ impl Gateway {
             clips: Mutex::new(ClipCache::new(
                 config.engine.clip_cache_mb.saturating_mul(1024 * 1024),
             )),
-            disk: Mutex::new(Some(DiskWriter::start()?)),
+            disk: Mutex::new(Some(disk)),
+            recording_failures,
             engine_thread: Mutex::new(Some(engine_thread)),
             engine_stats,
             events,
@@ -443,6 +448,11 @@ impl Gateway {
     /// Samples per engine block.
     pub fn block_samples(&self) -> usize {
         self.block
+    }
+
+    /// Recordings refused or stopped by a failing disk since start.
+    pub fn recording_failures(&self) -> u64 {
+        self.recording_failures.load(Ordering::Relaxed)
     }
 
     /// Engine counters.
@@ -935,13 +945,23 @@ impl Gateway {
         PathBuf::from(expanded)
     }
 
+    /// Tells `/v1/events` when the recording of `node` fails (once) and when it ends.
     fn watch_recording(
         &self,
+        node: &NodeRef,
+        path: &Path,
+        failed: tokio::sync::oneshot::Receiver<String>,
         done: tokio::sync::oneshot::Receiver<crate::engine::recorder::RecordingSummary>,
     ) {
         let events = self.events.clone();
+        let node = node.clone();
+        let path = path.display().to_string();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
+                // Closed without a value when the recording ends well.
+                if let Ok(error) = failed.await {
+                    let _ = events.send(Event::RecordingFailed { node, path, error });
+                }
                 if let Ok(summary) = done.await {
                     let _ = events.send(Event::RecordingFinished {
                         path: summary.path.display().to_string(),
@@ -970,19 +990,38 @@ impl Gateway {
                 .as_ref()
                 .ok_or(anyhow::anyhow!("the recording writer has stopped"))?;
             disk.open(
-                &self.config.recordings.dir,
                 relative,
                 channels,
                 self.config.recordings.format,
                 self.block,
-            )?
+            )
         };
         let crate::engine::recorder::OpenedRecording {
             node: recorder,
             stats,
             path,
+            failed,
             done,
-        } = opened;
+        } = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                if e.is_disk_failure() {
+                    tracing::error!(%node, path = %relative.display(), error = %e, "recording refused: the disk failed");
+                    self.emit(Event::RecordingFailed {
+                        node: node.clone(),
+                        path: self
+                            .config
+                            .recordings
+                            .dir
+                            .join(relative)
+                            .display()
+                            .to_string(),
+                        error: e.to_string(),
+                    });
+                }
+                return Err(e.into());
+            }
+        };
         if path.strip_prefix(&self.config.recordings.dir).ok() != Some(relative) {
             tracing::info!(asked = %relative.display(), path = %path.display(), "recording name was taken; using a numbered variant");
         }
@@ -1004,7 +1043,7 @@ impl Gateway {
         topology
             .recorder_stats
             .insert(node.clone(), (path.clone(), stats));
-        self.watch_recording(done);
+        self.watch_recording(node, &path, failed, done);
         Ok((topology, path))
     }
 
@@ -1715,8 +1754,11 @@ impl Gateway {
         }
         let topology = lock(&self.topology);
         if let Some((path, stats)) = topology.recorder_stats.get(node) {
+            let error = stats.error.get();
             return Some(serde_json::json!({
                 "path": path.display().to_string(),
+                "state": if error.is_some() { "failed" } else { "recording" },
+                "error": error,
                 "frames_written": stats.frames_written.load(Ordering::Relaxed),
                 "frames_dropped": stats.frames_dropped.load(Ordering::Relaxed),
             }));

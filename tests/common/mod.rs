@@ -32,6 +32,8 @@ pub struct GatewayProcess {
     pub dir: tempfile::TempDir,
     /// The database URL it runs with.
     pub database: String,
+    /// Its recordings directory (in `dir`, unless `--recordings-dir` was given).
+    recordings: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     started_at: SystemTime,
 }
@@ -69,6 +71,14 @@ impl GatewayProcess {
         } else {
             Some(database_url(dir.path()))
         };
+        let given_recordings = args
+            .iter()
+            .position(|a| *a == "--recordings-dir")
+            .and_then(|at| args.get(at + 1))
+            .map(PathBuf::from);
+        let recordings = given_recordings
+            .clone()
+            .unwrap_or_else(|| dir.path().join("recordings"));
         let mut child = command
             .arg("--config")
             .arg(&config_path)
@@ -79,8 +89,18 @@ impl GatewayProcess {
                     .iter()
                     .flat_map(|url| ["--database-url".to_owned(), url.clone()]),
             )
-            .arg("--recordings-dir")
-            .arg(dir.path().join("recordings"))
+            .args(
+                given_recordings
+                    .is_none()
+                    .then(|| {
+                        [
+                            "--recordings-dir".into(),
+                            recordings.clone().into_os_string(),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .args(args)
             .arg("serve")
             .stdout(Stdio::null())
@@ -113,6 +133,7 @@ impl GatewayProcess {
             api_addr: unbound,
             dir,
             database,
+            recordings,
             logs,
             started_at,
         };
@@ -216,7 +237,13 @@ impl GatewayProcess {
 
     /// The recordings directory.
     pub fn recordings(&self) -> PathBuf {
-        self.dir.path().join("recordings")
+        self.recordings.clone()
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing is finalized) and waits for it.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited 0.

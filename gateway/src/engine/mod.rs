@@ -29,8 +29,10 @@ pub mod drift;
 pub mod driver;
 pub mod player;
 pub mod recorder;
+pub mod recording_journal;
 pub mod stats;
 pub mod vad;
+pub mod wav_header;
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
