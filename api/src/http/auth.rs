@@ -270,7 +270,10 @@ mod tests {
         assert!(!attempts.failed(GUESSER));
         assert!(!attempts.failed(GUESSER));
         assert!(attempts.allowed(GUESSER));
-        assert!(attempts.failed(GUESSER), "the third failure uses up the allowance");
+        assert!(
+            attempts.failed(GUESSER),
+            "the third failure uses up the allowance"
+        );
         assert!(!attempts.allowed(GUESSER));
         assert!(attempts.allowed(OPERATOR));
     }
