@@ -178,6 +178,12 @@ async fn crash_and_restart(
         );
         assert!(record["frames_in"].as_u64().unwrap() > 0, "{record}");
     }
+    let metrics = common::metrics_text(&restarted).await;
+    assert_eq!(
+        common::metric_value(&metrics, "telepatch_cdr_interrupted_closed_total"),
+        ids.len() as f64,
+        "the restart closed exactly the killed calls' records"
+    );
     // Closed records are listed by default.
     for id in &ids {
         let page: Value = reqwest::Client::new()

@@ -910,6 +910,50 @@ mod tests {
     }
 
     #[test]
+    fn instance_defaults_to_a_valid_host_name_and_is_checked() {
+        let config = Config::default();
+        let instance = config.gateway.instance();
+        api::store::check_instance(&instance).unwrap();
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        if api::store::check_instance(&host).is_ok() {
+            assert_eq!(instance, host);
+        }
+        let named = Config::from_toml("[gateway]\ninstance = \"studio-2\"\n").unwrap();
+        assert_eq!(named.gateway.instance(), "studio-2");
+        named.validate().unwrap();
+        for bad in ["", "two words", "x/y"] {
+            let config = Config::from_toml(&format!("[gateway]\ninstance = {bad:?}\n")).unwrap();
+            let Err(ConfigError::Invalid { problems }) = config.validate() else {
+                panic!("{bad:?} accepted");
+            };
+            assert!(
+                problems.iter().any(|p| p.field == "gateway.instance"),
+                "{bad:?}"
+            );
+        }
+        for (text, field) in [
+            (
+                "[database]\ncdr_refresh_ms = 50\n",
+                "database.cdr_refresh_ms",
+            ),
+            (
+                "[database]\ncdr_stale_after_s = 10\n",
+                "database.cdr_stale_after_s",
+            ),
+        ] {
+            let Err(ConfigError::Invalid { problems }) =
+                Config::from_toml(text).unwrap().validate()
+            else {
+                panic!("{text} accepted");
+            };
+            assert!(problems.iter().any(|p| p.field == field), "{text}");
+        }
+    }
+
+    #[test]
     fn audiosocket_sources_default_to_loopback_and_are_parsed_once() {
         let config = Config::from_toml("").unwrap();
         assert!(
