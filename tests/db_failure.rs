@@ -87,7 +87,11 @@ impl Drop for Database {
 async fn calls_go_on_and_records_wait_while_the_database_is_down() {
     let database = Database::create();
     let url = database.url();
-    let gateway = GatewayProcess::start_with_args("", &["--database-url", &url]);
+    // No refresh of the open record during the call: the end is the one write held.
+    let gateway = GatewayProcess::start_with_args(
+        "[database]\ncdr_refresh_ms = 60000\n",
+        &["--database-url", &url],
+    );
     let token = gateway.token("ops", "admin");
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -114,6 +118,26 @@ async fn calls_go_on_and_records_wait_while_the_database_is_down() {
         .wait_log_all(&["call connected", &id.to_string()], Duration::from_secs(5))
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The call is on record (open) before the database goes.
+    let mut opened = false;
+    for _ in 0..100 {
+        let page: serde_json::Value = get(&format!("/v1/cdrs?uuid={id}&include_open=true"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["items"]
+            .as_array()
+            .is_some_and(|items| items.len() == 1)
+        {
+            assert_eq!(page["items"][0]["open"], true);
+            opened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(opened, "the call was not put on record when admitted");
     database.cut_off();
 
     // The store is gone: what needs it is 503; live state is still served.
@@ -178,7 +202,7 @@ async fn calls_go_on_and_records_wait_while_the_database_is_down() {
         .unwrap();
     assert_eq!(
         pending, "telepatch_cdr_pending 1",
-        "the record waits in the queue"
+        "the call's end waits in the queue"
     );
 
     database.restore();
@@ -192,6 +216,7 @@ async fn calls_go_on_and_records_wait_while_the_database_is_down() {
                 .is_some_and(|items| items.len() == 1)
             {
                 assert_eq!(page["items"][0]["ended_by"], "caller");
+                assert_eq!(page["items"][0]["open"], false);
                 written = true;
                 break;
             }

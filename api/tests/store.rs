@@ -21,7 +21,8 @@ use api::model::{
 };
 use api::store::{
     Backend, CDR_PAGE_DEFAULT, CDR_PAGE_MAX, CdrFilter, CdrQueue, CdrQueueConfig, CdrRecord,
-    EndedBy, Scope, Store, StoreError, StoreOptions, StoredCdr, open_store, open_store_with,
+    CdrWrite, EndedBy, INTERRUPTED_REASON, Scope, Store, StoreError, StoreOptions, StoredCdr,
+    open_store, open_store_with,
 };
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::FutureExt;
@@ -217,6 +218,7 @@ suite!(
     patches_crud,
     tokens_create_verify_revoke,
     cdrs_batch_insert_and_keyset_paging,
+    cdrs_open_refresh_close_and_interrupted,
     counters_are_atomic_under_concurrency,
     dns_sequences_are_reserved_in_disjoint_increasing_blocks,
     data_survives_a_restart,
@@ -846,6 +848,228 @@ async fn cdrs_batch_insert_and_keyset_paging(db: &TestDb) {
     );
 }
 
+/// Every record, open ones included, of call `uuid`.
+async fn records_of(store: &dyn Store, uuid: Uuid) -> Vec<StoredCdr> {
+    let filter = CdrFilter {
+        uuid: Some(uuid),
+        include_open: true,
+        ..CdrFilter::default()
+    };
+    walk(store, filter).await
+}
+
+/// The one record of call `uuid`.
+async fn record_of(store: &dyn Store, uuid: Uuid) -> StoredCdr {
+    let mut records = records_of(store, uuid).await;
+    assert_eq!(records.len(), 1, "one record for {uuid}: {records:?}");
+    records.remove(0)
+}
+
+async fn cdrs_open_refresh_close_and_interrupted(db: &TestDb) {
+    let store = db.open().await;
+    let uuids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    // Call `i` as known `so_far_ms` after it was admitted.
+    let live = |i: usize, so_far_ms: u64| {
+        let started_at = at_micros(BASE_US + i as i64 * 1_000_003);
+        CdrRecord {
+            uuid: uuids[i],
+            started_at,
+            ended_at: started_at + TimeDelta::milliseconds(so_far_ms as i64),
+            duration_ms: so_far_ms,
+            caller_rate_hz: 8000,
+            // An open record is stored as interrupted whatever it says.
+            ended_by: EndedBy::Caller,
+            end_reason: "not yet".into(),
+            frames_in: so_far_ms / 20,
+            frames_out: so_far_ms / 20 + 1,
+            uplink_gaps: 1,
+            downlink_underruns: 2,
+            max_jitter_ms: 0.5,
+            route: Some("r".into()),
+            patches: vec![format!("call:{}.voice -> recorder:r.in", uuids[i])],
+            peer: Some(SocketAddr::from(([127, 0, 0, 1], 40_000))),
+        }
+    };
+    let opened = store
+        .write_cdrs(
+            "gw-a",
+            &[
+                CdrWrite::Open(live(0, 0)),
+                CdrWrite::Open(live(1, 0)),
+                CdrWrite::Open(live(2, 0)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(opened, 0);
+    store
+        .write_cdrs("gw-b", &[CdrWrite::Open(live(3, 0))])
+        .await
+        .unwrap();
+
+    // Open records are hidden unless asked for.
+    assert!(walk(&*store, CdrFilter::default()).await.is_empty());
+    let all = CdrFilter {
+        include_open: true,
+        ..CdrFilter::default()
+    };
+    let open = walk(&*store, all.clone()).await;
+    assert_eq!(open.len(), 4);
+    for record in &open {
+        assert!(record.open);
+        assert_eq!(record.cdr.ended_by, EndedBy::Interrupted);
+        assert_eq!(record.cdr.end_reason, INTERRUPTED_REASON);
+        let i = uuids.iter().position(|u| *u == record.cdr.uuid).unwrap();
+        assert_eq!(record.instance, if i == 3 { "gw-b" } else { "gw-a" });
+        let expected = live(i, 0);
+        assert_eq!(record.cdr.started_at, expected.started_at);
+        assert_eq!(record.cdr.route, expected.route);
+        assert_eq!(record.cdr.peer, expected.peer);
+    }
+    let id_of_0 = record_of(&*store, uuids[0]).await.id;
+
+    // One refresh updates all of gw-a's calls, and nothing of gw-b's (call 3 is not
+    // gw-a's, whatever gw-a says).
+    store
+        .write_cdrs(
+            "gw-a",
+            &[CdrWrite::Refresh(vec![
+                live(0, 5_000),
+                live(1, 6_000),
+                live(2, 7_000),
+                live(3, 9_999),
+            ])],
+        )
+        .await
+        .unwrap();
+    for (i, so_far) in [(0, 5_000), (1, 6_000), (2, 7_000), (3, 0)] {
+        let record = record_of(&*store, uuids[i]).await;
+        let expected = live(i, so_far);
+        assert!(record.open);
+        assert_eq!(record.cdr.duration_ms, so_far, "call {i}");
+        assert_eq!(record.cdr.ended_at, expected.ended_at, "call {i}");
+        assert_eq!(record.cdr.frames_in, expected.frames_in, "call {i}");
+        assert_eq!(record.cdr.frames_out, expected.frames_out, "call {i}");
+        assert_eq!(record.cdr.patches, expected.patches, "call {i}");
+        assert_eq!(record.cdr.ended_by, EndedBy::Interrupted);
+    }
+
+    // The normal end completes the same record; a late refresh never reopens it.
+    let mut end = live(0, 8_000);
+    end.end_reason = "the caller hung up".into();
+    store
+        .write_cdrs(
+            "gw-a",
+            &[
+                CdrWrite::Close(end.clone()),
+                CdrWrite::Refresh(vec![live(0, 9_000)]),
+            ],
+        )
+        .await
+        .unwrap();
+    let record = record_of(&*store, uuids[0]).await;
+    assert_eq!(
+        record.id, id_of_0,
+        "the open record was completed, not replaced"
+    );
+    assert!(!record.open);
+    assert_eq!(record.cdr, end);
+    assert_eq!(record.instance, "gw-a");
+
+    // gw-a starts again after a crash: it closes its own open records, not gw-b's.
+    let closed = store
+        .write_cdrs("gw-a", &[CdrWrite::CloseOrphans])
+        .await
+        .unwrap();
+    assert_eq!(closed, 2);
+    for (i, so_far) in [(1, 6_000), (2, 7_000)] {
+        let record = record_of(&*store, uuids[i]).await;
+        let expected = live(i, so_far);
+        assert!(!record.open, "call {i}");
+        assert_eq!(record.cdr.ended_by, EndedBy::Interrupted);
+        assert_eq!(record.cdr.end_reason, INTERRUPTED_REASON);
+        assert_eq!(record.cdr.duration_ms, so_far);
+        assert_eq!(record.cdr.ended_at, expected.ended_at);
+        assert_eq!(record.cdr.frames_in, expected.frames_in);
+    }
+    assert!(
+        record_of(&*store, uuids[3]).await.open,
+        "gw-b's call is not gw-a's"
+    );
+    assert_eq!(
+        record_of(&*store, uuids[0]).await.cdr.ended_by,
+        EndedBy::Caller,
+        "a finished record is left alone"
+    );
+    let again = store
+        .write_cdrs("gw-a", &[CdrWrite::CloseOrphans])
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+
+    // gw-b never comes back: whoever notices closes its record once it is stale.
+    let last_refresh = live(3, 0).ended_at;
+    let not_yet = store
+        .write_cdrs(
+            "gw-a",
+            &[CdrWrite::CloseStale {
+                before: last_refresh,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(not_yet, 0);
+    assert!(record_of(&*store, uuids[3]).await.open);
+    let stale = store
+        .write_cdrs(
+            "gw-a",
+            &[CdrWrite::CloseStale {
+                before: last_refresh + TimeDelta::microseconds(1),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale, 1);
+    let record = record_of(&*store, uuids[3]).await;
+    assert!(!record.open);
+    assert_eq!(record.cdr.ended_by, EndedBy::Interrupted);
+    assert_eq!(record.instance, "gw-b");
+
+    // gw-b was only cut off: its call's real end still completes that record.
+    let mut end = live(3, 700_000);
+    end.ended_by = EndedBy::Gateway;
+    end.end_reason = "hangup requested".into();
+    store
+        .write_cdrs("gw-b", &[CdrWrite::Close(end.clone())])
+        .await
+        .unwrap();
+    assert_eq!(record_of(&*store, uuids[3]).await.cdr, end);
+
+    // A close whose open never reached the database writes the whole record.
+    let mut end = live(4, 1_234);
+    end.ended_by = EndedBy::Error;
+    store
+        .write_cdrs("gw-a", &[CdrWrite::Close(end.clone())])
+        .await
+        .unwrap();
+    let record = record_of(&*store, uuids[4]).await;
+    assert_eq!((record.cdr, record.open), (end, false));
+
+    let finished = walk(&*store, CdrFilter::default()).await;
+    assert_eq!(finished.len(), 5);
+    assert_eq!(walk(&*store, all).await.len(), 5);
+
+    // A bad instance name is refused before anything is written.
+    for bad in ["", "has space", &"x".repeat(65)] {
+        let refused = store.write_cdrs(bad, &[CdrWrite::Open(live(1, 0))]).await;
+        assert!(
+            matches!(refused, Err(StoreError::Invalid { .. })),
+            "{bad:?}: {refused:?}"
+        );
+    }
+    assert_eq!(records_of(&*store, uuids[1]).await.len(), 1);
+}
+
 async fn counters_are_atomic_under_concurrency(db: &TestDb) {
     let store = db.open().await;
     assert_eq!(store.get_counter("aodns.seq").await.unwrap(), None);
@@ -1165,7 +1389,7 @@ async fn outage_is_unavailable_then_recovers(db: &TestDb) {
     let uuids = [Uuid::new_v4()];
     for i in 0..10 {
         assert!(
-            queue.push(test_cdr(i, &uuids)),
+            queue.push(CdrWrite::Close(test_cdr(i, &uuids))),
             "the queue accepts records during the outage"
         );
     }

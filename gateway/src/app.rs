@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::control::{CallLevels, Control, Event, NodeConfig};
-use api::store::{CdrQueue, CdrQueueConfig, Store, open_store};
+use api::store::{CdrQueue, CdrQueueConfig, CdrWrite, Store, open_store};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -119,7 +119,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(database = %redact(&database_url), "database open");
 
     let levels_interval = Duration::from_millis(config.api.levels_interval_ms);
-    let cdr_capacity = config.database.cdr_queue;
+    let cdr_queue = CdrQueueConfig {
+        instance: config.gateway.instance(),
+        capacity: config.database.cdr_queue,
+        ..CdrQueueConfig::default()
+    };
     let gateway = Gateway::start(config)?;
     let started = serve(
         Arc::clone(&gateway),
@@ -130,7 +134,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             audiosocket: audiosocket_listener,
         },
         levels_interval,
-        cdr_capacity,
+        cdr_queue,
     )
     .await;
     match started {
@@ -200,7 +204,7 @@ async fn serve(
     control_plane: ControlPlaneRuntime,
     listeners: Listeners,
     levels_interval: Duration,
-    cdr_capacity: usize,
+    cdr_queue: CdrQueueConfig,
 ) -> anyhow::Result<Running> {
     // AoDNS broadcasts keep their sequence numbers in the database.
     gateway.set_sequence_store(Arc::new(crate::dns::StoreSequences::new(
@@ -222,18 +226,18 @@ async fn serve(
 
     let control_handle = control_plane.handle()?;
     let cdr_stop = CancellationToken::new();
+    tracing::info!(instance = %cdr_queue.instance, "call records are written as this instance");
     let (cdr_queue, cdr_writer) = {
         let _control_context = control_handle.enter();
-        CdrQueue::spawn(
-            Arc::clone(&store),
-            CdrQueueConfig {
-                capacity: cdr_capacity,
-                ..CdrQueueConfig::default()
-            },
-            cdr_stop.clone(),
-        )
+        CdrQueue::spawn(Arc::clone(&store), cdr_queue, cdr_stop.clone())
     };
-    gateway.set_cdr_queue(cdr_queue);
+    // Before any call is admitted: this instance's records that a crash left open are
+    // closed first (the queue keeps this order, and retries while the database is
+    // away), then those of any instance gone for good.
+    cdr_queue.push(CdrWrite::CloseOrphans);
+    cdr_queue.push(stale_cdrs(gateway.config()));
+    gateway.set_cdr_queue(cdr_queue.clone());
+    control_handle.spawn(cdr_refresher(Arc::clone(&gateway), cdr_queue));
 
     let control: Arc<dyn Control> = Arc::new(GatewayControl::new(Arc::clone(&gateway)));
     let http_stop = CancellationToken::new();
@@ -277,6 +281,42 @@ async fn serve(
         cdr_writer,
         control_plane,
     })
+}
+
+/// How often open records are checked for staleness (and at start-up).
+const STALE_CDR_CHECK: Duration = Duration::from_secs(60);
+
+/// Closes open records of any instance not refreshed within `database.cdr_stale_after_s`.
+fn stale_cdrs(config: &crate::config::Config) -> CdrWrite {
+    let stale_after = chrono::TimeDelta::seconds(
+        i64::try_from(config.database.cdr_stale_after_s).unwrap_or(i64::MAX / 1_000_000),
+    );
+    CdrWrite::CloseStale {
+        before: chrono::Utc::now() - stale_after,
+    }
+}
+
+/// Refreshes live calls' open records every `database.cdr_refresh_ms`, and closes stale
+/// records of other instances every [`STALE_CDR_CHECK`], until shutdown begins (the
+/// calls' own ends complete their records then).
+async fn cdr_refresher(gateway: Arc<Gateway>, queue: CdrQueue) {
+    let shutdown = gateway.shutdown_token();
+    let refresh_every = Duration::from_millis(gateway.config().database.cdr_refresh_ms);
+    let mut refresh = tokio::time::interval(refresh_every);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stale = tokio::time::interval(STALE_CDR_CHECK);
+    stale.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Both fire at once; start-up already pushed its stale check.
+    stale.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = refresh.tick() => gateway.refresh_cdrs(),
+            _ = stale.tick() => {
+                queue.push(stale_cdrs(gateway.config()));
+            }
+        }
+    }
 }
 
 /// Recreates the nodes and patches the API stored, and loads the stored routes.

@@ -316,8 +316,15 @@ pub struct DatabaseConfig {
     /// `sqlite://path/telepatch.db` or `postgres://user@host/db`. Default: a SQLite file
     /// `telepatch.db` next to the configuration file (or in the working directory).
     pub url: Option<String>,
-    /// Call records that may wait in memory while the database is unavailable (10000).
+    /// Call record writes that may wait in memory while the database is unavailable
+    /// (10000).
     pub cdr_queue: usize,
+    /// How often live calls' open records are refreshed with their duration and
+    /// counters so far, in ms (5000): what a record keeps if the gateway dies.
+    pub cdr_refresh_ms: u64,
+    /// Open records of any instance not refreshed for this long, in seconds, are closed
+    /// as interrupted by whichever instance notices (600).
+    pub cdr_stale_after_s: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -325,6 +332,47 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: None,
             cdr_queue: 10_000,
+            cdr_refresh_ms: 5_000,
+            cdr_stale_after_s: 600,
+        }
+    }
+}
+
+/// This gateway among others sharing a database.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The instance's name in the call records it writes (1-64 characters of
+    /// `[A-Za-z0-9._-]`): at start-up it closes the records of its own calls that a
+    /// crash left open. Default: the host name. Instances sharing a database must have
+    /// different names.
+    pub instance: Option<String>,
+}
+
+impl GatewayConfig {
+    /// The instance name: the configured one, else the host name (characters outside
+    /// `[A-Za-z0-9._-]` replaced by `-`, at most 64), else `telepatch`.
+    pub fn instance(&self) -> String {
+        if let Some(name) = &self.instance {
+            return name.clone();
+        }
+        let host: String = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(64)
+            .collect();
+        if host.is_empty() {
+            "telepatch".into()
+        } else {
+            host
         }
     }
 }
@@ -442,6 +490,8 @@ impl Default for DnsConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// This gateway instance.
+    pub gateway: GatewayConfig,
     /// AudioSocket listener and call handling.
     pub audiosocket: AudioSocketConfig,
     /// Patchbay engine.
@@ -751,6 +801,27 @@ impl Config {
                 format!("{} is out of range (1..=1000000)", self.database.cdr_queue),
             );
         }
+        if !(100..=60_000).contains(&self.database.cdr_refresh_ms) {
+            problem(
+                "database.cdr_refresh_ms",
+                format!(
+                    "{} is out of range (100..=60000)",
+                    self.database.cdr_refresh_ms
+                ),
+            );
+        }
+        if !(60..=604_800).contains(&self.database.cdr_stale_after_s) {
+            problem(
+                "database.cdr_stale_after_s",
+                format!(
+                    "{} is out of range (60..=604800)",
+                    self.database.cdr_stale_after_s
+                ),
+            );
+        }
+        if let Err(e) = api::store::check_instance(&self.gateway.instance()) {
+            problem("gateway.instance", e.to_string());
+        }
         if !(1..=16).contains(&self.api.worker_threads) {
             problem(
                 "api.worker_threads",
@@ -916,6 +987,50 @@ mod tests {
         let config = Config::default();
         assert!(config.audiosocket.listen.ip().is_loopback());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn instance_defaults_to_a_valid_host_name_and_is_checked() {
+        let config = Config::default();
+        let instance = config.gateway.instance();
+        api::store::check_instance(&instance).unwrap();
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        if api::store::check_instance(&host).is_ok() {
+            assert_eq!(instance, host);
+        }
+        let named = Config::from_toml("[gateway]\ninstance = \"studio-2\"\n").unwrap();
+        assert_eq!(named.gateway.instance(), "studio-2");
+        named.validate().unwrap();
+        for bad in ["", "two words", "x/y"] {
+            let config = Config::from_toml(&format!("[gateway]\ninstance = {bad:?}\n")).unwrap();
+            let Err(ConfigError::Invalid { problems }) = config.validate() else {
+                panic!("{bad:?} accepted");
+            };
+            assert!(
+                problems.iter().any(|p| p.field == "gateway.instance"),
+                "{bad:?}"
+            );
+        }
+        for (text, field) in [
+            (
+                "[database]\ncdr_refresh_ms = 50\n",
+                "database.cdr_refresh_ms",
+            ),
+            (
+                "[database]\ncdr_stale_after_s = 10\n",
+                "database.cdr_stale_after_s",
+            ),
+        ] {
+            let Err(ConfigError::Invalid { problems }) =
+                Config::from_toml(text).unwrap().validate()
+            else {
+                panic!("{text} accepted");
+            };
+            assert!(problems.iter().any(|p| p.field == field), "{text}");
+        }
     }
 
     #[test]

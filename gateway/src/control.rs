@@ -446,19 +446,19 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
         metric(
             "telepatch_cdr_pending",
             "gauge",
-            "Call records waiting to be written.",
+            "Call record writes (opens, refreshes, ends) waiting to be written.",
             cdr.pending as f64,
         );
         metric(
             "telepatch_cdr_written_total",
             "counter",
-            "Call records written.",
+            "Call record writes applied.",
             cdr.written as f64,
         );
         metric(
             "telepatch_cdr_dropped_total",
             "counter",
-            "Call records lost (queue full or shutdown).",
+            "Call record writes lost (queue full or shutdown).",
             cdr.dropped as f64,
         );
         metric(
@@ -466,6 +466,12 @@ pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
             "counter",
             "Failed attempts to write call records.",
             cdr.retries as f64,
+        );
+        metric(
+            "telepatch_cdr_interrupted_closed_total",
+            "counter",
+            "Open call records closed as interrupted (their gateway stopped unexpectedly).",
+            cdr.interrupted_closed as f64,
         );
     }
     let name = "telepatch_engine_block_seconds";

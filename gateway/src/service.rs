@@ -628,6 +628,7 @@ impl Gateway {
         });
         lock(&self.calls).insert(id, Arc::clone(&handle));
         lock(&self.totals).calls += 1;
+        self.open_cdr(&handle);
         let mut uplink = uplink;
         if let Some(hub) = self.vad.get() {
             let tap = hub.open();
@@ -1506,39 +1507,57 @@ impl Gateway {
         lock(&self.cdrs).as_ref().map(api::store::CdrQueue::stats)
     }
 
+    /// Completes the call's record (the queue writes it).
     fn record_cdr(&self, handle: &CallHandle, reason: &EndReason, duration_ms: u64) {
         let queue = lock(&self.cdrs).clone();
         let Some(queue) = queue else { return };
-        let s = &handle.stats;
-        let ended_at = chrono::Utc::now();
-        let started_at = chrono::DateTime::<chrono::Utc>::from(handle.started_at);
         let patches = lock(&self.call_patch_log)
             .remove(&handle.id)
             .unwrap_or_default();
-        let record = api::store::CdrRecord {
-            uuid: handle.id,
-            started_at,
-            ended_at,
-            duration_ms,
-            caller_rate_hz: handle.caller_rate(),
-            ended_by: match reason {
-                EndReason::Caller => api::store::EndedBy::Caller,
-                EndReason::Gateway { .. } => api::store::EndedBy::Gateway,
-                EndReason::Error { .. } => api::store::EndedBy::Error,
-            },
-            end_reason: reason.describe(),
-            frames_in: s.frames_in.load(Ordering::Relaxed),
-            frames_out: s.frames_out.load(Ordering::Relaxed),
-            uplink_gaps: s.uplink_gaps.load(Ordering::Relaxed),
-            downlink_underruns: s.downlink_underruns.load(Ordering::Relaxed),
-            max_jitter_ms: s.max_jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
-            route: handle.route.clone(),
-            patches,
-            peer: Some(handle.peer),
+        let mut record = call_record(handle, patches);
+        record.duration_ms = duration_ms;
+        record.ended_by = match reason {
+            EndReason::Caller => api::store::EndedBy::Caller,
+            EndReason::Gateway { .. } => api::store::EndedBy::Gateway,
+            EndReason::Error { .. } => api::store::EndedBy::Error,
         };
-        if !queue.push(record) {
-            tracing::warn!(call = %handle.id, "CDR queue full: this call's record is lost");
+        record.end_reason = reason.describe();
+        if !queue.push(api::store::CdrWrite::Close(record)) {
+            tracing::warn!(call = %handle.id, "CDR queue full: this call's record is not completed");
         }
+    }
+
+    /// Puts a call just admitted on record (an open record, which says "interrupted"
+    /// until the call's end completes it).
+    fn open_cdr(&self, handle: &CallHandle) {
+        let queue = lock(&self.cdrs).clone();
+        let Some(queue) = queue else { return };
+        if !queue.push(api::store::CdrWrite::Open(call_record(handle, Vec::new()))) {
+            tracing::warn!(call = %handle.id, "CDR queue full: this call is not on record until it ends");
+        }
+    }
+
+    /// Refreshes the open records of all live calls with their duration and counters
+    /// so far, in one write: what the records keep if the gateway dies.
+    pub fn refresh_cdrs(&self) {
+        let queue = lock(&self.cdrs).clone();
+        let Some(queue) = queue else { return };
+        // Pushed under the registry lock: a call in this refresh leaves the registry
+        // before its close is pushed, so the close is written after the refresh.
+        let calls = lock(&self.calls);
+        if calls.is_empty() {
+            return;
+        }
+        let records = {
+            let patches = lock(&self.call_patch_log);
+            calls
+                .values()
+                .map(|handle| {
+                    call_record(handle, patches.get(&handle.id).cloned().unwrap_or_default())
+                })
+                .collect()
+        };
+        queue.push(api::store::CdrWrite::Refresh(records));
     }
 
     /// Remembers, for the call's record, every patch a call had.
@@ -1863,6 +1882,29 @@ fn broadcast_error(error: crate::dns::BroadcastError) -> ControlError {
             message: other.to_string(),
             field: None,
         },
+    }
+}
+
+/// The call's record as of now: duration and counters so far, ending "interrupted"
+/// (what an open record says); the call's end overwrites how it ended.
+fn call_record(handle: &CallHandle, patches: Vec<String>) -> api::store::CdrRecord {
+    let s = &handle.stats;
+    api::store::CdrRecord {
+        uuid: handle.id,
+        started_at: chrono::DateTime::<chrono::Utc>::from(handle.started_at),
+        ended_at: chrono::Utc::now(),
+        duration_ms: u64::try_from(handle.duration().as_millis()).unwrap_or(u64::MAX),
+        caller_rate_hz: handle.caller_rate(),
+        ended_by: api::store::EndedBy::Interrupted,
+        end_reason: api::store::INTERRUPTED_REASON.into(),
+        frames_in: s.frames_in.load(Ordering::Relaxed),
+        frames_out: s.frames_out.load(Ordering::Relaxed),
+        uplink_gaps: s.uplink_gaps.load(Ordering::Relaxed),
+        downlink_underruns: s.downlink_underruns.load(Ordering::Relaxed),
+        max_jitter_ms: s.max_jitter_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        route: handle.route.clone(),
+        patches,
+        peer: Some(handle.peer),
     }
 }
 

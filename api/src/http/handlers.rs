@@ -797,9 +797,14 @@ pub struct CdrQuery {
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Also list open records: calls still live (or whose gateway stopped and has not
+    /// closed them yet), with `open: true` and `ended_at` / `duration_ms` as of their
+    /// last refresh. Default false: only finished calls.
+    include_open: Option<bool>,
 }
 
-/// Records of finished calls, newest first, a page at a time.
+/// Records of calls, newest first, a page at a time: finished calls, and with
+/// `include_open=true` calls still live.
 #[utoipa::path(get, path = "/v1/cdrs", tag = "cdrs", params(CdrQuery),
     responses((status = 200, description = "A page of records and the cursor of the next", body = CdrPage),
         (status = 400, body = Problem), (status = 503, body = Problem)),
@@ -825,6 +830,7 @@ pub async fn list_cdrs(
         "to": query.to,
         "limit": query.limit,
         "cursor": query.cursor,
+        "include_open": query.include_open.unwrap_or(false),
     }))
     .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(Json(state.store.query_cdrs(&filter).await?))

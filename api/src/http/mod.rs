@@ -85,7 +85,7 @@ impl AppState {
         (name = "nodes", description = "Patchbay nodes and their ports"),
         (name = "patches", description = "Connections between ports"),
         (name = "routes", description = "What happens when a call connects"),
-        (name = "cdrs", description = "Records of finished calls"),
+        (name = "cdrs", description = "Call detail records"),
         (name = "events", description = "Live event stream"),
         (name = "tokens", description = "API tokens"),
         (name = "aes67", description = "AES67 flows' SDP and the sessions heard on SAP"),

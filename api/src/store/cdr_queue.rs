@@ -1,21 +1,27 @@
-//! The CDR queue: takes call detail records from finished calls and writes them to the
-//! database in batches, without ever making a call wait for the database.
+//! The CDR queue: takes call record writes from calls (a record opened when a call is
+//! admitted, refreshed while it lasts, completed when it ends; see [`CdrWrite`]) and
+//! applies them to the database in batches, without ever making a call wait for the
+//! database.
 //!
 //! [`CdrQueue::push`] is a `try_send` into a bounded channel: it never blocks and never
-//! awaits. When the channel is full the record is dropped and counted. One writer task
-//! takes up to `batch_max` records, or whatever arrived within `flush_interval` of the
-//! first one, and inserts them in one transaction. While the database is unavailable it
-//! keeps that batch and retries with capped exponential backoff, reading nothing more,
-//! so at most `capacity + batch_max` records are held in memory; records keep their
-//! push order. A record the database refuses for another reason (a bug, not an outage)
-//! would block the queue forever if retried, so the batch is retried one record at a
-//! time and only the refused records are dropped (counted as `rejected`).
+//! awaits. When the channel is full the write is dropped and counted. One writer task
+//! takes up to `batch_max` writes, or whatever arrived within `flush_interval` of the
+//! first one, and applies them in order in one transaction, as the queue's gateway
+//! instance. While the database is unavailable it keeps that batch and retries with
+//! capped exponential backoff, reading nothing more, so at most `capacity + batch_max`
+//! writes are held in memory; writes keep their push order, so a call's open, refreshes
+//! and close reach the database in that order. Refreshes are not stacked up: while one
+//! is queued or held, later ones are skipped (each carries the whole progress of every
+//! live call, so the next one taken supersedes them). A write the database refuses for
+//! another reason (a bug, not an outage) would block the queue forever if retried, so
+//! the batch is retried one write at a time and only the refused writes are dropped
+//! (counted as `rejected`).
 //!
-//! On shutdown (the `CancellationToken`) the writer stops accepting records, writes
+//! On shutdown (the `CancellationToken`) the writer stops accepting writes, applies
 //! what it holds and gives up after `shutdown_timeout`, counting what it could not
 //! write as dropped.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,30 +32,33 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{CdrRecord, Store, StoreError, StoreResult};
+use super::{CdrWrite, Store, StoreError, StoreResult};
 
 /// Where the queue writes: any [`Store`], or a test double.
 #[async_trait]
 pub trait CdrSink: Send + Sync + 'static {
-    /// Inserts the records in one transaction: all or none.
-    async fn insert_cdrs(&self, cdrs: &[CdrRecord]) -> StoreResult<()>;
+    /// Applies the writes of `instance` in order, in one transaction: all or none.
+    /// Returns how many open records were closed (see [`Store::write_cdrs`]).
+    async fn write_cdrs(&self, instance: &str, writes: &[CdrWrite]) -> StoreResult<u64>;
 }
 
 #[async_trait]
 impl<S: Store + ?Sized> CdrSink for S {
-    async fn insert_cdrs(&self, cdrs: &[CdrRecord]) -> StoreResult<()> {
-        Store::insert_cdrs(self, cdrs).await
+    async fn write_cdrs(&self, instance: &str, writes: &[CdrWrite]) -> StoreResult<u64> {
+        Store::write_cdrs(self, instance, writes).await
     }
 }
 
 /// Sizes and timings of the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CdrQueueConfig {
-    /// Records the channel holds while the writer is busy or the database is down.
+    /// The gateway instance whose records these are (`gateway.instance`).
+    pub instance: String,
+    /// Writes the channel holds while the writer is busy or the database is down.
     pub capacity: usize,
-    /// Most records per insert.
+    /// Most writes per transaction.
     pub batch_max: usize,
-    /// How long the writer waits for a batch to fill after its first record.
+    /// How long the writer waits for a batch to fill after its first write.
     pub flush_interval: Duration,
     /// First retry delay after the database was unavailable.
     pub retry_min: Duration,
@@ -62,6 +71,7 @@ pub struct CdrQueueConfig {
 impl Default for CdrQueueConfig {
     fn default() -> Self {
         CdrQueueConfig {
+            instance: "telepatch".into(),
             capacity: 10_000,
             batch_max: 500,
             flush_interval: Duration::from_millis(200),
@@ -72,20 +82,24 @@ impl Default for CdrQueueConfig {
     }
 }
 
-/// A snapshot of the queue's counters, for `/metrics`.
+/// A snapshot of the queue's counters, for `/metrics`. They count writes (a record's
+/// open, a refresh of all live calls, a record's close, a closing of left-open records).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CdrQueueStats {
-    /// Records accepted by `push` since start (a counter).
+    /// Writes accepted by `push` since start (a counter).
     pub queued: u64,
-    /// Records accepted and not yet written, rejected or dropped (a gauge).
+    /// Writes accepted and not yet written, rejected or dropped (a gauge).
     pub pending: u64,
-    /// Records written to the database.
+    /// Writes applied to the database.
     pub written: u64,
-    /// Records lost: pushed while the queue was full or shut down, or still held when
-    /// the shutdown timeout ran out.
+    /// Writes lost: pushed while the queue was full or shut down, or still held when
+    /// the shutdown timeout ran out. A refresh skipped because another one is still
+    /// queued is not lost (the queued one is applied), and not counted.
     pub dropped: u64,
-    /// Records the database refused for a reason other than being unavailable.
+    /// Writes the database refused for a reason other than being unavailable.
     pub rejected: u64,
+    /// Open records closed because their gateway stopped unexpectedly.
+    pub interrupted_closed: u64,
     /// Inserts retried because the database was unavailable.
     pub retries: u64,
     /// The last error, if any insert ever failed.
@@ -99,7 +113,10 @@ struct Counters {
     written: AtomicU64,
     dropped: AtomicU64,
     rejected: AtomicU64,
+    interrupted_closed: AtomicU64,
     retries: AtomicU64,
+    /// A refresh is queued or held by the writer.
+    refresh_queued: AtomicBool,
     // Only the writer task writes it, and never across an await.
     last_error: Mutex<Option<String>>,
 }
@@ -122,10 +139,10 @@ impl Counters {
     }
 }
 
-/// The handle calls use to hand in their CDR. Cheap to clone.
+/// The handle calls use to hand in their record writes. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CdrQueue {
-    sender: mpsc::Sender<CdrRecord>,
+    sender: mpsc::Sender<CdrWrite>,
     counters: Arc<Counters>,
 }
 
@@ -152,17 +169,25 @@ impl CdrQueue {
         (CdrQueue { sender, counters }, tokio::spawn(writer.run()))
     }
 
-    /// Queues a record for writing. Never blocks: returns `false` (and counts the record
-    /// as dropped) when the queue is full or shut down.
-    pub fn push(&self, cdr: CdrRecord) -> bool {
+    /// Queues a write. Never blocks: returns `false` (and counts the write as dropped)
+    /// when the queue is full or shut down; also `false`, without counting, for a
+    /// [`CdrWrite::Refresh`] while another refresh is still queued or held.
+    pub fn push(&self, write: CdrWrite) -> bool {
+        let refresh = matches!(write, CdrWrite::Refresh(_));
+        if refresh && self.counters.refresh_queued.swap(true, Ordering::AcqRel) {
+            return false;
+        }
         // Counted before sending: the writer may settle it before `try_send` returns.
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(cdr) {
+        match self.sender.try_send(write) {
             Ok(()) => {
                 Counters::add(&self.counters.queued, 1);
                 true
             }
             Err(_) => {
+                if refresh {
+                    self.counters.refresh_queued.store(false, Ordering::Release);
+                }
                 self.counters.settle(&self.counters.dropped, 1);
                 false
             }
@@ -179,6 +204,7 @@ impl CdrQueue {
             written: load(&counters.written),
             dropped: load(&counters.dropped),
             rejected: load(&counters.rejected),
+            interrupted_closed: load(&counters.interrupted_closed),
             retries: load(&counters.retries),
             last_error: counters
                 .last_error
@@ -191,7 +217,7 @@ impl CdrQueue {
 
 struct Writer<S: ?Sized> {
     sink: Arc<S>,
-    receiver: mpsc::Receiver<CdrRecord>,
+    receiver: mpsc::Receiver<CdrWrite>,
     config: CdrQueueConfig,
     batch_max: usize,
     counters: Arc<Counters>,
@@ -209,7 +235,12 @@ impl<S: CdrSink + ?Sized> Writer<S> {
                 // Shut down and drained, or every handle dropped and drained.
                 return;
             }
+            let had_refresh = batch.iter().any(|w| matches!(w, CdrWrite::Refresh(_)));
             self.write(&mut batch).await;
+            if had_refresh {
+                // Settled (written, rejected or lost): the next refresh may be queued.
+                self.counters.refresh_queued.store(false, Ordering::Release);
+            }
         }
     }
 
@@ -224,7 +255,7 @@ impl<S: CdrSink + ?Sized> Writer<S> {
 
     /// Fills `batch`: waits for a first record, then for more until the batch is full
     /// or `flush_interval` has passed. Leaves it empty when there is nothing more.
-    async fn fill(&mut self, batch: &mut Vec<CdrRecord>) {
+    async fn fill(&mut self, batch: &mut Vec<CdrWrite>) {
         if self.deadline.is_some() {
             // Shutting down: the channel is closed, take what is left without waiting.
             self.receiver.recv_many(batch, self.batch_max).await;
@@ -263,25 +294,37 @@ impl<S: CdrSink + ?Sized> Writer<S> {
 
     /// Writes `batch` (leaving it empty): retries while the database is unavailable,
     /// isolates records it refuses, gives up at the shutdown deadline.
-    async fn write(&mut self, batch: &mut Vec<CdrRecord>) {
+    async fn write(&mut self, batch: &mut Vec<CdrWrite>) {
         let mut backoff = self.config.retry_min;
+        let instance = self.config.instance.clone();
         loop {
             let result = match self.deadline {
-                None => self.sink.insert_cdrs(batch).await,
+                None => self.sink.write_cdrs(&instance, batch).await,
                 Some(deadline) => {
-                    match tokio::time::timeout_at(deadline, self.sink.insert_cdrs(batch)).await {
+                    match tokio::time::timeout_at(deadline, self.sink.write_cdrs(&instance, batch))
+                        .await
+                    {
                         Ok(result) => result,
                         Err(_) => return self.give_up(batch),
                     }
                 }
             };
             match result {
-                Ok(()) => {
+                Ok(closed) => {
                     if backoff > self.config.retry_min {
                         tracing::info!(
-                            records = batch.len(),
-                            "CDR database is back; writing held records"
+                            writes = batch.len(),
+                            "CDR database is back; wrote held records"
                         );
+                    }
+                    if closed > 0 {
+                        tracing::warn!(
+                            records = closed,
+                            "closed call records left open by a gateway that stopped unexpectedly"
+                        );
+                        self.counters
+                            .interrupted_closed
+                            .fetch_add(closed, Ordering::Relaxed);
                     }
                     self.counters.settle(&self.counters.written, batch.len());
                     batch.clear();
@@ -289,7 +332,7 @@ impl<S: CdrSink + ?Sized> Writer<S> {
                 }
                 Err(error) if error.is_unavailable() => {
                     if backoff == self.config.retry_min {
-                        tracing::warn!(%error, records = batch.len(), "CDR database unavailable; holding records and retrying");
+                        tracing::warn!(%error, writes = batch.len(), "CDR database unavailable; holding records and retrying");
                     }
                     Counters::add(&self.counters.retries, 1);
                     self.counters.set_last_error(&error);
@@ -305,12 +348,12 @@ impl<S: CdrSink + ?Sized> Writer<S> {
                 Err(error) => {
                     self.counters.set_last_error(&error);
                     if batch.len() == 1 {
-                        tracing::error!(%error, uuid = %batch[0].uuid, "CDR refused by the database; dropped");
+                        tracing::error!(%error, write = batch[0].kind(), call = ?batch[0].call(), "CDR write refused by the database; dropped");
                         self.counters.settle(&self.counters.rejected, 1);
                         batch.clear();
                         return;
                     }
-                    // Find the refused records by writing one at a time, in order.
+                    // Find the refused writes by applying one at a time, in order.
                     for record in std::mem::take(batch) {
                         let mut one = vec![record];
                         Box::pin(self.write(&mut one)).await;
@@ -337,15 +380,15 @@ impl<S: CdrSink + ?Sized> Writer<S> {
     }
 
     /// The shutdown deadline passed: what is held and queued is lost.
-    fn give_up(&mut self, batch: &mut Vec<CdrRecord>) {
+    fn give_up(&mut self, batch: &mut Vec<CdrWrite>) {
         let mut lost = batch.len();
         batch.clear();
         while self.receiver.try_recv().is_ok() {
             lost += 1;
         }
         tracing::error!(
-            records = lost,
-            "CDR database unavailable at shutdown; records lost"
+            writes = lost,
+            "CDR database unavailable at shutdown; record writes lost"
         );
         self.counters.settle(&self.counters.dropped, lost);
     }
@@ -359,7 +402,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::store::EndedBy;
+    use crate::store::{CdrRecord, EndedBy};
 
     /// A sink that fails with `Unavailable` a given number of times, then writes; it
     /// refuses (as a constraint violation would) records whose `end_reason` is "bad".
@@ -369,12 +412,13 @@ mod tests {
         always_unavailable: bool,
         calls: AtomicUsize,
         batches: Mutex<Vec<usize>>,
-        written: Mutex<Vec<CdrRecord>>,
+        written: Mutex<Vec<CdrWrite>>,
     }
 
     #[async_trait]
     impl CdrSink for FakeSink {
-        async fn insert_cdrs(&self, cdrs: &[CdrRecord]) -> StoreResult<()> {
+        async fn write_cdrs(&self, instance: &str, cdrs: &[CdrWrite]) -> StoreResult<u64> {
+            assert_eq!(instance, "test-instance");
             self.calls.fetch_add(1, Ordering::SeqCst);
             let unavailable = self.always_unavailable
                 || self
@@ -386,7 +430,7 @@ mod tests {
                     source: sqlx::Error::PoolTimedOut,
                 });
             }
-            if cdrs.iter().any(|cdr| cdr.end_reason == "bad") {
+            if cdrs.iter().any(|write| reason(write) == "bad") {
                 return Err(StoreError::Invalid {
                     what: "CDR",
                     reason: "refused".into(),
@@ -394,22 +438,30 @@ mod tests {
             }
             self.batches.lock().unwrap().push(cdrs.len());
             self.written.lock().unwrap().extend_from_slice(cdrs);
-            Ok(())
+            Ok(0)
+        }
+    }
+
+    /// What the tests tell writes apart by: a record's `end_reason`, or the write's kind.
+    fn reason(write: &CdrWrite) -> String {
+        match write {
+            CdrWrite::Open(cdr) | CdrWrite::Close(cdr) => cdr.end_reason.clone(),
+            CdrWrite::Refresh(cdrs) => format!("refresh of {}", cdrs.len()),
+            other => other.kind().to_owned(),
         }
     }
 
     impl FakeSink {
         fn written_reasons(&self) -> Vec<String> {
-            self.written
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|cdr| cdr.end_reason.clone())
-                .collect()
+            self.written.lock().unwrap().iter().map(reason).collect()
         }
     }
 
-    fn cdr(reason: &str) -> CdrRecord {
+    fn cdr(reason: &str) -> CdrWrite {
+        CdrWrite::Close(record(reason))
+    }
+
+    fn record(reason: &str) -> CdrRecord {
         let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
         CdrRecord {
             uuid: Uuid::new_v4(),
@@ -432,6 +484,7 @@ mod tests {
 
     fn config(capacity: usize, batch_max: usize) -> CdrQueueConfig {
         CdrQueueConfig {
+            instance: "test-instance".into(),
             capacity,
             batch_max,
             ..CdrQueueConfig::default()
@@ -583,5 +636,35 @@ mod tests {
         assert!(took <= Duration::from_secs(2), "{took:?}");
         let stats = queue.stats();
         assert_eq!((stats.written, stats.dropped, stats.pending), (0, 5, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_do_not_pile_up_while_the_database_is_down() {
+        let sink = Arc::new(FakeSink {
+            failures_left: AtomicUsize::new(5),
+            ..FakeSink::default()
+        });
+        let (queue, _writer) =
+            CdrQueue::spawn(sink.clone(), config(100, 10), CancellationToken::new());
+        assert!(queue.push(CdrWrite::Open(record("open a"))));
+        assert!(queue.push(CdrWrite::Refresh(vec![record("a")])));
+        until(|| sink.calls.load(Ordering::SeqCst) >= 1).await;
+        // The first refresh is held with the open: later ones are skipped, not queued,
+        // while opens and closes still queue in order.
+        assert!(!queue.push(CdrWrite::Refresh(vec![record("a")])));
+        assert!(queue.push(CdrWrite::Open(record("open b"))));
+        assert!(!queue.push(CdrWrite::Refresh(vec![record("a"), record("b")])));
+        assert!(queue.push(cdr("close a")));
+        until(|| queue.stats().pending == 0).await;
+        assert_eq!(
+            sink.written_reasons(),
+            ["open a", "refresh of 1", "open b", "close a"]
+        );
+        let stats = queue.stats();
+        assert_eq!((stats.queued, stats.written, stats.dropped), (4, 4, 0));
+        // Once the held refresh is written, the next one is accepted again.
+        assert!(queue.push(CdrWrite::Refresh(vec![record("b")])));
+        until(|| queue.stats().written == 5).await;
+        assert_eq!(sink.written_reasons()[4], "refresh of 1");
     }
 }

@@ -9,7 +9,8 @@
 //! connects, so the binary needs no files at run time.
 //!
 //! Failure of the database must never stop audio. Nothing on the media path calls the
-//! store: finished calls hand their CDR to a [`CdrQueue`], whose `push` never blocks;
+//! store: calls hand their CDR writes (open, refresh, close) to a [`CdrQueue`], whose
+//! `push` never blocks;
 //! the API maps [`StoreError::Unavailable`] to 503 for what needs the store; pools fail
 //! fast (a bounded acquire timeout) instead of hanging.
 //!
@@ -36,8 +37,9 @@ pub use cdr_queue::{CdrQueue, CdrQueueConfig, CdrQueueStats, CdrSink};
 pub use error::StoreError;
 pub use postgres::PgStore;
 pub use records::{
-    Backend, CDR_PAGE_DEFAULT, CDR_PAGE_MAX, CdrCursor, CdrFilter, CdrPage, CdrRecord, EndedBy,
-    NewToken, NodeRecord, PatchRecord, RouteRecord, Scope, StoredCdr, TokenInfo,
+    Backend, CDR_PAGE_DEFAULT, CDR_PAGE_MAX, CdrCursor, CdrFilter, CdrPage, CdrRecord, CdrWrite,
+    EndedBy, INTERRUPTED_REASON, NewToken, NodeRecord, PatchRecord, RouteRecord, Scope, StoredCdr,
+    TokenInfo,
 };
 pub use sqlite::SqliteStore;
 
@@ -164,8 +166,13 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts CDRs in one transaction (multi-row inserts): all or none.
     async fn insert_cdrs(&self, cdrs: &[CdrRecord]) -> StoreResult<()>;
 
+    /// Applies call record changes of gateway `instance` (1-64 characters of
+    /// `[A-Za-z0-9._-]`) in order, in one transaction: all or none. Returns how many
+    /// open records [`CdrWrite::CloseOrphans`] and [`CdrWrite::CloseStale`] closed.
+    async fn write_cdrs(&self, instance: &str, writes: &[CdrWrite]) -> StoreResult<u64>;
+
     /// One page of CDRs, newest `ended_at` first (ties by id), with the cursor of the
-    /// next page. Keyset pagination: rows inserted while a client pages never shift
+    /// next page. Open records are left out unless [`CdrFilter::include_open`]. Keyset pagination: rows inserted while a client pages never shift
     /// or repeat the rows it has not yet seen.
     async fn query_cdrs(&self, filter: &CdrFilter) -> StoreResult<CdrPage>;
 
@@ -295,13 +302,31 @@ fn check_dns_sequences(domain: &str, at_least: i64, count: i64) -> StoreResult<(
     Ok(())
 }
 
-fn check_token_name(name: &str) -> StoreResult<()> {
-    let valid = !name.is_empty()
+/// Checks a gateway instance name: 1 to 64 characters of letters, digits, '.', '-' and
+/// '_'.
+pub fn check_instance(name: &str) -> StoreResult<()> {
+    if is_plain_name(name) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            what: "instance",
+            reason: format!(
+                "name {name:?} must be 1 to 64 characters of letters, digits, '.', '-' and '_'"
+            ),
+        })
+    }
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if valid {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn check_token_name(name: &str) -> StoreResult<()> {
+    if is_plain_name(name) {
         Ok(())
     } else {
         Err(StoreError::Invalid {

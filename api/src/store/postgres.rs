@@ -20,13 +20,13 @@ use sqlx::{Decode, Postgres, QueryBuilder, Row, Type};
 use uuid::Uuid;
 
 use super::error::{classify, connect_error, migrate_error, pg_unavailable_code, unavailable};
-use super::records::{now, to_i64, to_u64};
+use super::records::{INTERRUPTED_REASON, now, to_i64, to_u64};
 use super::{
-    Backend, CdrFilter, CdrPage, CdrRecord, EndedBy, NewToken, NodeRecord, OutageGate, PatchRecord,
-    RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr, TokenInfo,
-    check_counter, check_dns_sequences, check_patch_gain, check_persistent_node, check_route,
-    check_token_name, coding_from_column, json_from_value, node_from_columns, patch_key,
-    port_from_column, sort_routes, token,
+    Backend, CdrFilter, CdrPage, CdrRecord, CdrWrite, EndedBy, NewToken, NodeRecord, OutageGate,
+    PatchRecord, RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr,
+    TokenInfo, check_counter, check_dns_sequences, check_instance, check_patch_gain,
+    check_persistent_node, check_route, check_token_name, coding_from_column, json_from_value,
+    json_text, node_from_columns, patch_key, port_from_column, sort_routes, token,
 };
 use crate::model::{AudioCoding, NodeKind, NodeRef, PortRef, Route};
 
@@ -161,6 +161,8 @@ fn cdr_from_row(row: &PgRow) -> StoreResult<StoredCdr> {
         .transpose()?;
     Ok(StoredCdr {
         id,
+        instance: col(row, "instance")?,
+        open: col(row, "is_open")?,
         cdr: CdrRecord {
             uuid: col(row, "uuid")?,
             started_at: col(row, "started_at")?,
@@ -231,6 +233,163 @@ impl<'a> CdrValues<'a> {
             peer: cdr.peer.map(|peer| peer.to_string()),
         })
     }
+
+    /// What an open record says: how it ends if the gateway stops unexpectedly.
+    fn interrupted(mut self) -> CdrValues<'a> {
+        self.ended_by = EndedBy::Interrupted.as_str();
+        self.end_reason = INTERRUPTED_REASON;
+        self
+    }
+}
+
+/// A [`CdrWrite`] with its values converted.
+enum WriteValues<'a> {
+    Open(CdrValues<'a>),
+    Refresh(Vec<CdrValues<'a>>),
+    Close(CdrValues<'a>),
+    CloseOrphans,
+    CloseStale(DateTime<Utc>),
+}
+
+impl<'a> WriteValues<'a> {
+    fn new(write: &'a CdrWrite) -> StoreResult<WriteValues<'a>> {
+        Ok(match write {
+            CdrWrite::Open(cdr) => WriteValues::Open(CdrValues::new(cdr)?.interrupted()),
+            CdrWrite::Refresh(cdrs) => WriteValues::Refresh(
+                cdrs.iter()
+                    .map(CdrValues::new)
+                    .collect::<StoreResult<_>>()?,
+            ),
+            CdrWrite::Close(cdr) => WriteValues::Close(CdrValues::new(cdr)?),
+            CdrWrite::CloseOrphans => WriteValues::CloseOrphans,
+            CdrWrite::CloseStale { before } => WriteValues::CloseStale(*before),
+        })
+    }
+}
+
+/// Inserts one record of `instance`.
+async fn insert_cdr(
+    tx: &mut sqlx::PgConnection,
+    instance: &str,
+    cdr: &CdrValues<'_>,
+    open: bool,
+) -> StoreResult<()> {
+    let mut insert = QueryBuilder::<Postgres>::new(format!(
+        "INSERT INTO cdrs ({CDR_COLUMNS}, instance, is_open) "
+    ));
+    insert.push_values([cdr], |mut row, cdr| {
+        row.push_bind(cdr.uuid)
+            .push_bind(cdr.started_at)
+            .push_bind(cdr.ended_at)
+            .push_bind(cdr.duration_ms)
+            .push_bind(cdr.caller_rate_hz)
+            .push_bind(cdr.ended_by)
+            .push_bind(cdr.end_reason)
+            .push_bind(cdr.frames_in)
+            .push_bind(cdr.frames_out)
+            .push_bind(cdr.uplink_gaps)
+            .push_bind(cdr.downlink_underruns)
+            .push_bind(cdr.max_jitter_ms)
+            .push_bind(cdr.route)
+            .push_bind(cdr.patches)
+            .push_bind(&cdr.peer)
+            .push_bind(instance)
+            .push_bind(open);
+    });
+    insert
+        .build()
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| err(e, "CDR", &cdr.uuid))?;
+    Ok(())
+}
+
+/// Completes the record of `instance`'s call, inserting it if it is missing.
+async fn close_cdr(
+    tx: &mut sqlx::PgConnection,
+    instance: &str,
+    cdr: &CdrValues<'_>,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "UPDATE cdrs SET ended_at = $1, duration_ms = $2, caller_rate_hz = $3, ended_by = $4, \
+         end_reason = $5, frames_in = $6, frames_out = $7, uplink_gaps = $8, \
+         downlink_underruns = $9, max_jitter_ms = $10, route = $11, patches = $12, peer = $13, \
+         is_open = FALSE \
+         WHERE instance = $14 AND uuid = $15 AND started_at = $16",
+    )
+    .bind(cdr.ended_at)
+    .bind(cdr.duration_ms)
+    .bind(cdr.caller_rate_hz)
+    .bind(cdr.ended_by)
+    .bind(cdr.end_reason)
+    .bind(cdr.frames_in)
+    .bind(cdr.frames_out)
+    .bind(cdr.uplink_gaps)
+    .bind(cdr.downlink_underruns)
+    .bind(cdr.max_jitter_ms)
+    .bind(cdr.route)
+    .bind(cdr.patches)
+    .bind(&cdr.peer)
+    .bind(instance)
+    .bind(cdr.uuid)
+    .bind(cdr.started_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| err(e, "CDR", &cdr.uuid))?;
+    if done.rows_affected() == 0 {
+        insert_cdr(tx, instance, cdr, false).await?;
+    }
+    Ok(())
+}
+
+/// Updates the progress of `instance`'s open records in one statement: each column's
+/// values go as one array, unnested into rows.
+async fn refresh_cdrs(
+    tx: &mut sqlx::PgConnection,
+    instance: &str,
+    cdrs: &[CdrValues<'_>],
+) -> StoreResult<()> {
+    if cdrs.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&CdrValues<'_>) -> i64| cdrs.iter().map(f).collect::<Vec<_>>();
+    let patches = cdrs
+        .iter()
+        .map(|cdr| json_text(cdr.patches.0, "CDR"))
+        .collect::<StoreResult<Vec<_>>>()?;
+    sqlx::query(
+        "UPDATE cdrs SET ended_at = p.ended_at, duration_ms = p.duration_ms, \
+         caller_rate_hz = p.caller_rate_hz, frames_in = p.frames_in, frames_out = p.frames_out, \
+         uplink_gaps = p.uplink_gaps, downlink_underruns = p.downlink_underruns, \
+         max_jitter_ms = p.max_jitter_ms, patches = p.patches::jsonb \
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[], \
+         $5::integer[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], \
+         $10::double precision[], $11::text[]) \
+         AS p (uuid, started_at, ended_at, duration_ms, caller_rate_hz, frames_in, frames_out, \
+         uplink_gaps, downlink_underruns, max_jitter_ms, patches) \
+         WHERE cdrs.is_open AND cdrs.instance = $12 AND cdrs.uuid = p.uuid \
+         AND cdrs.started_at = p.started_at",
+    )
+    .bind(cdrs.iter().map(|cdr| cdr.uuid).collect::<Vec<_>>())
+    .bind(cdrs.iter().map(|cdr| cdr.started_at).collect::<Vec<_>>())
+    .bind(cdrs.iter().map(|cdr| cdr.ended_at).collect::<Vec<_>>())
+    .bind(column(|cdr| cdr.duration_ms))
+    .bind(
+        cdrs.iter()
+            .map(|cdr| cdr.caller_rate_hz)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|cdr| cdr.frames_in))
+    .bind(column(|cdr| cdr.frames_out))
+    .bind(column(|cdr| cdr.uplink_gaps))
+    .bind(column(|cdr| cdr.downlink_underruns))
+    .bind(cdrs.iter().map(|cdr| cdr.max_jitter_ms).collect::<Vec<_>>())
+    .bind(patches)
+    .bind(instance)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| err(e, "CDR", &""))?;
+    Ok(())
 }
 
 #[async_trait]
@@ -669,11 +828,61 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn write_cdrs(&self, instance: &str, writes: &[CdrWrite]) -> StoreResult<u64> {
+        check_instance(instance)?;
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        let values = writes
+            .iter()
+            .map(WriteValues::new)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(|e| err(e, "CDR", &""))?;
+        let mut closed = 0;
+        for write in &values {
+            match write {
+                WriteValues::Open(cdr) => insert_cdr(&mut tx, instance, cdr, true).await?,
+                WriteValues::Refresh(cdrs) => refresh_cdrs(&mut tx, instance, cdrs).await?,
+                WriteValues::Close(cdr) => close_cdr(&mut tx, instance, cdr).await?,
+                WriteValues::CloseOrphans | WriteValues::CloseStale(_) => {
+                    let mut close = QueryBuilder::<Postgres>::new(
+                        "UPDATE cdrs SET is_open = FALSE, ended_by = ",
+                    );
+                    close
+                        .push_bind(EndedBy::Interrupted.as_str())
+                        .push(", end_reason = ")
+                        .push_bind(INTERRUPTED_REASON)
+                        .push(" WHERE is_open");
+                    match write {
+                        WriteValues::CloseStale(before) => {
+                            close.push(" AND ended_at < ").push_bind(*before)
+                        }
+                        _ => close.push(" AND instance = ").push_bind(instance),
+                    };
+                    let done = close
+                        .build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| err(e, "CDR", &""))?;
+                    closed += done.rows_affected();
+                }
+            }
+        }
+        tx.commit().await.map_err(|e| err(e, "CDR", &""))?;
+        Ok(closed)
+    }
+
     async fn query_cdrs(&self, filter: &CdrFilter) -> StoreResult<CdrPage> {
         let limit = filter.page_size();
         let mut query = QueryBuilder::<Postgres>::new(format!(
-            "SELECT id, {CDR_COLUMNS} FROM cdrs WHERE 1 = 1"
+            "SELECT id, instance, is_open, {CDR_COLUMNS} FROM cdrs WHERE 1 = 1"
         ));
+        if !filter.include_open {
+            query.push(" AND NOT is_open");
+        }
         if let Some(uuid) = filter.uuid {
             query.push(" AND uuid = ").push_bind(uuid);
         }

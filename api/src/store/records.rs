@@ -173,15 +173,21 @@ pub enum EndedBy {
     Gateway,
     /// An error ended it (protocol or I/O error).
     Error,
+    /// The gateway stopped unexpectedly (killed, crashed, lost power) while the call was
+    /// live: the record was closed afterwards, by the same instance when it started
+    /// again or by another one that found it stale. Its `ended_at`, duration and
+    /// counters are the last ones the gateway wrote while the call was live.
+    Interrupted,
 }
 
 impl EndedBy {
-    /// The value's name ("caller", "gateway", "error").
+    /// The value's name ("caller", "gateway", "error", "interrupted").
     pub fn as_str(self) -> &'static str {
         match self {
             EndedBy::Caller => "caller",
             EndedBy::Gateway => "gateway",
             EndedBy::Error => "error",
+            EndedBy::Interrupted => "interrupted",
         }
     }
 
@@ -190,21 +196,26 @@ impl EndedBy {
             "caller" => Some(EndedBy::Caller),
             "gateway" => Some(EndedBy::Gateway),
             "error" => Some(EndedBy::Error),
+            "interrupted" => Some(EndedBy::Interrupted),
             _ => None,
         }
     }
 }
 
-/// A call detail record: one per finished call.
+/// The `end_reason` of [`EndedBy::Interrupted`] records.
+pub const INTERRUPTED_REASON: &str = "gateway stopped unexpectedly";
+
+/// A call detail record: one per call, opened when the call is admitted and completed
+/// when it ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CdrRecord {
     /// The call's AudioSocket UUID.
     pub uuid: Uuid,
     /// When the call connected.
     pub started_at: DateTime<Utc>,
-    /// When it ended.
+    /// When it ended (for an open record: when it was last refreshed).
     pub ended_at: DateTime<Utc>,
-    /// How long it lasted, measured on the monotonic clock.
+    /// How long it lasted, measured on the monotonic clock (for an open record: so far).
     pub duration_ms: u64,
     /// The caller's sample rate in Hz (8000 for slin).
     pub caller_rate_hz: u32,
@@ -236,9 +247,66 @@ pub struct CdrRecord {
 pub struct StoredCdr {
     /// The row's id.
     pub id: i64,
+    /// The gateway instance (`gateway.instance`) that wrote it; empty for records
+    /// written before instances were recorded.
+    pub instance: String,
+    /// Whether the call is still live as far as the database knows: its `ended_at`,
+    /// duration and counters are those of the last refresh, and `ended_by` /
+    /// `end_reason` say what the record will keep if the gateway stops unexpectedly.
+    pub open: bool,
     /// The record.
     #[serde(flatten)]
     pub cdr: CdrRecord,
+}
+
+/// One change to the call records, as the gateway sends them through the
+/// [`CdrQueue`](super::CdrQueue). A store applies a batch of them in order, in one
+/// transaction, for one gateway instance. A call's record is found by its instance,
+/// UUID and `started_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CdrWrite {
+    /// A call was admitted: insert its open record (`ended_by` and `end_reason` are
+    /// stored as [`EndedBy::Interrupted`] / [`INTERRUPTED_REASON`], whatever the record
+    /// says, since that is what it will keep if the gateway dies).
+    Open(CdrRecord),
+    /// Live calls' progress: updates their records' `ended_at`, duration, counters and
+    /// patches, in one statement, if they are still open (a finished or closed record
+    /// is never reopened).
+    Refresh(Vec<CdrRecord>),
+    /// A call ended: completes its record, open or not (a record another instance
+    /// closed as stale gets the real end); inserts one if there is none.
+    Close(CdrRecord),
+    /// Start-up: closes every open record of this instance, left by a gateway that
+    /// stopped unexpectedly, as [`EndedBy::Interrupted`].
+    CloseOrphans,
+    /// Closes open records of any instance not refreshed since `before` (their gateway
+    /// stopped and never came back), as [`EndedBy::Interrupted`].
+    CloseStale {
+        /// Records whose `ended_at` (last refresh) is before this are closed.
+        before: DateTime<Utc>,
+    },
+}
+
+impl CdrWrite {
+    /// The write's kind, for logs ("open", "refresh", "close", "close_orphans",
+    /// "close_stale").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CdrWrite::Open(_) => "open",
+            CdrWrite::Refresh(_) => "refresh",
+            CdrWrite::Close(_) => "close",
+            CdrWrite::CloseOrphans => "close_orphans",
+            CdrWrite::CloseStale { .. } => "close_stale",
+        }
+    }
+
+    /// The call it is about, for a write about one call.
+    pub fn call(&self) -> Option<Uuid> {
+        match self {
+            CdrWrite::Open(cdr) | CdrWrite::Close(cdr) => Some(cdr.uuid),
+            _ => None,
+        }
+    }
 }
 
 /// Page size when a query does not give one.
@@ -260,6 +328,8 @@ pub struct CdrFilter {
     pub limit: Option<u32>,
     /// Continue after this position (from [`CdrPage::next_cursor`]).
     pub cursor: Option<CdrCursor>,
+    /// Also return open records (calls still live); by default only finished calls.
+    pub include_open: bool,
 }
 
 impl CdrFilter {

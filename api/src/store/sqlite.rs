@@ -26,13 +26,13 @@ use sqlx::{Decode, QueryBuilder, Row, Sqlite, Type};
 use uuid::Uuid;
 
 use super::error::{classify, connect_error, migrate_error, sqlite_unavailable_code, unavailable};
-use super::records::{from_micros, now, to_i64, to_u64};
+use super::records::{INTERRUPTED_REASON, from_micros, now, to_i64, to_u64};
 use super::{
-    Backend, CdrFilter, CdrPage, CdrRecord, EndedBy, NewToken, NodeRecord, OutageGate, PatchRecord,
-    RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr, TokenInfo,
-    check_counter, check_dns_sequences, check_patch_gain, check_persistent_node, check_route,
-    check_token_name, coding_from_column, json_from_text, json_text, node_from_columns, patch_key,
-    port_from_column, sort_routes, token,
+    Backend, CdrFilter, CdrPage, CdrRecord, CdrWrite, EndedBy, NewToken, NodeRecord, OutageGate,
+    PatchRecord, RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr,
+    TokenInfo, check_counter, check_dns_sequences, check_instance, check_patch_gain,
+    check_persistent_node, check_route, check_token_name, coding_from_column, json_from_text,
+    json_text, node_from_columns, patch_key, port_from_column, sort_routes, token,
 };
 use crate::model::{AudioCoding, NodeKind, NodeRef, PortRef, Route};
 
@@ -42,6 +42,18 @@ const CDR_COLUMNS: &str = "uuid, started_at, ended_at, duration_ms, caller_rate_
 /// Rows per INSERT statement: 15 parameters each stays far below SQLite's limit of
 /// 32766 bound parameters per statement.
 const CDR_ROWS_PER_STATEMENT: usize = 500;
+/// The columns a refresh updates, in bind order after `uuid, started_at`.
+const CDR_PROGRESS_COLUMNS: [&str; 9] = [
+    "ended_at",
+    "duration_ms",
+    "caller_rate_hz",
+    "frames_in",
+    "frames_out",
+    "uplink_gaps",
+    "downlink_underruns",
+    "max_jitter_ms",
+    "patches",
+];
 
 /// A store in an SQLite database.
 #[derive(Debug, Clone)]
@@ -174,8 +186,11 @@ fn cdr_from_row(row: &SqliteRow) -> StoreResult<StoredCdr> {
                 .map_err(|_| corrupt(format!("peer {text:?}")))
         })
         .transpose()?;
+    let is_open: i64 = col(row, "is_open")?;
     Ok(StoredCdr {
         id,
+        instance: col(row, "instance")?,
+        open: is_open != 0,
         cdr: CdrRecord {
             uuid,
             started_at: from_micros(col(row, "started_at")?)?,
@@ -243,6 +258,158 @@ impl<'a> CdrValues<'a> {
             peer: cdr.peer.map(|peer| peer.to_string()),
         })
     }
+
+    /// What an open record says: how it ends if the gateway stops unexpectedly.
+    fn interrupted(mut self) -> CdrValues<'a> {
+        self.ended_by = EndedBy::Interrupted.as_str();
+        self.end_reason = INTERRUPTED_REASON;
+        self
+    }
+}
+
+/// A [`CdrWrite`] with its values converted.
+enum WriteValues<'a> {
+    Open(CdrValues<'a>),
+    Refresh(Vec<CdrValues<'a>>),
+    Close(CdrValues<'a>),
+    CloseOrphans,
+    CloseStale(i64),
+}
+
+impl<'a> WriteValues<'a> {
+    fn new(write: &'a CdrWrite) -> StoreResult<WriteValues<'a>> {
+        Ok(match write {
+            CdrWrite::Open(cdr) => WriteValues::Open(CdrValues::new(cdr)?.interrupted()),
+            CdrWrite::Refresh(cdrs) => WriteValues::Refresh(
+                cdrs.iter()
+                    .map(CdrValues::new)
+                    .collect::<StoreResult<_>>()?,
+            ),
+            CdrWrite::Close(cdr) => WriteValues::Close(CdrValues::new(cdr)?),
+            CdrWrite::CloseOrphans => WriteValues::CloseOrphans,
+            CdrWrite::CloseStale { before } => WriteValues::CloseStale(before.timestamp_micros()),
+        })
+    }
+}
+
+/// Inserts one record of `instance`.
+async fn insert_cdr(
+    tx: &mut sqlx::SqliteConnection,
+    instance: &str,
+    cdr: &CdrValues<'_>,
+    open: bool,
+) -> StoreResult<()> {
+    let mut insert = QueryBuilder::<Sqlite>::new(format!(
+        "INSERT INTO cdrs ({CDR_COLUMNS}, instance, is_open) "
+    ));
+    insert.push_values([cdr], |mut row, cdr| {
+        row.push_bind(&cdr.uuid)
+            .push_bind(cdr.started_at)
+            .push_bind(cdr.ended_at)
+            .push_bind(cdr.duration_ms)
+            .push_bind(cdr.caller_rate_hz)
+            .push_bind(cdr.ended_by)
+            .push_bind(cdr.end_reason)
+            .push_bind(cdr.frames_in)
+            .push_bind(cdr.frames_out)
+            .push_bind(cdr.uplink_gaps)
+            .push_bind(cdr.downlink_underruns)
+            .push_bind(cdr.max_jitter_ms)
+            .push_bind(cdr.route)
+            .push_bind(&cdr.patches)
+            .push_bind(&cdr.peer)
+            .push_bind(instance)
+            .push_bind(i64::from(open));
+    });
+    insert
+        .build()
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| err(e, "CDR", &cdr.uuid))?;
+    Ok(())
+}
+
+/// Completes the record of `instance`'s call, inserting it if it is missing.
+async fn close_cdr(
+    tx: &mut sqlx::SqliteConnection,
+    instance: &str,
+    cdr: &CdrValues<'_>,
+) -> StoreResult<()> {
+    let done = sqlx::query(
+        "UPDATE cdrs SET ended_at = $1, duration_ms = $2, caller_rate_hz = $3, ended_by = $4, \
+         end_reason = $5, frames_in = $6, frames_out = $7, uplink_gaps = $8, \
+         downlink_underruns = $9, max_jitter_ms = $10, route = $11, patches = $12, peer = $13, \
+         is_open = 0 \
+         WHERE instance = $14 AND uuid = $15 AND started_at = $16",
+    )
+    .bind(cdr.ended_at)
+    .bind(cdr.duration_ms)
+    .bind(cdr.caller_rate_hz)
+    .bind(cdr.ended_by)
+    .bind(cdr.end_reason)
+    .bind(cdr.frames_in)
+    .bind(cdr.frames_out)
+    .bind(cdr.uplink_gaps)
+    .bind(cdr.downlink_underruns)
+    .bind(cdr.max_jitter_ms)
+    .bind(cdr.route)
+    .bind(&cdr.patches)
+    .bind(&cdr.peer)
+    .bind(instance)
+    .bind(&cdr.uuid)
+    .bind(cdr.started_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| err(e, "CDR", &cdr.uuid))?;
+    if done.rows_affected() == 0 {
+        insert_cdr(tx, instance, cdr, false).await?;
+    }
+    Ok(())
+}
+
+/// Updates the progress of `instance`'s open records, one statement per chunk.
+async fn refresh_cdrs(
+    tx: &mut sqlx::SqliteConnection,
+    instance: &str,
+    cdrs: &[CdrValues<'_>],
+) -> StoreResult<()> {
+    for chunk in cdrs.chunks(CDR_ROWS_PER_STATEMENT) {
+        let mut update = QueryBuilder::<Sqlite>::new(format!(
+            "WITH progress (uuid, started_at, {}) AS (",
+            CDR_PROGRESS_COLUMNS.join(", ")
+        ));
+        update.push_values(chunk, |mut row, cdr| {
+            row.push_bind(&cdr.uuid)
+                .push_bind(cdr.started_at)
+                .push_bind(cdr.ended_at)
+                .push_bind(cdr.duration_ms)
+                .push_bind(cdr.caller_rate_hz)
+                .push_bind(cdr.frames_in)
+                .push_bind(cdr.frames_out)
+                .push_bind(cdr.uplink_gaps)
+                .push_bind(cdr.downlink_underruns)
+                .push_bind(cdr.max_jitter_ms)
+                .push_bind(&cdr.patches);
+        });
+        let set = CDR_PROGRESS_COLUMNS
+            .iter()
+            .map(|column| format!("{column} = progress.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        update
+            .push(format!(
+                ") UPDATE cdrs SET {set} FROM progress \
+                 WHERE cdrs.is_open = 1 AND cdrs.uuid = progress.uuid \
+                 AND cdrs.started_at = progress.started_at AND cdrs.instance = "
+            ))
+            .push_bind(instance);
+        update
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| err(e, "CDR", &""))?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -681,10 +848,60 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn write_cdrs(&self, instance: &str, writes: &[CdrWrite]) -> StoreResult<u64> {
+        check_instance(instance)?;
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        let values = writes
+            .iter()
+            .map(WriteValues::new)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(|e| err(e, "CDR", &""))?;
+        let mut closed = 0;
+        for write in &values {
+            match write {
+                WriteValues::Open(cdr) => insert_cdr(&mut tx, instance, cdr, true).await?,
+                WriteValues::Refresh(cdrs) => refresh_cdrs(&mut tx, instance, cdrs).await?,
+                WriteValues::Close(cdr) => close_cdr(&mut tx, instance, cdr).await?,
+                WriteValues::CloseOrphans | WriteValues::CloseStale(_) => {
+                    let mut close =
+                        QueryBuilder::<Sqlite>::new("UPDATE cdrs SET is_open = 0, ended_by = ");
+                    close
+                        .push_bind(EndedBy::Interrupted.as_str())
+                        .push(", end_reason = ")
+                        .push_bind(INTERRUPTED_REASON)
+                        .push(" WHERE is_open = 1");
+                    match write {
+                        WriteValues::CloseStale(before) => {
+                            close.push(" AND ended_at < ").push_bind(*before)
+                        }
+                        _ => close.push(" AND instance = ").push_bind(instance),
+                    };
+                    let done = close
+                        .build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| err(e, "CDR", &""))?;
+                    closed += done.rows_affected();
+                }
+            }
+        }
+        tx.commit().await.map_err(|e| err(e, "CDR", &""))?;
+        Ok(closed)
+    }
+
     async fn query_cdrs(&self, filter: &CdrFilter) -> StoreResult<CdrPage> {
         let limit = filter.page_size();
-        let mut query =
-            QueryBuilder::<Sqlite>::new(format!("SELECT id, {CDR_COLUMNS} FROM cdrs WHERE 1 = 1"));
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT id, instance, is_open, {CDR_COLUMNS} FROM cdrs WHERE 1 = 1"
+        ));
+        if !filter.include_open {
+            query.push(" AND is_open = 0");
+        }
         if let Some(uuid) = filter.uuid {
             query
                 .push(" AND uuid = ")
