@@ -246,12 +246,6 @@ impl GatewayProcess {
         self.child.wait().unwrap();
     }
 
-    /// Sends SIGKILL (no clean-up of any kind) and waits for the process to be gone.
-    pub fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
         let status = Command::new("kill")
