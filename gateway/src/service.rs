@@ -1979,6 +1979,8 @@ mod tests {
         config.engine.lock_memory = false;
         config.engine.max_nodes = 2;
         config.engine.max_load_percent = 50;
+        let recordings = tempfile::tempdir().unwrap();
+        config.recordings.dir = recordings.path().to_path_buf();
         let gateway = Gateway::start(config).unwrap();
         let conference = NodeConfig::Conference { members: 2 };
 
