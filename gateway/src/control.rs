@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::engine::stats::{BLOCK_TIME_BUCKETS_US, LevelMeter};
+use crate::jam::JamService;
 use crate::patchbay::PatchbayError;
 use crate::service::{CallHandle, Gateway, patch_info};
 
@@ -27,6 +28,69 @@ pub struct GatewayControl {
 }
 
 impl GatewayControl {
+    /// The service of jam node `node`.
+    fn jam_service(&self, node: &NodeRef) -> Result<Arc<JamService>, ControlError> {
+        let not_found = || ControlError::NotFound {
+            message: format!("no jam node {node}"),
+        };
+        if node.kind() != NodeKind::Jam {
+            return Err(not_found());
+        }
+        self.gateway
+            .node_service(node)
+            .and_then(|s| s.into_any())
+            .and_then(|any| any.downcast::<JamService>().ok())
+            .ok_or_else(not_found)
+    }
+
+    /// Sets one jammer's mix, live and in the node's configuration.
+    fn set_jam_mix_setting(
+        &self,
+        node: &NodeRef,
+        setting: api::jam::JamMixSetting,
+    ) -> Result<(), ControlError> {
+        let service = self.jam_service(node)?;
+        let unprocessable = |message: String| ControlError::Unprocessable {
+            message,
+            field: Some("client_id".into()),
+        };
+        let (mut config, persistent) =
+            self.gateway
+                .node_config(node)
+                .ok_or_else(|| ControlError::NotFound {
+                    message: format!("no jam node {node}"),
+                })?;
+        config.set_jam_mix(setting).map_err(unprocessable)?;
+        service.set_mix(setting).map_err(unprocessable)?;
+        self.gateway.set_node_config(node, config, persistent);
+        Ok(())
+    }
+
+    /// Returns one jammer to the default mix, live and in the node's configuration.
+    fn reset_jam_mix_setting(&self, node: &NodeRef, client_id: u32) -> Result<(), ControlError> {
+        let service = self.jam_service(node)?;
+        if let Some((mut config, persistent)) = self.gateway.node_config(node) {
+            config.remove_jam_mix(client_id);
+            self.gateway.set_node_config(node, config, persistent);
+        }
+        service.reset_mix(client_id);
+        Ok(())
+    }
+
+    /// Applies `config` to a running jam node if only live settings changed; `None` if
+    /// it is not a jam node or needs a rebuild.
+    fn reconfigure_jam(&self, node: &NodeRef, config: &NodeConfig) -> Option<()> {
+        let service = self.jam_service(node).ok()?;
+        let spec = config.jam_fields()?.spec(node.name()).ok()?;
+        if !service.reconfigure(&spec) {
+            return None;
+        }
+        let persistent = self.gateway.node_config(node).is_some_and(|(_, p)| p);
+        self.gateway
+            .set_node_config(node, config.clone(), persistent);
+        Some(())
+    }
+
     /// Wraps `gateway`.
     pub fn new(gateway: Arc<Gateway>) -> GatewayControl {
         GatewayControl { gateway }
@@ -283,14 +347,14 @@ impl Control for GatewayControl {
         node: &NodeRef,
         config: &NodeConfig,
     ) -> Option<Result<NodeInfo, ControlError>> {
-        crate::jam::reconfigure(&self.gateway, node, config)?;
+        self.reconfigure_jam(node, config)?;
         Some(self.node(node).ok_or(ControlError::NotFound {
             message: format!("{node} vanished"),
         }))
     }
 
     fn jam_mix(&self, node: &NodeRef) -> Result<Vec<api::jam::JamMixEntry>, ControlError> {
-        crate::jam::mix(&self.gateway, node)
+        Ok(self.jam_service(node)?.mix_entries())
     }
 
     fn set_jam_mix(
@@ -298,11 +362,11 @@ impl Control for GatewayControl {
         node: &NodeRef,
         setting: api::jam::JamMixSetting,
     ) -> Result<(), ControlError> {
-        crate::jam::set_mix(&self.gateway, node, setting)
+        self.set_jam_mix_setting(node, setting)
     }
 
     fn reset_jam_mix(&self, node: &NodeRef, client_id: u32) -> Result<(), ControlError> {
-        crate::jam::reset_mix(&self.gateway, node, client_id)
+        self.reset_jam_mix_setting(node, client_id)
     }
 
     fn flow_sdp(&self, name: &str) -> Option<String> {

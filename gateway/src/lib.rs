@@ -8,7 +8,8 @@
 //! - [`node_service`]: the I/O side of nodes that talk to the network;
 //! - [`jam`]: RTJam jam rooms, joined or hosted (engine node, socket thread, service);
 //! - [`dns`]: AoDNS broadcasts (`dns` nodes) and their authoritative DNS server;
-//! - [`clock`]: the PTP media clock AES67 flows stamp and pace with;
+//! - [`media_clock`]: the trait AES67 flows get PTP time from;
+//! - [`clock`]: the configured media clock (host clock or PTP follower);
 //! - [`aes67`]: AES67 transmit and receive flows, their SDP and SAP;
 //! - [`ptp`]: the built-in PTPv2 follower behind the clock's `follow` mode;
 //! - [`config`]: configuration loading and validation;
@@ -23,6 +24,7 @@ pub mod control;
 pub mod dns;
 pub mod engine;
 pub mod jam;
+pub mod media_clock;
 pub mod net;
 pub mod node_service;
 pub mod patchbay;

@@ -34,8 +34,7 @@ use crate::engine::{BUS_RATE, Engine, EngineStats, Retired, db_to_gain};
 use crate::node_service::NodeService;
 use crate::patchbay::{NodeSpec, PatchEntry, PatchRole, Patchbay, PatchbayError};
 
-/// Name of the lobby's hold-music player (`player:hold`).
-pub const HOLD_PLAYER: &str = "hold";
+pub use crate::config::HOLD_PLAYER;
 
 fn state_from_u8(value: u8) -> CallState {
     match value {
@@ -1639,7 +1638,13 @@ impl Gateway {
                 );
             }
             NodeConfig::Jam { .. } => {
-                crate::jam::create(self, &node, config, self.events.clone())?;
+                let built = crate::jam::build_node(&node, config, self.block, self.events.clone())?;
+                let service = Arc::clone(&built.service);
+                self.add_service_node(built.spec, Box::new(built.node), built.service)
+                    .map_err(|e| ControlError::Conflict {
+                        message: e.to_string(),
+                    })?;
+                tracing::info!(node = %node, addr = ?service.local_addr(), "jam room ready");
             }
             NodeConfig::Dns { .. } => {
                 let settings = crate::dns::BroadcastSettings::from_config(config)

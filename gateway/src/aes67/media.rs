@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use super::rx::{RxCore, Subscription};
 use super::tx::{TxCore, TxPoll};
-use crate::clock::MediaClock;
+use crate::media_clock::MediaClock;
 
 /// Longest sleep between turns (commands and receive sockets are looked at every turn).
 const MAX_SLEEP_NS: u64 = 1_000_000;

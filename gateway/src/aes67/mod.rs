@@ -48,8 +48,8 @@ use self::media::{Command, MediaThread, RxEndpoint, RxSource, TxEndpoint};
 use self::rx::{CHUNK, RxCore, RxNode, RxStats, Subscription};
 use self::sap::{SapService, SapSubscriber};
 use self::tx::{TxCore, TxNode, TxStats};
-use crate::clock::MediaClock;
 use crate::engine::Node;
+use crate::media_clock::MediaClock;
 use crate::node_service::{MetricFamilies, NodeService};
 use crate::patchbay::NodeSpec;
 

@@ -42,7 +42,7 @@
 //!   `sequence` never changes to NODATA and the window is never emptied.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,6 +61,7 @@ use codecs::resample::{Quality, ResampleError, StreamResampler};
 use hickory_server::proto::rr::Name;
 
 use super::ledger::{SequenceLedger, SequenceStore};
+use super::retiring::{Command, EncoderControl, Handover, RetiringBroadcast};
 use super::server::{DnsServer, DnsServerError};
 use super::zone::{PackRecords, Zone, ZoneError, ZoneSnapshot, Zones, dns_name, sequence_record};
 use crate::engine::{BUS_RATE, Node};
@@ -363,109 +364,6 @@ pub fn start(
         stats,
     };
     Ok((Box::new(node), service))
-}
-
-/// What the owner of a broadcast asks of its encoder thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Command {
-    /// Encode the input.
-    Run = 0,
-    /// The broadcast was deleted: go on with silence until the grace period ends.
-    Retire = 1,
-    /// A new broadcast takes the zone over: return the state.
-    HandOver = 2,
-    /// End now and remove the zone (the gateway is stopping).
-    Stop = 3,
-}
-
-/// The command, shared between the owner and the encoder thread.
-#[derive(Debug, Default)]
-struct EncoderControl(AtomicU8);
-
-impl EncoderControl {
-    fn get(&self) -> Command {
-        match self.0.load(Ordering::Acquire) {
-            0 => Command::Run,
-            1 => Command::Retire,
-            2 => Command::HandOver,
-            _ => Command::Stop,
-        }
-    }
-
-    fn set(&self, command: Command) {
-        self.0.store(command as u8, Ordering::Release);
-    }
-}
-
-/// What a retiring broadcast hands to its successor on the same domain.
-struct Handover {
-    zone: Arc<Zone>,
-    ledger: SequenceLedger,
-    listed: VecDeque<Arc<PackRecords>>,
-    delisted: VecDeque<(Instant, Arc<PackRecords>)>,
-}
-
-/// A deleted broadcast whose zone is still served: its encoder thread goes on with
-/// silence until the grace period ends, then removes the zone. Kept by the DNS server.
-pub struct RetiringBroadcast {
-    root: ZoneRoot,
-    control: Arc<EncoderControl>,
-    thread: JoinHandle<Option<Handover>>,
-    /// Removed here if the encoder thread panicked instead of removing it.
-    zone: Arc<Zone>,
-    zones: Arc<Zones>,
-}
-
-impl std::fmt::Debug for RetiringBroadcast {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetiringBroadcast")
-            .field("root", &self.root)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RetiringBroadcast {
-    /// The zone.
-    pub fn root(&self) -> &ZoneRoot {
-        &self.root
-    }
-
-    /// The grace period is over and the zone removed.
-    pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
-    }
-
-    /// Ends the grace period now, removing the zone; waits for the encoder thread.
-    pub fn stop(self) {
-        self.control.set(Command::Stop);
-        self.thread.thread().unpark();
-        if self.thread.join().is_err() {
-            tracing::error!(domain = %self.root, "AoDNS encoder thread panicked");
-            self.zones.remove(&self.zone);
-        }
-    }
-
-    /// Asks the encoder thread to end now, without waiting for it.
-    pub fn end_without_waiting(self) {
-        self.control.set(Command::Stop);
-        self.thread.thread().unpark();
-    }
-
-    /// The zone and state for a new broadcast of the same domain; `None` if the grace
-    /// period ended first (the zone is gone).
-    fn take_over(self) -> Option<Handover> {
-        self.control.set(Command::HandOver);
-        self.thread.thread().unpark();
-        match self.thread.join() {
-            Ok(handover) => handover,
-            Err(_) => {
-                tracing::error!(domain = %self.root, "AoDNS encoder thread panicked");
-                self.zones.remove(&self.zone);
-                None
-            }
-        }
-    }
 }
 
 /// The encoder thread's state. See the module documentation.

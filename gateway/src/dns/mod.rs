@@ -6,9 +6,11 @@
 //!   each new state of the zone;
 //! - [`zone`]: a zone's records as immutable snapshots, swapped whole, and the registry
 //!   of zones;
+//! - [`config`]: the `[dns]` section of the configuration;
 //! - [`server`]: the authoritative server on hickory-server (UDP and TCP, its own
 //!   runtime, started with the first broadcast);
 //! - [`handler`]: our `RequestHandler`: what each query gets;
+//! - [`retiring`]: deleted broadcasts kept while their zones are still served;
 //! - [`ratelimit`]: per-client-address token buckets;
 //! - [`ledger`]: sequence numbers that keep increasing across calls and restarts.
 //!
@@ -16,9 +18,11 @@
 //! code in `codecs::aodns`; this module is the gateway's driver around them.
 
 pub mod broadcast;
+pub mod config;
 pub mod handler;
 pub mod ledger;
 pub mod ratelimit;
+pub mod retiring;
 pub mod server;
 pub mod zone;
 

@@ -28,10 +28,10 @@ use hickory_server::Server;
 use hickory_server::proto::rr::Name;
 use tokio_util::sync::CancellationToken;
 
-use super::broadcast::RetiringBroadcast;
 use super::handler::{AodnsHandler, ServerCounters};
+use super::retiring::RetiringBroadcast;
 use super::zone::Zones;
-use crate::config::DnsConfig;
+use crate::dns::config::DnsConfig;
 use codecs::aodns::ZoneRoot;
 
 /// Responses a TCP connection may have queued (hickory's per-connection buffer).

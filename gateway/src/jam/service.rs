@@ -9,7 +9,6 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use api::control::Level;
 use api::jam::{JamChannel2, JamMixEntry, JamMixSetting, JamMode, JamSpec};
 use api::model::NodeRef;
 use codecs::jam::{AllowList, RoomConfig, RoomCore, Tempo};
@@ -21,7 +20,7 @@ use super::io::{
 };
 use super::node::{JamNode, JamNodeError, JamNodeParts, NodeMode, port_names};
 use super::shared::{JamShared, JammerSlot};
-use crate::control::level;
+use crate::engine::stats::LevelMeter;
 use crate::node_service::{MetricFamilies, NodeService};
 use crate::patchbay::NodeSpec;
 
@@ -254,7 +253,8 @@ fn ms(us: f64) -> f64 {
     us.round() / 1_000.0
 }
 
-fn level_json(level: Level) -> Value {
+fn level_json(meter: &LevelMeter) -> Value {
+    let level = meter.read();
     json!({ "peak_dbfs": level.peak_dbfs, "rms_dbfs": level.rms_dbfs })
 }
 
@@ -416,8 +416,8 @@ impl JamService {
                     "packets_sent": seat.packets_sent.load(Ordering::Relaxed),
                     "packets_suppressed": seat.packets_suppressed.load(Ordering::Relaxed),
                     "send_ring_full": seat.send_ring_full.load(Ordering::Relaxed),
-                    "input_level": level_json(level(&seat.input_level)),
-                    "output_level": level_json(level(&seat.output_level)),
+                    "input_level": level_json(&seat.input_level),
+                    "output_level": level_json(&seat.output_level),
                 })
             })
             .collect()
@@ -468,8 +468,8 @@ impl JamService {
                 "overruns": slot.overruns.load(Ordering::Relaxed),
                 "reordered": slot.reordered.load(Ordering::Relaxed),
                 "duplicates": slot.duplicates.load(Ordering::Relaxed),
-                "level": level_json(level(&slot.levels[0])),
-                "level_ch2": level_json(level(&slot.levels[1])),
+                "level": level_json(&slot.levels[0]),
+                "level_ch2": level_json(&slot.levels[1]),
             });
             if let (Some(m), Value::Object(b)) = (member.as_object_mut(), buffer) {
                 m.extend(b);
@@ -479,7 +479,7 @@ impl JamService {
             local_seat.and_then(|k| self.shared.seats.get(k)),
         ) {
             // A seat of a hosted room: no network, no jitter buffer.
-            m.insert("level".into(), level_json(level(&seat.input_level)));
+            m.insert("level".into(), level_json(&seat.input_level));
         }
         member
     }

@@ -6,9 +6,7 @@
 //! continues), the listener stops accepting, waits for the sessions to finish, and
 //! only then are the engine stopped and recordings finalized.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::net::burst::Burst;
 use crate::net::session;
+use crate::net::unidentified::Unidentified;
 use crate::service::Gateway;
 
 /// Longest pause after repeated accept errors (e.g. out of file descriptors).
@@ -110,94 +109,6 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener) {
         "listener closed; waiting for calls to hang up"
     );
     sessions.wait().await;
-}
-
-/// Which limit refused a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnidentifiedLimit {
-    /// `audiosocket.max_unidentified`.
-    Overall,
-    /// `audiosocket.max_unidentified_per_source`.
-    PerSource,
-}
-
-impl std::fmt::Display for UnidentifiedLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            UnidentifiedLimit::Overall => "audiosocket.max_unidentified",
-            UnidentifiedLimit::PerSource => "audiosocket.max_unidentified_per_source",
-        })
-    }
-}
-
-/// Places for connections that have not sent their ID yet, overall and per address.
-#[derive(Clone)]
-pub struct Unidentified {
-    inner: Arc<UnidentifiedInner>,
-}
-
-struct UnidentifiedInner {
-    overall: usize,
-    per_source: usize,
-    held: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One connection's place among the unidentified; freed when dropped (the ID arrived,
-/// or the connection ended).
-pub struct UnidentifiedPlace {
-    inner: Arc<UnidentifiedInner>,
-    source: IpAddr,
-}
-
-impl Unidentified {
-    /// Room for `overall` unidentified connections, `per_source` from any one address.
-    pub fn new(overall: usize, per_source: usize) -> Unidentified {
-        Unidentified {
-            inner: Arc::new(UnidentifiedInner {
-                overall,
-                per_source,
-                held: Mutex::new(HashMap::new()),
-            }),
-        }
-    }
-
-    /// Takes a place for a connection from `source`, if one is free.
-    pub fn admit(&self, source: IpAddr) -> Result<UnidentifiedPlace, UnidentifiedLimit> {
-        let mut held = self
-            .inner
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let total: usize = held.values().sum();
-        if total >= self.inner.overall {
-            return Err(UnidentifiedLimit::Overall);
-        }
-        let mine = held.entry(source).or_insert(0);
-        if *mine >= self.inner.per_source {
-            return Err(UnidentifiedLimit::PerSource);
-        }
-        *mine += 1;
-        Ok(UnidentifiedPlace {
-            inner: Arc::clone(&self.inner),
-            source,
-        })
-    }
-}
-
-impl Drop for UnidentifiedPlace {
-    fn drop(&mut self) {
-        let mut held = self
-            .inner
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = held.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.source);
-            }
-        }
-    }
 }
 
 /// At most one line per second about refused connections, with a count of the rest.

@@ -6,3 +6,4 @@ pub mod fd_limit;
 pub mod http;
 pub mod listener;
 pub mod session;
+pub mod unidentified;

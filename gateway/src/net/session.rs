@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::ReplyRate;
 use crate::engine::call::{CallStats, Downlink, UplinkCoding};
-use crate::net::listener::UnidentifiedPlace;
+use crate::net::unidentified::UnidentifiedPlace;
 use crate::service::{AdmitError, CallHandle, EndReason, Gateway};
 
 /// How long a session keeps reading after it sent a hangup, waiting for Asterisk to

@@ -31,7 +31,7 @@ use codecs::ptp::{
     ClockIdentity, EVENT_PORT, Follower, FollowerConfig, GENERAL_PORT, LockState, PortIdentity,
 };
 
-use crate::clock::MediaClock;
+use crate::media_clock::MediaClock;
 use local_clock::{ClockPair, StampedSocket};
 use published::PublishedCell;
 use tracker::{Snapshot, Tracker};
