@@ -495,3 +495,74 @@ async fn nodes_and_patches_beyond_the_engine_capacity_are_refused() {
     assert_eq!(report.end, CallEnd::Completed);
     assert!(report.frames.len() >= 25, "{} frames", report.frames.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_sink_that_stops_reading_holds_up_no_call() {
+    let gateway = GatewayProcess::start("");
+    let logged_before: usize = gateway.logs().iter().map(|l| l.len() + 1).sum();
+    gateway.stop_reading_logs();
+    // Far more log output than a pipe holds (64 KiB): 200 short calls, each logging its
+    // start, its route and its end. A gateway that wrote its logs from the threads that
+    // log would block in those writes once the pipe is full.
+    for _ in 0..10 {
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                tokio::spawn(
+                    FakeCall::new(gateway.addr, uuid())
+                        .duration(Duration::from_millis(100))
+                        .run(),
+                )
+            })
+            .collect();
+        for call in calls {
+            let report = tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .expect("a short call was held up while nobody read the logs")
+                .unwrap()
+                .unwrap();
+            assert_eq!(report.end, CallEnd::Completed);
+        }
+    }
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        FakeCall::new(gateway.addr, uuid())
+            .source(Source::tone(1000.0, -6.0))
+            .duration(Duration::from_secs(2))
+            .run(),
+    )
+    .await
+    .expect("the call was held up while nobody read the logs")
+    .unwrap();
+    assert_eq!(report.end, CallEnd::Completed);
+    assert!(
+        report.frames.len() >= 90,
+        "{} reply frames in a 2 s call while nobody read the logs",
+        report.frames.len()
+    );
+    let longest = report.inter_arrival().max().unwrap_or_default();
+    assert!(
+        longest < Duration::from_millis(200),
+        "replies paused {longest:?} while nobody read the logs"
+    );
+    let health = tokio::time::timeout(
+        Duration::from_secs(5),
+        reqwest::get(format!("{}/healthz", gateway.api_url())),
+    )
+    .await
+    .expect("the API was held up while nobody read the logs")
+    .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+
+    // Reading again, every line comes through, and there was more than a pipe holds.
+    gateway.resume_reading_logs();
+    let last = report.uuid.to_string();
+    gateway
+        .wait_log_all(&["call ended", &last], Duration::from_secs(10))
+        .expect("the queued log lines arrive once the logs are read again");
+    let logged_after: usize = gateway.logs().iter().map(|l| l.len() + 1).sum();
+    assert!(
+        logged_after - logged_before > 64 * 1024,
+        "only {} bytes were logged while nobody read them",
+        logged_after - logged_before
+    );
+}

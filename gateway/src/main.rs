@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         Command::Routes(command) => report(run_client(gateway::cli::routes(command, config))),
         Command::Patch(command) => report(run_client(gateway::cli::patch(command, config))),
         Command::ListenDns(args) => {
-            init_logging(&config);
+            let _logging = init_logging(&config);
             report(gateway::cli::listen_dns(args))
         }
     }
@@ -136,7 +136,15 @@ fn run_client(work: impl std::future::Future<Output = anyhow::Result<()>>) -> an
         .block_on(work)
 }
 
-fn init_logging(config: &Config) {
+/// Log lines that may wait for the log writer thread; beyond them lines are dropped
+/// (and counted) rather than blocking the thread that logs.
+const LOG_QUEUE_LINES: usize = 65_536;
+
+/// Logging to stderr through a writer thread of its own, so that a sink that stops
+/// reading (a full disk under a log file, a stuck journald) never blocks the media,
+/// session or API threads: lines beyond [`LOG_QUEUE_LINES`] waiting are dropped and
+/// counted. The returned guard flushes what is queued when dropped, and reports drops.
+fn init_logging(config: &Config) -> Logging {
     // hickory-server logs every DNS request at info; that is per packet, so it stays
     // at warn unless the filter names hickory itself.
     let level = if config.log.level.contains("hickory") {
@@ -149,18 +157,45 @@ fn init_logging(config: &Config) {
     };
     let filter = tracing_subscriber::EnvFilter::new(&level);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("telepatch-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Logging {
+        _guard: guard,
+        dropped,
+    }
+}
+
+/// The log writer thread; flushes and says how many lines were dropped when dropped.
+struct Logging {
+    _guard: tracing_appender::non_blocking::WorkerGuard,
+    dropped: tracing_appender::non_blocking::ErrorCounter,
+}
+
+impl Drop for Logging {
+    fn drop(&mut self) {
+        let dropped = self.dropped.dropped_lines();
+        if dropped > 0 {
+            eprintln!(
+                "telepatch: {dropped} log lines were dropped while the log output was not read"
+            );
+        }
+    }
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    init_logging(&config);
+    let _logging = init_logging(&config);
     if config.engine.lock_memory {
         // Before the runtime and the media threads start, so all of them are covered.
         match gateway::engine::driver::lock_process_memory() {

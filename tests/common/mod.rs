@@ -35,6 +35,8 @@ pub struct GatewayProcess {
     /// Its recordings directory (in `dir`, unless `--recordings-dir` was given).
     recordings: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    /// While set, nobody reads the process's stderr (a log sink that stopped reading).
+    logs_paused: Arc<std::sync::atomic::AtomicBool>,
     started_at: SystemTime,
 }
 
@@ -111,8 +113,17 @@ impl GatewayProcess {
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&logs);
+        let logs_paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let paused = Arc::clone(&logs_paused);
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut lines = BufReader::new(stderr).lines();
+            loop {
+                while paused.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let Some(Ok(line)) = lines.next() else {
+                    break;
+                };
                 if std::env::var_os("TELEPATCH_TEST_ECHO").is_some() {
                     eprintln!("[gateway] {line}");
                 }
@@ -135,6 +146,7 @@ impl GatewayProcess {
             database,
             recordings,
             logs,
+            logs_paused,
             started_at,
         };
         let line = process
@@ -233,6 +245,19 @@ impl GatewayProcess {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops reading the process's stderr, as a log sink that stopped reading would: once
+    /// the pipe's buffer is full, the process's writes to stderr cannot complete.
+    pub fn stop_reading_logs(&self) {
+        self.logs_paused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reads the process's stderr again.
+    pub fn resume_reading_logs(&self) {
+        self.logs_paused
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The recordings directory.
