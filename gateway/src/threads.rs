@@ -79,7 +79,11 @@ fn apply_priority(name: &str, priority: Priority) {
     match decide_priority(priority, set_realtime_fifo, &REALTIME_REFUSAL_WARNED) {
         PriorityOutcome::Normal => {}
         PriorityOutcome::Realtime(value) => {
-            tracing::info!(thread = name, priority = value, "{name} thread runs with SCHED_FIFO")
+            tracing::info!(
+                thread = name,
+                priority = value,
+                "{name} thread runs with SCHED_FIFO"
+            )
         }
         PriorityOutcome::FellBack { reason, warn: true } => tracing::warn!(
             thread = name,
@@ -87,7 +91,10 @@ fn apply_priority(name: &str, priority: Priority) {
             "cannot give the {name} thread real-time priority (needs CAP_SYS_NICE or an \
              rtprio limit); it and any other media thread run at normal priority"
         ),
-        PriorityOutcome::FellBack { reason, warn: false } => {
+        PriorityOutcome::FellBack {
+            reason,
+            warn: false,
+        } => {
             tracing::debug!(thread = name, error = %reason, "{name} thread runs at normal priority")
         }
     }
@@ -347,11 +354,10 @@ mod tests {
 
     #[test]
     fn a_panicking_thread_is_reported_not_propagated() {
-        let thread: OwnedThread<()> =
-            OwnedThread::spawn("test-panic", Priority::Normal, |_stop| {
-                panic!("broken on purpose")
-            })
-            .unwrap();
+        let thread: OwnedThread<()> = OwnedThread::spawn("test-panic", Priority::Normal, |_stop| {
+            panic!("broken on purpose")
+        })
+        .unwrap();
         assert_eq!(
             thread.stop(),
             Joined::Panicked("broken on purpose".to_owned())
