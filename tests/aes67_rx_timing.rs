@@ -52,7 +52,7 @@ impl SkewedSender {
             // A device's sender runs on its own hardware clock: real-time here, so the
             // test's pacing is not starved by the machine's other work (an ordinary
             // thread on a loaded 2-core machine waits 30 ms and more now and then).
-            let _ = gateway::engine::driver::set_realtime_fifo(60);
+            let _ = gateway::threads::set_realtime_fifo(60);
             let period = Duration::from_secs_f64(1e-3 / (1.0 + ppm * 1e-6));
             let start = Instant::now();
             let amplitude = 10f64.powf(-6.0 / 20.0) * 8_388_607.0;

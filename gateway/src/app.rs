@@ -225,7 +225,7 @@ async fn serve(
     }
 
     let control_handle = control_plane.handle()?;
-    let cdr_stop = CancellationToken::new();
+    let cdr_stop = gateway.child_token();
     tracing::info!(instance = %cdr_queue.instance, "call records are written as this instance");
     let (cdr_queue, cdr_writer) = {
         let _control_context = control_handle.enter();
@@ -240,7 +240,7 @@ async fn serve(
     control_handle.spawn(cdr_refresher(Arc::clone(&gateway), cdr_queue));
 
     let control: Arc<dyn Control> = Arc::new(GatewayControl::new(Arc::clone(&gateway)));
-    let http_stop = CancellationToken::new();
+    let http_stop = gateway.child_token();
     let state = api::http::AppState::new(
         control,
         Arc::clone(&store),
@@ -433,6 +433,18 @@ fn redact(url: &str) -> String {
 impl Running {
     /// Graceful shutdown: every call hears `00 00 00`, sessions end, the API stops, call
     /// records are flushed, the engine stops and every recording is finalized.
+    ///
+    /// The one place shutdown happens. Every token is a child of the gateway's root
+    /// (cancelling the root alone stops everything); graceful shutdown cancels them in
+    /// this order, each stage joined before the next, because each stage still feeds
+    /// the one after it:
+    /// 1. the gateway's shutdown stage: calls hang up, the AudioSocket listener and the
+    ///    control plane's tickers stop; joined: the listener, and with it every session
+    ///    (each queues its call record);
+    /// 2. the HTTP API (event streams end, requests in flight get a grace); joined;
+    /// 3. the call-record writer, which flushes what the sessions queued; joined;
+    /// 4. [`Gateway::finish`]: every thread, in its documented order, then the root;
+    /// 5. the database pool.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.gateway.begin_shutdown();
         self.listener.await?;

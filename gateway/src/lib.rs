@@ -13,6 +13,7 @@
 //! - [`aes67`]: AES67 transmit and receive flows, their SDP and SAP;
 //! - [`ptp`]: the built-in PTPv2 follower behind the clock's `follow` mode;
 //! - [`config`]: configuration loading and validation;
+//! - [`threads`]: owned, named threads (real-time priority, stop, one join);
 //! - [`app`]: start-up and graceful shutdown of the whole service.
 
 pub mod aes67;
@@ -30,5 +31,6 @@ pub mod node_service;
 pub mod patchbay;
 pub mod ptp;
 pub mod service;
+pub mod threads;
 
 pub use service::Gateway;

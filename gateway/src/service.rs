@@ -33,6 +33,7 @@ use crate::engine::recorder::{DiskWriter, RecorderStats};
 use crate::engine::{BUS_RATE, Engine, EngineStats, Retired, db_to_gain};
 use crate::node_service::NodeService;
 use crate::patchbay::{NodeSpec, PatchEntry, PatchRole, Patchbay, PatchbayError};
+use crate::threads::{OwnedThread, Priority};
 
 pub use crate::config::HOLD_PLAYER;
 
@@ -274,8 +275,14 @@ pub struct Gateway {
     /// Recordings refused or stopped by a failing disk, since start.
     recording_failures: Arc<std::sync::atomic::AtomicU64>,
     engine_thread: Mutex<Option<EngineThread>>,
+    /// Drops what the engine retires; joined after the engine.
+    reaper: OwnedThread,
     engine_stats: Arc<EngineStats>,
     events: broadcast::Sender<Event>,
+    /// The root of the cancellation tree: cancelled last, it ends whatever is left.
+    root: CancellationToken,
+    /// The first stage of shutdown (a child of `root`): calls hang up, the listener and
+    /// the control plane's tickers stop.
     shutdown: CancellationToken,
     /// PTP time for AES67 flows.
     media_clock: Arc<dyn crate::clock::MediaClock>,
@@ -305,10 +312,16 @@ impl Gateway {
         let clock = crate::clock::ClockHandle::start(&config.clock)?;
         let (command_tx, command_rx) = mpsc::channel();
         let (retired_tx, retired_rx) = mpsc::channel::<Retired>();
-        // Everything the engine lets go of is dropped here, off the media thread.
-        std::thread::Builder::new()
-            .name("telepatch-reaper".into())
-            .spawn(move || for _ in retired_rx {})?;
+        // Everything the engine lets go of is dropped here, off the media thread. It
+        // ends once the engine (the sender's owner) is gone.
+        let reaper =
+            OwnedThread::spawn(
+                "telepatch-reaper",
+                Priority::Normal,
+                move |_stop| {
+                    for _ in retired_rx {}
+                },
+            )?;
         let engine = Engine::new(
             block,
             config.audiosocket.max_calls * 3 + 64,
@@ -321,6 +334,7 @@ impl Gateway {
         let engine_thread =
             EngineThread::spawn(engine, block_duration, config.engine.realtime_priority)?;
         let (events, _) = broadcast::channel(4096);
+        let root = CancellationToken::new();
         let disk = DiskWriter::start(&config.recordings.dir)?;
         let recording_failures = disk.failures();
         let gateway = Arc::new(Gateway {
@@ -353,10 +367,15 @@ impl Gateway {
             disk: Mutex::new(Some(disk)),
             recording_failures,
             engine_thread: Mutex::new(Some(engine_thread)),
+            reaper,
             engine_stats,
             events,
-            shutdown: CancellationToken::new(),
-            dns: Arc::new(crate::dns::DnsServer::new(config.dns.clone())),
+            shutdown: root.child_token(),
+            dns: Arc::new(crate::dns::DnsServer::new(
+                config.dns.clone(),
+                root.child_token(),
+            )),
+            root,
             sequence_store: std::sync::OnceLock::new(),
             aes67: crate::aes67::Aes67Hub::start(
                 &config.aes67,
@@ -437,6 +456,13 @@ impl Gateway {
     /// Cancelled when shutdown begins.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// A token for a subsystem of the gateway (the HTTP API, the call-record writer):
+    /// its owner cancels it at its turn in the shutdown order, and the end of
+    /// [`Gateway::finish`] cancels whatever is left.
+    pub fn child_token(&self) -> CancellationToken {
+        self.root.child_token()
     }
 
     /// Subscribes to events.
@@ -1854,8 +1880,17 @@ impl Gateway {
         }
     }
 
-    /// Graceful shutdown, part two (after every session ended): stops the engine and
-    /// finalizes every recording. Blocking.
+    /// Graceful shutdown, part two (after every session ended): stops and joins every
+    /// thread the gateway owns, in this order, then cancels the root token. Blocking.
+    ///
+    /// 1. node services (jam rooms, AES67 flows, AoDNS broadcasts): their socket and
+    ///    encoder threads;
+    /// 2. the DNS server (ending AoDNS grace periods), then the AES67 media and SAP
+    ///    threads (SAP deletions sent);
+    /// 3. the voice-activity detector (no call feeds it any more);
+    /// 4. the engine thread (applying the last removals), then its reaper;
+    /// 5. the disk writer (every recording finalized);
+    /// 6. the media clock (the PTP follower), which the AES67 threads read until 2.
     pub fn finish(&self) {
         let services: Vec<_> = lock(&self.topology).services.drain().collect();
         for (_, service) in services {
@@ -1863,13 +1898,18 @@ impl Gateway {
         }
         self.dns.stop();
         self.aes67.shutdown();
+        if let Some(vad) = self.vad.get() {
+            vad.stop();
+        }
         if let Some(engine) = lock(&self.engine_thread).take() {
             engine.stop();
         }
+        let _ = self.reaper.join();
         if let Some(disk) = lock(&self.disk).take() {
             disk.shutdown();
         }
         self.clock.stop();
+        self.root.cancel();
     }
 }
 

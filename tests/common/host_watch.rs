@@ -56,7 +56,7 @@ fn watch() -> &'static Watch {
                     let pinned = set.set(cpu).is_ok()
                         && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
                             .is_ok();
-                    let fifo = gateway::engine::driver::set_realtime_fifo(90).is_ok();
+                    let fifo = gateway::threads::set_realtime_fifo(90).is_ok();
                     if !(pinned && fifo) {
                         watch.realtime.store(false, Ordering::Relaxed);
                     }

@@ -14,15 +14,15 @@
 
 use std::io;
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::rx::{RxCore, Subscription};
 use super::tx::{TxCore, TxPoll};
 use crate::media_clock::MediaClock;
+use crate::threads::{OwnedThread, Priority, StopSignal};
 
 /// Longest sleep between turns (commands and receive sockets are looked at every turn).
 const MAX_SLEEP_NS: u64 = 1_000_000;
@@ -91,11 +91,12 @@ enum Retired {
     Subscription(#[allow(dead_code)] Box<Subscription>),
 }
 
-/// The running media thread.
+/// The running media thread, and the reaper that frees what it lets go of.
 pub struct MediaThread {
     commands: mpsc::Sender<Command>,
-    stop: Arc<AtomicBool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: OwnedThread,
+    /// Ends when the media thread is gone (its sender with it); joined after it.
+    reaper: OwnedThread,
 }
 
 impl MediaThread {
@@ -103,23 +104,21 @@ impl MediaThread {
     pub fn start(clock: Arc<dyn MediaClock>, realtime: bool) -> io::Result<MediaThread> {
         let (commands, receiver) = mpsc::channel();
         let (retired_tx, retired_rx) = mpsc::channel::<Retired>();
-        std::thread::Builder::new()
-            .name("aes67-reaper".into())
-            .spawn(move || for _ in retired_rx {})?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("telepatch-aes67".into())
-            .spawn(move || {
-                if realtime {
-                    raise_priority();
-                }
-                run(&receiver, clock.as_ref(), &stop_flag, &retired_tx);
-            })?;
+        let reaper = OwnedThread::spawn(
+            "aes67-reaper",
+            Priority::Normal,
+            move |_stop| {
+                for _ in retired_rx {}
+            },
+        )?;
+        let priority = Priority::realtime_if(realtime, FIFO_PRIORITY);
+        let thread = OwnedThread::spawn("telepatch-aes67", priority, move |stop| {
+            run(&receiver, clock.as_ref(), &stop, &retired_tx);
+        })?;
         Ok(MediaThread {
             commands,
-            stop,
-            thread: Mutex::new(Some(thread)),
+            thread,
+            reaper,
         })
     }
 
@@ -136,19 +135,11 @@ impl MediaThread {
         }
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the thread and waits for it, then for the reaper (which ends once the
+    /// media thread's sender is gone).
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::error!("AES67 media thread panicked");
-        }
+        let _ = self.thread.stop();
+        let _ = self.reaper.join();
     }
 }
 
@@ -164,14 +155,14 @@ impl Drop for MediaThread {
 fn run(
     commands: &mpsc::Receiver<Command>,
     clock: &dyn MediaClock,
-    stop: &AtomicBool,
+    stop: &StopSignal,
     retired: &mpsc::Sender<Retired>,
 ) {
     let mut txs: Vec<Box<TxEndpoint>> = Vec::with_capacity(64);
     let mut rxs: Vec<Box<RxEndpoint>> = Vec::with_capacity(64);
     let mut datagram = vec![0u8; 2048];
     let mut waiting = false;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_stopped() {
         while let Ok(command) = commands.try_recv() {
             apply(command, &mut txs, &mut rxs, retired);
         }
@@ -285,20 +276,5 @@ fn apply(
             }
             let _ = done.send(());
         }
-    }
-}
-
-fn raise_priority() {
-    let result = crate::engine::driver::set_realtime_fifo(FIFO_PRIORITY);
-    match result {
-        Ok(()) => tracing::info!(
-            priority = FIFO_PRIORITY,
-            "AES67 media thread runs with SCHED_FIFO"
-        ),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "cannot give the AES67 media thread real-time priority; packet timing will be \
-             less regular"
-        ),
     }
 }

@@ -21,7 +21,6 @@
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use api::control::SapSessionInfo;
@@ -29,6 +28,7 @@ use codecs::sap::{DirectoryEvent, SapDirectory, SapPacket, SapSession};
 
 use super::TxFlow;
 use super::net;
+use crate::threads::{OwnedThread, Priority, StopSignal};
 
 /// Deletions sent for a removed flow (aes67-linux-daemon's `max_deletions`).
 const DELETION_REPEATS: u32 = codecs::sap::DELETION_REPEATS;
@@ -85,7 +85,6 @@ struct Shared {
     interval: Duration,
     listen_on: Option<Ipv4Addr>,
     started: Instant,
-    stop: AtomicBool,
     /// Announcements may go out (see [`SapService::release`]).
     released: AtomicBool,
     state: Mutex<State>,
@@ -105,7 +104,7 @@ impl Shared {
 /// The SAP thread and its state.
 pub struct SapService {
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: OwnedThread,
 }
 
 /// The `s=` of an SDP.
@@ -135,7 +134,6 @@ impl SapService {
             interval,
             listen_on,
             started: Instant::now(),
-            stop: AtomicBool::new(false),
             released: AtomicBool::new(false),
             state: Mutex::new(State {
                 announced: Vec::new(),
@@ -148,13 +146,12 @@ impl SapService {
             next_watcher: AtomicU64::new(1),
         });
         let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("telepatch-sap".into())
-            .spawn(move || run(&thread_shared))?;
-        Ok(SapService {
-            shared,
-            thread: Mutex::new(Some(thread)),
-        })
+        let waking = Arc::clone(&shared);
+        let thread = OwnedThread::spawn("telepatch-sap", Priority::Normal, move |stop| {
+            run(&thread_shared, &stop)
+        })?
+        .with_wake(move || waking.wake.notify_all());
+        Ok(SapService { shared, thread })
     }
 
     /// The counters.
@@ -260,18 +257,7 @@ impl SapService {
     /// Stops the thread, and deletes any flow still announced (they are normally
     /// withdrawn one by one before; this covers every other way out).
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.wake.notify_all();
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::error!("SAP thread panicked");
-        }
+        let _ = self.thread.stop();
         let left = std::mem::take(&mut self.shared.state().announced);
         for announced in &left {
             withdrawn(&self.shared.stats, announced);
@@ -376,7 +362,7 @@ fn notify_watchers(state: &mut State) {
     }
 }
 
-fn run(shared: &Shared) {
+fn run(shared: &Shared, stop: &StopSignal) {
     let listener = match shared.listen_on {
         None => None,
         Some(interface) => match net::sap_listener(interface, TURN) {
@@ -393,7 +379,7 @@ fn run(shared: &Shared) {
     };
     let mut datagram = vec![0u8; 65_536];
     let mut last_expiry = Instant::now();
-    while !shared.stop.load(Ordering::Relaxed) {
+    while !stop.is_stopped() {
         match &listener {
             Some(socket) => {
                 if let Ok((n, _from)) = socket.recv_from(&mut datagram) {

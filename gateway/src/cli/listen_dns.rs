@@ -31,6 +31,8 @@ use codecs::opus::{AodnsOpusDecoder, Channels, OpusFormat, OpusRate};
 use hickory_server::proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_server::proto::rr::{Name, RData, RecordType};
 
+use crate::threads::{OwnedThread, Priority, set_realtime_fifo};
+
 /// How long a `sequence` list is reused (the reference's cache, aodns.md §10).
 const SEQUENCE_REUSE: Duration = Duration::from_secs(4);
 /// Pause between crawls.
@@ -371,16 +373,20 @@ pub fn listen_dns(args: ListenDnsArgs) -> anyhow::Result<()> {
     if let Err(e) = crate::engine::driver::lock_process_memory() {
         tracing::debug!(error = %e, "memory not locked");
     }
+    // The flag goes both ways: the player raises it when it is done, and a stop of the
+    // player's owner (an early return here) raises it for the player.
     let player = {
-        let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
-        std::thread::Builder::new()
-            .name("listen-dns-player".into())
-            .spawn(move || {
-                if let Err(e) = crate::engine::driver::set_realtime_fifo(PLAYER_FIFO_PRIORITY) {
-                    tracing::debug!(error = %e, "player runs at normal priority");
-                }
-                play(&state, &stop, sink, format, max_frames)
-            })?
+        let (state, playing_stop) = (Arc::clone(&state), Arc::clone(&stop));
+        OwnedThread::spawn("listen-dns-player", Priority::Normal, move |_| {
+            if let Err(e) = set_realtime_fifo(PLAYER_FIFO_PRIORITY) {
+                tracing::debug!(error = %e, "player runs at normal priority");
+            }
+            play(&state, &playing_stop, sink, format, max_frames)
+        })?
+        .with_wake({
+            let stop = Arc::clone(&stop);
+            move || stop.store(true, Ordering::Relaxed)
+        })
     };
 
     let sequence_name = Name::from_ascii(root.sequence_name())?;
@@ -427,7 +433,8 @@ pub fn listen_dns(args: ListenDnsArgs) -> anyhow::Result<()> {
     }
     let mut report = player
         .join()
-        .map_err(|_| anyhow::anyhow!("the player thread panicked"))??;
+        .finished()
+        .ok_or_else(|| anyhow::anyhow!("the player thread panicked"))??;
     let stats = lock(&state).stats();
     report.played_packs = stats.played;
     report.skipped_sequences = stats.skipped;

@@ -91,6 +91,8 @@ pub struct DnsServer {
     held: std::sync::atomic::AtomicBool,
     /// Deleted broadcasts whose zones are still served.
     retiring: Mutex<Vec<RetiringBroadcast>>,
+    /// The owner's token: the server's tasks stop when it is cancelled, too.
+    parent: CancellationToken,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -103,9 +105,11 @@ impl std::fmt::Debug for DnsServer {
 }
 
 impl DnsServer {
-    /// A server for `config`, not yet listening.
-    pub fn new(config: DnsConfig) -> DnsServer {
+    /// A server for `config`, not yet listening, whose tasks also stop when `parent`
+    /// is cancelled.
+    pub fn new(config: DnsConfig, parent: CancellationToken) -> DnsServer {
         DnsServer {
+            parent,
             config,
             zones: Arc::new(Zones::new()),
             counters: Arc::new(ServerCounters::default()),
@@ -224,7 +228,7 @@ impl DnsServer {
             .enable_all()
             .build()
             .map_err(DnsServerError::Runtime)?;
-        let shutdown = CancellationToken::new();
+        let shutdown = self.parent.child_token();
         let handler = AodnsHandler::new(
             Arc::clone(&self.zones),
             self.config.rate_limit_qps,
@@ -438,10 +442,13 @@ mod tests {
 
     #[test]
     fn a_held_server_answers_queries_sent_while_held_once_released() {
-        let server = DnsServer::new(DnsConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..DnsConfig::default()
-        });
+        let server = DnsServer::new(
+            DnsConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..DnsConfig::default()
+            },
+            CancellationToken::new(),
+        );
         server.hold();
         let addr = server.ensure_started().unwrap();
         // A listener asks before its zone is restored: nothing is read yet, so it is

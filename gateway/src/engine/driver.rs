@@ -9,12 +9,10 @@
 //! The schedule arithmetic lives in [`Pacer`], which takes the time as a parameter so
 //! tests can drive it on virtual time.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::Engine;
+use crate::threads::{OwnedThread, Priority};
 
 /// Owing more blocks than this restarts the schedule rather than catching up.
 pub const MAX_CATCH_UP_BLOCKS: u64 = 100;
@@ -74,9 +72,13 @@ impl Pacer {
 
 /// A running engine thread.
 pub struct EngineThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: OwnedThread,
 }
+
+/// Real-time priority of the engine thread (`SCHED_FIFO`, 1..=99): above ordinary
+/// threads, below the kernel's own interrupt threads (50) would starve them, so a value
+/// in the lower half.
+pub const ENGINE_FIFO_PRIORITY: u8 = 40;
 
 impl EngineThread {
     /// Moves `engine` onto a new thread and runs it every `block_duration`. With
@@ -88,92 +90,43 @@ impl EngineThread {
         block_duration: Duration,
         realtime: bool,
     ) -> std::io::Result<EngineThread> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = Arc::clone(&stop);
         let stats = engine.stats();
-        let thread = std::thread::Builder::new()
-            .name("telepatch-engine".into())
-            .spawn(move || {
-                if realtime {
-                    raise_priority();
-                }
-                let mut pacer = Pacer::new(Instant::now(), block_duration);
-                while !stop_flag.load(Ordering::Relaxed) {
-                    match pacer.step(Instant::now()) {
-                        (PacerStep::SleepUntil(deadline), _) => {
-                            let now = Instant::now();
-                            if deadline > now {
-                                std::thread::sleep(deadline - now);
-                            }
+        let priority = Priority::realtime_if(realtime, ENGINE_FIFO_PRIORITY);
+        let thread = OwnedThread::spawn("telepatch-engine", priority, move |stop| {
+            let mut pacer = Pacer::new(Instant::now(), block_duration);
+            while !stop.is_stopped() {
+                match pacer.step(Instant::now()) {
+                    (PacerStep::SleepUntil(deadline), _) => {
+                        let now = Instant::now();
+                        if deadline > now {
+                            std::thread::sleep(deadline - now);
                         }
-                        (PacerStep::Run(blocks), skipped) => {
-                            if let Some(skipped) = skipped {
-                                stats.record_late_restart(skipped);
-                            }
-                            if blocks > 1 {
-                                stats.record_catch_up(blocks);
-                            }
-                            for _ in 0..blocks {
-                                let began = Instant::now();
-                                engine.process_block();
-                                stats.record_block_time(began.elapsed());
-                            }
+                    }
+                    (PacerStep::Run(blocks), skipped) => {
+                        if let Some(skipped) = skipped {
+                            stats.record_late_restart(skipped);
+                        }
+                        if blocks > 1 {
+                            stats.record_catch_up(blocks);
+                        }
+                        for _ in 0..blocks {
+                            let began = Instant::now();
+                            engine.process_block();
+                            stats.record_block_time(began.elapsed());
                         }
                     }
                 }
-                // Apply the last commands (node removals) so their nodes are retired.
-                engine.process_block();
-            })?;
-        Ok(EngineThread {
-            stop,
-            thread: Some(thread),
-        })
+            }
+            // Apply the last commands (node removals) so their nodes are retired.
+            engine.process_block();
+        })?;
+        Ok(EngineThread { thread })
     }
 
     /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("engine thread panicked");
-        }
+    pub fn stop(self) {
+        let _ = self.thread.stop();
     }
-}
-
-/// Real-time priority of the engine thread (`SCHED_FIFO`, 1..=99): above ordinary
-/// threads, below the kernel's own interrupt threads (50) would starve them, so a value
-/// in the lower half.
-const ENGINE_FIFO_PRIORITY: u8 = 40;
-
-fn raise_priority() {
-    match set_realtime_fifo(ENGINE_FIFO_PRIORITY) {
-        Ok(()) => tracing::info!(
-            priority = ENGINE_FIFO_PRIORITY,
-            "engine thread runs with SCHED_FIFO"
-        ),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "cannot give the engine thread real-time priority (needs CAP_SYS_NICE or an rtprio \
-             limit); running at normal priority"
-        ),
-    }
-}
-
-/// Puts the calling thread on `SCHED_FIFO` at `priority` (1..=99). Fails without
-/// `CAP_SYS_NICE` or an rtprio limit; the caller decides how loudly to say so.
-pub fn set_realtime_fifo(priority: u8) -> Result<(), String> {
-    use thread_priority::{
-        RealtimeThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
-        set_thread_priority_and_policy, thread_native_id,
-    };
-    let value = ThreadPriorityValue::try_from(priority).map_err(|e| e.to_string())?;
-    set_thread_priority_and_policy(
-        thread_native_id(),
-        ThreadPriority::Crossplatform(value),
-        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
-    )
-    .map_err(|e| format!("{e:?}"))
 }
 
 /// Locks every page the process has mapped and every page it touches from now on
@@ -188,12 +141,6 @@ pub fn lock_process_memory() -> Result<(), String> {
     mlockall(MlockAllFlags::CURRENT).map_err(|e| format!("mlockall(MCL_CURRENT): {e}"))?;
     mlockall(MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT)
         .map_err(|e| format!("mlockall(MCL_FUTURE | MCL_ONFAULT): {e}"))
-}
-
-impl Drop for EngineThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{BUS_RATE, Node};
+use crate::threads::{OwnedThread, Priority};
 
 /// Sample format of recordings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -554,7 +554,9 @@ pub struct OpenedRecording {
 /// The disk thread that owns every open recording file.
 pub struct DiskWriter {
     opener: RecordingOpener,
-    thread: Option<JoinHandle<()>>,
+    /// Told to stop by a [`DiskCommand::Shutdown`] (its wake-up), which it takes after
+    /// the commands queued before it.
+    thread: OwnedThread,
 }
 
 /// Creates recordings and hands them to the disk thread. Cheap to clone, so callers
@@ -575,19 +577,21 @@ impl DiskWriter {
         let failures = Arc::new(AtomicU64::new(0));
         let thread_failures = Arc::clone(&failures);
         let thread_dir = dir.to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("telepatch-disk".into())
-            .spawn(move || {
-                let journal = recover_unfinished(&thread_dir);
-                disk_loop(rx, journal, &thread_failures)
-            })?;
+        let thread = OwnedThread::spawn("telepatch-disk", Priority::Normal, move |_stop| {
+            let journal = recover_unfinished(&thread_dir);
+            disk_loop(rx, journal, &thread_failures)
+        })?;
+        let shutdown = commands.clone();
+        let thread = thread.with_wake(move || {
+            let _ = shutdown.send(DiskCommand::Shutdown);
+        });
         Ok(DiskWriter {
             opener: RecordingOpener {
                 dir: dir.to_path_buf(),
                 commands,
                 failures,
             },
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -615,13 +619,8 @@ impl DiskWriter {
 
     /// Finalizes every open recording (draining what reached their rings) and stops the
     /// thread. Blocking: call from `spawn_blocking` in async code.
-    pub fn shutdown(mut self) {
-        let _ = self.opener.commands.send(DiskCommand::Shutdown);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("disk writer thread panicked");
-        }
+    pub fn shutdown(self) {
+        let _ = self.thread.stop();
     }
 }
 

@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{
     Receiver, Sender, SyncSender, TryRecvError, TrySendError, channel, sync_channel,
 };
-use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crate::threads::{OwnedThread, Priority, StopSignal};
 
 /// Largest VAD frame: 10 ms at 48 kHz.
 pub const VAD_FRAME: usize = 480;
@@ -80,7 +81,7 @@ pub struct VadHub {
     sender: SyncSender<VadMessage>,
     lifecycle: Sender<Lifecycle>,
     dropped: Arc<AtomicU64>,
-    thread: Option<JoinHandle<()>>,
+    thread: OwnedThread,
     next_key: AtomicU64,
 }
 
@@ -89,14 +90,14 @@ impl VadHub {
     pub fn start(settings: VadSettings, on_change: TalkCallback) -> std::io::Result<VadHub> {
         let (sender, receiver) = sync_channel(QUEUE_FRAMES);
         let (lifecycle, lifecycle_receiver) = channel();
-        let thread = std::thread::Builder::new()
-            .name("telepatch-vad".into())
-            .spawn(move || run(receiver, lifecycle_receiver, settings, on_change))?;
+        let thread = OwnedThread::spawn("telepatch-vad", Priority::Normal, move |stop| {
+            run(receiver, lifecycle_receiver, settings, on_change, stop)
+        })?;
         Ok(VadHub {
             sender,
             lifecycle,
             dropped: Arc::new(AtomicU64::new(0)),
-            thread: Some(thread),
+            thread,
             next_key: AtomicU64::new(1),
         })
     }
@@ -121,13 +122,12 @@ impl VadHub {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
-}
 
-impl Drop for VadHub {
-    fn drop(&mut self) {
-        // The thread ends when every sender (the hub's and the taps') is gone; it is
-        // detached rather than joined so a lingering tap cannot hang shutdown.
-        drop(self.thread.take());
+    /// Stops the detector thread and waits for it. It polls, so a tap still alive
+    /// cannot hold it up; talk changes after this are not reported. Dropping the hub
+    /// does the same.
+    pub fn stop(&self) {
+        let _ = self.thread.stop();
     }
 }
 
@@ -217,9 +217,10 @@ fn run(
     lifecycle: Receiver<Lifecycle>,
     settings: VadSettings,
     on_change: TalkCallback,
+    stop: StopSignal,
 ) {
     let mut detectors: HashMap<u64, Detector> = HashMap::new();
-    loop {
+    while !stop.is_stopped() {
         // The thread polls rather than blocks: a receiver parked in `recv` makes every
         // tap's send a futex wake-up (100 per second per call, on the sessions' runtime),
         // while a sleeping poller costs the taps nothing. 10 ms is one frame, far below
@@ -343,14 +344,15 @@ mod tests {
         tap.feed(&speech[..(2 * second).min(speech.len())], hz);
         tap.feed(&vec![0.0; second], hz);
         drop(tap);
-        drop(hub);
-        // The detector works through the queue at its own pace; wait for the stop.
+        // The detector works through the queue at its own pace; wait for the stop (the
+        // hub stays: dropping it stops the detector).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while changes.lock().unwrap().last() != Some(&(key, false))
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        drop(hub);
         let changes = changes.lock().unwrap().clone();
         (key, changes)
     }
@@ -452,6 +454,9 @@ mod tests {
             heard,
             "the call opened while the queue was full has no detector"
         );
+        // Dropping the hub joins its thread: let the callback go first.
+        drop(release_tx);
+        drop(hub);
     }
 
     #[test]
@@ -470,8 +475,9 @@ mod tests {
         let mut tap = hub.open();
         tap.feed(&vec![0.0; 96_000], 48_000);
         drop(tap);
-        drop(hub);
+        // Time to hear it all before the hub (and with it the detector) stops.
         std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(hub);
         assert!(changes.lock().unwrap().is_empty());
     }
 }

@@ -34,9 +34,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use api::control::Event;
@@ -49,6 +48,7 @@ use codecs::jam::{
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 
 use super::shared::JamShared;
+use crate::threads::{OwnedThread, Priority, StopSignal};
 
 /// Silence after which a remote jammer is forgotten (rtjam.md §3).
 pub const JAMMER_TIMEOUT_US: u64 = 1_000_000;
@@ -509,11 +509,9 @@ pub enum IoPlan {
     },
 }
 
-/// A running socket thread.
+/// A running socket thread (woken through the engine's eventfd to stop).
 pub struct IoThread {
-    stop: Arc<AtomicBool>,
-    wake: Arc<Wake>,
-    handle: Mutex<Option<JoinHandle<()>>>,
+    thread: OwnedThread,
 }
 
 /// What the thread needs besides its plan.
@@ -533,17 +531,15 @@ pub struct IoContext {
 impl IoThread {
     /// Starts the thread.
     pub fn spawn(plan: IoPlan, context: IoContext) -> io::Result<IoThread> {
-        let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::clone(&context.wake);
-        let flag = Arc::clone(&stop);
         let name: String = format!("jam-{}", context.node.name())
             .chars()
             .take(15)
             .collect();
-        let handle = std::thread::Builder::new().name(name).spawn(move || {
+        let thread = OwnedThread::spawn(name, Priority::Normal, move |stop| {
             let mut worker = Worker {
                 context,
-                stop: flag,
+                stop,
                 buf: [0; RECEIVE_BUFFER],
                 intruder_log: LogLimiter::new(LOG_INTERVAL_US),
                 rate_log: LogLimiter::new(LOG_INTERVAL_US),
@@ -557,41 +553,20 @@ impl IoThread {
                 } => worker.run_join(&server, &sockets, links, &tracker),
                 IoPlan::Host { socket, link, room } => worker.run_host(&socket, link, &room),
             }
-        })?;
-        Ok(IoThread {
-            stop,
-            wake,
-            handle: Mutex::new(Some(handle)),
-        })
+        })?
+        .with_wake(move || wake.notify());
+        Ok(IoThread { thread })
     }
 
     /// Stops the thread and waits for it (the sockets close with it).
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.wake.notify();
-        let handle = self
-            .handle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!("jam socket thread panicked");
-        }
-    }
-}
-
-impl Drop for IoThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.wake.notify();
+        let _ = self.thread.stop();
     }
 }
 
 struct Worker {
     context: IoContext,
-    stop: Arc<AtomicBool>,
+    stop: StopSignal,
     buf: [u8; RECEIVE_BUFFER],
     intruder_log: LogLimiter,
     rate_log: LogLimiter,
@@ -668,7 +643,7 @@ impl Worker {
         let wake = Arc::clone(&self.context.wake);
         let refs: Vec<&UdpSocket> = sockets.iter().collect();
         let mut fds = poll_set(&wake, &refs);
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.is_stopped() {
             let in_use = self
                 .context
                 .shared
@@ -801,7 +776,7 @@ impl Worker {
         let mut events: Vec<Event> = Vec::new();
         let wake = Arc::clone(&self.context.wake);
         let mut fds = poll_set(&wake, &[socket]);
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.stop.is_stopped() {
             while let Ok(mut d) = link.send.pop() {
                 let len = usize::from(d.len);
                 let now = self.context.clock.now_us();

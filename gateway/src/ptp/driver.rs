@@ -11,7 +11,6 @@
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use codecs::ptp::{EVENT_PORT, PRIMARY_MULTICAST, SYNC_LEN};
@@ -21,6 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::local_clock::{StampedSocket, monotonic_ns};
 use super::tracker::{Change, Tracker};
 use super::{FollowError, Shared};
+use crate::threads::StopSignal;
 
 /// Longest wait in `poll` before the stop flag and the timeouts are checked again.
 const MAX_WAIT_MS: u64 = 100;
@@ -79,14 +79,14 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Runs until the stop flag is set.
-    pub fn run(mut self) {
+    /// Runs until `stop` is raised.
+    pub fn run(mut self, stop: &StopSignal) {
         let mut datagram = [0u8; 1_500];
         let mut request = [0u8; SYNC_LEN];
         let delay_req_to = SocketAddrV4::new(PRIMARY_MULTICAST, EVENT_PORT);
         let mut send_failing = false;
         let mut poll_failing = false;
-        while !self.shared.stop.load(Ordering::Acquire) {
+        while !stop.is_stopped() {
             let now = monotonic_ns();
             let wait_ms = match self.tracker.poll_timeout() {
                 Some(due) => due.saturating_sub(now).div_ceil(1_000_000).min(MAX_WAIT_MS),

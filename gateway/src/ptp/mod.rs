@@ -23,7 +23,6 @@ pub mod published;
 pub mod tracker;
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use api::control::{ClockMode, ClockState, ClockStatus, PtpCounters};
@@ -32,6 +31,7 @@ use codecs::ptp::{
 };
 
 use crate::media_clock::MediaClock;
+use crate::threads::{OwnedThread, Priority};
 use local_clock::{ClockPair, StampedSocket};
 use published::PublishedCell;
 use tracker::{Snapshot, Tracker};
@@ -76,14 +76,14 @@ pub struct Shared {
     our_port: PortIdentity,
     published: PublishedCell,
     snapshot: Mutex<Snapshot>,
-    stop: AtomicBool,
 }
 
 /// The [`MediaClock`] of `follow` mode. See the module documentation.
 #[derive(Debug)]
 pub struct FollowClock {
     shared: Arc<Shared>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Stopped and joined by [`FollowClock::stop`] or on drop.
+    thread: OwnedThread,
 }
 
 /// A random clock identity with the locally-administered bit set: unique on the
@@ -121,7 +121,6 @@ impl FollowClock {
             our_port,
             published: PublishedCell::new(),
             snapshot: Mutex::new(Snapshot::default()),
-            stop: AtomicBool::new(false),
         });
         let driver = driver::Driver {
             event,
@@ -132,35 +131,22 @@ impl FollowClock {
             ))),
             shared: Arc::clone(&shared),
         };
-        let thread = std::thread::Builder::new()
-            .name("telepatch-ptp".into())
-            .spawn(move || driver.run())
-            .map_err(FollowError::Thread)?;
+        let thread = OwnedThread::spawn("telepatch-ptp", Priority::Normal, move |stop| {
+            driver.run(&stop)
+        })
+        .map_err(FollowError::Thread)?;
         tracing::info!(
             interface = %settings.interface,
             domain = settings.domain,
             identity = %our_port.clock,
             "PTP follower listening"
         );
-        Ok(Arc::new(FollowClock {
-            shared,
-            thread: Mutex::new(Some(thread)),
-        }))
+        Ok(Arc::new(FollowClock { shared, thread }))
     }
 
     /// Stops the thread and closes the sockets (waits at most ~100 ms).
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::error!("PTP follower thread panicked");
-        }
+        let _ = self.thread.stop();
     }
 
     /// Our own port identity (in Delay_Req).
@@ -232,13 +218,6 @@ impl FollowClock {
                 send_errors: counters.send_errors,
             }),
         }
-    }
-}
-
-impl Drop for FollowClock {
-    fn drop(&mut self) {
-        // The thread holds only `Shared`; tell it to end even if nobody called stop().
-        self.shared.stop.store(true, Ordering::Release);
     }
 }
 
