@@ -1,9 +1,10 @@
 //! The control plane's persistent store: routes, node configurations, persistent
 //! patches, API tokens, call detail records (CDRs) and counters.
 //!
-//! [`Store`] is one object-safe async trait (used as `Arc<dyn Store>`) with two
-//! implementations over sqlx: [`SqliteStore`], an embedded file and the zero-set-up
-//! default, and [`PgStore`], for several gateway instances sharing one database.
+//! [`Store`] is one object-safe async trait (used as `Arc<dyn Store>`), implemented once
+//! over sqlx by [`SqlStore`] for two databases: [`SqliteStore`], an embedded file and
+//! the zero-set-up default, and [`PgStore`], for several gateway instances sharing one
+//! database (the differences live in the `sqlite` and `postgres` dialect modules).
 //! [`open_store`] picks one by URL scheme. Each applies its migrations
 //! (`migrations/sqlite`, `migrations/postgres`, embedded at compile time) when it
 //! connects, so the binary needs no files at run time.
