@@ -1,9 +1,10 @@
 //! The control plane's persistent store: routes, node configurations, persistent
 //! patches, API tokens, call detail records (CDRs) and counters.
 //!
-//! [`Store`] is one object-safe async trait (used as `Arc<dyn Store>`) with two
-//! implementations over sqlx: [`SqliteStore`], an embedded file and the zero-set-up
-//! default, and [`PgStore`], for several gateway instances sharing one database.
+//! [`Store`] is one object-safe async trait (used as `Arc<dyn Store>`), implemented once
+//! over sqlx by [`SqlStore`] for two databases: [`SqliteStore`], an embedded file and
+//! the zero-set-up default, and [`PgStore`], for several gateway instances sharing one
+//! database (the differences live in the `sqlite` and `postgres` dialect modules).
 //! [`open_store`] picks one by URL scheme. Each applies its migrations
 //! (`migrations/sqlite`, `migrations/postgres`, embedded at compile time) when it
 //! connects, so the binary needs no files at run time.
@@ -22,6 +23,7 @@ mod cdr_queue;
 mod error;
 mod postgres;
 mod records;
+mod sql;
 mod sqlite;
 mod token;
 
@@ -35,13 +37,17 @@ use crate::model::{NodeKind, NodeRef, PortRef, Route};
 
 pub use cdr_queue::{CdrQueue, CdrQueueConfig, CdrQueueStats, CdrSink};
 pub use error::StoreError;
-pub use postgres::PgStore;
 pub use records::{
     Backend, CDR_PAGE_DEFAULT, CDR_PAGE_MAX, CdrCursor, CdrFilter, CdrPage, CdrRecord, CdrWrite,
     EndedBy, INTERRUPTED_REASON, NewToken, NodeRecord, PatchRecord, RouteRecord, Scope, StoredCdr,
     TokenInfo,
 };
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
+
+/// The store in an SQLite database file (or in memory).
+pub type SqliteStore = SqlStore<sqlx::Sqlite>;
+/// The store in a PostgreSQL database.
+pub type PgStore = SqlStore<sqlx::Postgres>;
 
 /// Shorthand for results of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -449,9 +455,12 @@ fn coding_from_column(
     .transpose()
 }
 
-/// Encodes a value as JSON text for storage.
-fn json_text<T: serde::Serialize + ?Sized>(value: &T, what: &'static str) -> StoreResult<String> {
-    serde_json::to_string(value).map_err(|error| StoreError::Invalid {
+/// Encodes a value as JSON for storage.
+fn json_raw<T: serde::Serialize + ?Sized>(
+    value: &T,
+    what: &'static str,
+) -> StoreResult<Box<serde_json::value::RawValue>> {
+    serde_json::value::to_raw_value(value).map_err(|error| StoreError::Invalid {
         what,
         reason: error.to_string(),
     })

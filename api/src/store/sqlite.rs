@@ -1,10 +1,12 @@
-//! The SQLite backend: an embedded database file, the zero-set-up default.
+//! The SQLite dialect of [`SqlStore`](super::SqlStore): an embedded database file, the
+//! zero-set-up default.
 //!
 //! The file is created if missing and opened in WAL mode (readers do not block the
 //! writer) with `synchronous = NORMAL` (in WAL mode a power cut can lose the last
 //! transactions but never corrupts the file), a busy timeout (a writer waits for the
 //! lock instead of failing at once) and foreign keys on. Times are stored as integer
-//! microseconds since the Unix epoch and JSON as text (see `migrations/sqlite`).
+//! microseconds since the Unix epoch, UUIDs and JSON as text, flags as 0 and 1 (see
+//! `migrations/sqlite`).
 //!
 //! No transaction reads before it writes (writes are single statements using upserts
 //! and `RETURNING`; the CDR batch transaction only inserts), so a transaction never has
@@ -12,36 +14,24 @@
 //! SQLITE_BUSY instead of waiting out the busy timeout.
 
 use std::fmt::Display;
-use std::net::SocketAddr;
 use std::str::FromStr;
 
-use async_trait::async_trait;
-use serde_json::Value;
-use sqlx::pool::PoolConnection;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteArgumentsBuffer, SqliteConnectOptions, SqliteConnection, SqliteJournalMode,
+    SqlitePoolOptions, SqliteRow, SqliteSynchronous, SqliteTypeInfo,
 };
-use sqlx::{Decode, QueryBuilder, Row, Sqlite, Type};
+use sqlx::{Encode, Pool, QueryBuilder, Sqlite, Type};
 use uuid::Uuid;
 
-use super::error::{classify, connect_error, migrate_error, sqlite_unavailable_code, unavailable};
-use super::records::{INTERRUPTED_REASON, from_micros, now, to_i64, to_u64};
-use super::{
-    Backend, CdrFilter, CdrPage, CdrRecord, CdrWrite, EndedBy, NewToken, NodeRecord, OutageGate,
-    PatchRecord, RouteRecord, Scope, Store, StoreError, StoreOptions, StoreResult, StoredCdr,
-    TokenInfo, check_counter, check_dns_sequences, check_instance, check_patch_gain,
-    check_persistent_node, check_route, check_token_name, coding_from_column, json_from_text,
-    json_text, node_from_columns, patch_key, port_from_column, sort_routes, token,
-};
-use crate::model::{AudioCoding, NodeKind, NodeRef, PortRef, Route};
+use super::error::{connect_error, migrate_error, sqlite_unavailable_code};
+use super::records::from_micros;
+use super::sql::{CDR_ROWS_PER_STATEMENT, CdrValues, Dialect, Param, Plain, Query, column, err};
+use super::{Backend, StoreError, StoreOptions, StoreResult, json_from_text};
 
-/// The CDR columns, in insert order.
-const CDR_COLUMNS: &str = "uuid, started_at, ended_at, duration_ms, caller_rate_hz, ended_by, end_reason, \
-     frames_in, frames_out, uplink_gaps, downlink_underruns, max_jitter_ms, route, patches, peer";
-/// Rows per INSERT statement: 15 parameters each stays far below SQLite's limit of
-/// 32766 bound parameters per statement.
-const CDR_ROWS_PER_STATEMENT: usize = 500;
 /// The columns a refresh updates, in bind order after `uuid, started_at`.
 const CDR_PROGRESS_COLUMNS: [&str; 9] = [
     "ended_at",
@@ -55,944 +45,196 @@ const CDR_PROGRESS_COLUMNS: [&str; 9] = [
     "patches",
 ];
 
-/// A store in an SQLite database.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
-    outage: std::sync::Arc<OutageGate>,
+impl Type<Sqlite> for Param<'_> {
+    fn type_info() -> SqliteTypeInfo {
+        // SQLite types values, not parameters: only `encode_by_ref` matters.
+        <i64 as Type<Sqlite>>::type_info()
+    }
 }
 
-impl SqliteStore {
-    /// Opens (creating if missing) the database at `url`, e.g. `sqlite://telepatch.db`
-    /// or `sqlite::memory:`, with default [`StoreOptions`], and applies the migrations.
-    pub async fn connect(url: &str) -> StoreResult<SqliteStore> {
-        SqliteStore::connect_with(url, &StoreOptions::default()).await
-    }
-
-    /// [`SqliteStore::connect`] with explicit options.
-    pub async fn connect_with(url: &str, options: &StoreOptions) -> StoreResult<SqliteStore> {
-        let connect = SqliteConnectOptions::from_str(url)
-            .map_err(connect_error)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(options.busy_timeout)
-            .foreign_keys(true);
-        let mut pool = SqlitePoolOptions::new().acquire_timeout(options.acquire_timeout);
-        // An in-memory database lives as long as one of its connections: keep exactly
-        // one, forever (several would also contend on shared-cache table locks).
-        if url.contains(":memory:") || url.contains("mode=memory") {
-            pool = pool
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
-        } else {
-            pool = pool.max_connections(options.max_connections.max(1));
+impl Encode<'_, Sqlite> for Param<'_> {
+    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        match *self {
+            Param::I64(value) => Encode::<Sqlite>::encode(value, buf),
+            Param::I32(value) => Encode::<Sqlite>::encode(value, buf),
+            Param::U32(value) => Encode::<Sqlite>::encode(i64::from(value), buf),
+            Param::F32(value) => Encode::<Sqlite>::encode(value, buf),
+            Param::F64(value) => Encode::<Sqlite>::encode(value, buf),
+            Param::Text(text) => Encode::<Sqlite>::encode(text, buf),
+            Param::Time(time) => Encode::<Sqlite>::encode(time.timestamp_micros(), buf),
+            Param::Uuid(uuid) => Encode::<Sqlite>::encode(uuid.hyphenated().to_string(), buf),
+            Param::Bool(flag) => Encode::<Sqlite>::encode(i64::from(flag), buf),
+            Param::Json(json) => Encode::<Sqlite>::encode(json.get(), buf),
         }
-        let pool = pool.connect_with(connect).await.map_err(connect_error)?;
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|error| migrate_error(error, sqlite_unavailable_code))?;
-        Ok(SqliteStore {
-            pool,
-            outage: std::sync::Arc::default(),
-        })
-    }
-
-    async fn conn(&self) -> StoreResult<PoolConnection<Sqlite>> {
-        self.outage.admit()?;
-        let conn = self.pool.acquire().await;
-        self.outage.record(conn.is_ok());
-        conn.map_err(unavailable)
     }
 }
 
-fn err(error: sqlx::Error, what: &'static str, key: &dyn Display) -> StoreError {
-    classify(error, what, key, sqlite_unavailable_code)
-}
+impl Dialect for Sqlite {
+    const BACKEND: Backend = Backend::Sqlite;
+    const TRUE: &'static str = "1";
+    const FALSE: &'static str = "0";
+    const GREATEST: &'static str = "max";
+    const INTEGER_MAX: u32 = u32::MAX;
 
-fn col<'r, T: Decode<'r, Sqlite> + Type<Sqlite>>(row: &'r SqliteRow, name: &str) -> StoreResult<T> {
-    row.try_get(name)
-        .map_err(|source| StoreError::Database { source })
-}
-
-fn route_from_row(row: &SqliteRow) -> StoreResult<RouteRecord> {
-    let name: String = col(row, "name")?;
-    let matcher = json_from_text(col(row, "match_json")?, "route", &name)?;
-    let actions = json_from_text(col(row, "actions")?, "route", &name)?;
-    Ok(RouteRecord {
-        route: Route {
-            priority: col(row, "priority")?,
-            matcher,
-            actions,
-            coding: coding_from_column(col(row, "coding")?, &name)?,
-            name,
-        },
-        created_at: from_micros(col(row, "created_at")?)?,
-        updated_at: from_micros(col(row, "updated_at")?)?,
-    })
-}
-
-fn node_from_row(row: &SqliteRow) -> StoreResult<NodeRecord> {
-    let node = node_from_columns(col(row, "kind")?, col(row, "name")?)?;
-    Ok(NodeRecord {
-        config: json_from_text(col(row, "config")?, "node", &node)?,
-        created_at: from_micros(col(row, "created_at")?)?,
-        updated_at: from_micros(col(row, "updated_at")?)?,
-        node,
-    })
-}
-
-fn patch_from_row(row: &SqliteRow) -> StoreResult<PatchRecord> {
-    let id: i64 = col(row, "id")?;
-    Ok(PatchRecord {
-        id,
-        source: port_from_column(col(row, "source")?, id)?,
-        sink: port_from_column(col(row, "sink")?, id)?,
-        gain_db: col(row, "gain_db")?,
-        created_at: from_micros(col(row, "created_at")?)?,
-    })
-}
-
-fn token_from_row(row: &SqliteRow) -> StoreResult<TokenInfo> {
-    let last_used_at: Option<i64> = col(row, "last_used_at")?;
-    Ok(TokenInfo {
-        id: col(row, "id")?,
-        name: col(row, "name")?,
-        scope: col::<&str>(row, "scope")?.parse()?,
-        created_at: from_micros(col(row, "created_at")?)?,
-        last_used_at: last_used_at.map(from_micros).transpose()?,
-    })
-}
-
-fn cdr_from_row(row: &SqliteRow) -> StoreResult<StoredCdr> {
-    let id: i64 = col(row, "id")?;
-    let corrupt = |reason: String| StoreError::Corrupt {
-        what: "CDR",
-        key: id.to_string(),
-        reason,
-    };
-    let uuid = Uuid::parse_str(col(row, "uuid")?).map_err(|error| corrupt(error.to_string()))?;
-    let ended_by: &str = col(row, "ended_by")?;
-    let ended_by =
-        EndedBy::parse(ended_by).ok_or_else(|| corrupt(format!("ended_by {ended_by:?}")))?;
-    let caller_rate_hz: i64 = col(row, "caller_rate_hz")?;
-    let peer: Option<&str> = col(row, "peer")?;
-    let peer = peer
-        .map(|text| {
-            text.parse::<SocketAddr>()
-                .map_err(|_| corrupt(format!("peer {text:?}")))
-        })
-        .transpose()?;
-    let is_open: i64 = col(row, "is_open")?;
-    Ok(StoredCdr {
-        id,
-        instance: col(row, "instance")?,
-        open: is_open != 0,
-        cdr: CdrRecord {
-            uuid,
-            started_at: from_micros(col(row, "started_at")?)?,
-            ended_at: from_micros(col(row, "ended_at")?)?,
-            duration_ms: to_u64(col(row, "duration_ms")?, "duration_ms", id)?,
-            caller_rate_hz: u32::try_from(caller_rate_hz)
-                .map_err(|_| corrupt(format!("caller_rate_hz {caller_rate_hz}")))?,
-            ended_by,
-            end_reason: col(row, "end_reason")?,
-            frames_in: to_u64(col(row, "frames_in")?, "frames_in", id)?,
-            frames_out: to_u64(col(row, "frames_out")?, "frames_out", id)?,
-            uplink_gaps: to_u64(col(row, "uplink_gaps")?, "uplink_gaps", id)?,
-            downlink_underruns: to_u64(col(row, "downlink_underruns")?, "downlink_underruns", id)?,
-            max_jitter_ms: col(row, "max_jitter_ms")?,
-            route: col(row, "route")?,
-            patches: json_from_text(col(row, "patches")?, "CDR", &id)?,
-            peer,
-        },
-    })
-}
-
-/// A CDR converted to the values bound for it, so that a bad record fails the batch
-/// before anything is sent.
-struct CdrValues<'a> {
-    uuid: String,
-    started_at: i64,
-    ended_at: i64,
-    duration_ms: i64,
-    caller_rate_hz: i64,
-    ended_by: &'static str,
-    end_reason: &'a str,
-    frames_in: i64,
-    frames_out: i64,
-    uplink_gaps: i64,
-    downlink_underruns: i64,
-    max_jitter_ms: f64,
-    route: Option<&'a str>,
-    patches: String,
-    peer: Option<String>,
-}
-
-impl<'a> CdrValues<'a> {
-    fn new(cdr: &'a CdrRecord) -> StoreResult<CdrValues<'a>> {
-        if !cdr.max_jitter_ms.is_finite() {
-            return Err(StoreError::Invalid {
-                what: "CDR",
-                reason: "max_jitter_ms is not a finite number".into(),
-            });
-        }
-        Ok(CdrValues {
-            uuid: cdr.uuid.hyphenated().to_string(),
-            started_at: cdr.started_at.timestamp_micros(),
-            ended_at: cdr.ended_at.timestamp_micros(),
-            duration_ms: to_i64(cdr.duration_ms, "duration_ms")?,
-            caller_rate_hz: i64::from(cdr.caller_rate_hz),
-            ended_by: cdr.ended_by.as_str(),
-            end_reason: &cdr.end_reason,
-            frames_in: to_i64(cdr.frames_in, "frames_in")?,
-            frames_out: to_i64(cdr.frames_out, "frames_out")?,
-            uplink_gaps: to_i64(cdr.uplink_gaps, "uplink_gaps")?,
-            downlink_underruns: to_i64(cdr.downlink_underruns, "downlink_underruns")?,
-            max_jitter_ms: cdr.max_jitter_ms,
-            route: cdr.route.as_deref(),
-            patches: json_text(&cdr.patches, "CDR")?,
-            peer: cdr.peer.map(|peer| peer.to_string()),
-        })
-    }
-
-    /// What an open record says: how it ends if the gateway stops unexpectedly.
-    fn interrupted(mut self) -> CdrValues<'a> {
-        self.ended_by = EndedBy::Interrupted.as_str();
-        self.end_reason = INTERRUPTED_REASON;
-        self
-    }
-}
-
-/// A [`CdrWrite`] with its values converted.
-enum WriteValues<'a> {
-    Open(CdrValues<'a>),
-    Refresh(Vec<CdrValues<'a>>),
-    Close(CdrValues<'a>),
-    CloseOrphans,
-    CloseStale(i64),
-}
-
-impl<'a> WriteValues<'a> {
-    fn new(write: &'a CdrWrite) -> StoreResult<WriteValues<'a>> {
-        Ok(match write {
-            CdrWrite::Open(cdr) => WriteValues::Open(CdrValues::new(cdr)?.interrupted()),
-            CdrWrite::Refresh(cdrs) => WriteValues::Refresh(
-                cdrs.iter()
-                    .map(CdrValues::new)
-                    .collect::<StoreResult<_>>()?,
-            ),
-            CdrWrite::Close(cdr) => WriteValues::Close(CdrValues::new(cdr)?),
-            CdrWrite::CloseOrphans => WriteValues::CloseOrphans,
-            CdrWrite::CloseStale { before } => WriteValues::CloseStale(before.timestamp_micros()),
-        })
-    }
-}
-
-/// Inserts one record of `instance`.
-async fn insert_cdr(
-    tx: &mut sqlx::SqliteConnection,
-    instance: &str,
-    cdr: &CdrValues<'_>,
-    open: bool,
-) -> StoreResult<()> {
-    let mut insert = QueryBuilder::<Sqlite>::new(format!(
-        "INSERT INTO cdrs ({CDR_COLUMNS}, instance, is_open) "
-    ));
-    insert.push_values([cdr], |mut row, cdr| {
-        row.push_bind(&cdr.uuid)
-            .push_bind(cdr.started_at)
-            .push_bind(cdr.ended_at)
-            .push_bind(cdr.duration_ms)
-            .push_bind(cdr.caller_rate_hz)
-            .push_bind(cdr.ended_by)
-            .push_bind(cdr.end_reason)
-            .push_bind(cdr.frames_in)
-            .push_bind(cdr.frames_out)
-            .push_bind(cdr.uplink_gaps)
-            .push_bind(cdr.downlink_underruns)
-            .push_bind(cdr.max_jitter_ms)
-            .push_bind(cdr.route)
-            .push_bind(&cdr.patches)
-            .push_bind(&cdr.peer)
-            .push_bind(instance)
-            .push_bind(i64::from(open));
-    });
-    insert
-        .build()
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| err(e, "CDR", &cdr.uuid))?;
-    Ok(())
-}
-
-/// Completes the record of `instance`'s call, inserting it if it is missing.
-async fn close_cdr(
-    tx: &mut sqlx::SqliteConnection,
-    instance: &str,
-    cdr: &CdrValues<'_>,
-) -> StoreResult<()> {
-    let done = sqlx::query(
-        "UPDATE cdrs SET ended_at = $1, duration_ms = $2, caller_rate_hz = $3, ended_by = $4, \
-         end_reason = $5, frames_in = $6, frames_out = $7, uplink_gaps = $8, \
-         downlink_underruns = $9, max_jitter_ms = $10, route = $11, patches = $12, peer = $13, \
-         is_open = 0 \
-         WHERE instance = $14 AND uuid = $15 AND started_at = $16",
-    )
-    .bind(cdr.ended_at)
-    .bind(cdr.duration_ms)
-    .bind(cdr.caller_rate_hz)
-    .bind(cdr.ended_by)
-    .bind(cdr.end_reason)
-    .bind(cdr.frames_in)
-    .bind(cdr.frames_out)
-    .bind(cdr.uplink_gaps)
-    .bind(cdr.downlink_underruns)
-    .bind(cdr.max_jitter_ms)
-    .bind(cdr.route)
-    .bind(&cdr.patches)
-    .bind(&cdr.peer)
-    .bind(instance)
-    .bind(&cdr.uuid)
-    .bind(cdr.started_at)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| err(e, "CDR", &cdr.uuid))?;
-    if done.rows_affected() == 0 {
-        insert_cdr(tx, instance, cdr, false).await?;
-    }
-    Ok(())
-}
-
-/// Updates the progress of `instance`'s open records, one statement per chunk.
-async fn refresh_cdrs(
-    tx: &mut sqlx::SqliteConnection,
-    instance: &str,
-    cdrs: &[CdrValues<'_>],
-) -> StoreResult<()> {
-    for chunk in cdrs.chunks(CDR_ROWS_PER_STATEMENT) {
-        let mut update = QueryBuilder::<Sqlite>::new(format!(
-            "WITH progress (uuid, started_at, {}) AS (",
-            CDR_PROGRESS_COLUMNS.join(", ")
-        ));
-        update.push_values(chunk, |mut row, cdr| {
-            row.push_bind(&cdr.uuid)
-                .push_bind(cdr.started_at)
-                .push_bind(cdr.ended_at)
-                .push_bind(cdr.duration_ms)
-                .push_bind(cdr.caller_rate_hz)
-                .push_bind(cdr.frames_in)
-                .push_bind(cdr.frames_out)
-                .push_bind(cdr.uplink_gaps)
-                .push_bind(cdr.downlink_underruns)
-                .push_bind(cdr.max_jitter_ms)
-                .push_bind(&cdr.patches);
-        });
-        let set = CDR_PROGRESS_COLUMNS
-            .iter()
-            .map(|column| format!("{column} = progress.{column}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        update
-            .push(format!(
-                ") UPDATE cdrs SET {set} FROM progress \
-                 WHERE cdrs.is_open = 1 AND cdrs.uuid = progress.uuid \
-                 AND cdrs.started_at = progress.started_at AND cdrs.instance = "
-            ))
-            .push_bind(instance);
-        update
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| err(e, "CDR", &""))?;
-    }
-    Ok(())
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        sqlx::query("SELECT 1")
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| err(e, "ping", &""))?;
-        Ok(())
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    async fn list_routes(&self) -> StoreResult<Vec<RouteRecord>> {
-        let mut conn = self.conn().await?;
-        let rows = sqlx::query(
-            "SELECT name, priority, match_json, actions, coding, created_at, updated_at FROM routes",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| err(e, "route", &""))?;
-        let mut routes = rows
-            .iter()
-            .map(route_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        sort_routes(&mut routes);
-        Ok(routes)
-    }
-
-    async fn get_route(&self, name: &str) -> StoreResult<RouteRecord> {
-        let mut conn = self.conn().await?;
-        let row = sqlx::query(
-            "SELECT name, priority, match_json, actions, coding, created_at, updated_at FROM routes WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| err(e, "route", &name))?;
-        let row = row.ok_or_else(|| StoreError::NotFound {
-            what: "route",
-            key: name.to_owned(),
-        })?;
-        route_from_row(&row)
-    }
-
-    async fn create_route(&self, route: &Route) -> StoreResult<RouteRecord> {
-        check_route(route)?;
-        let now = now();
-        let mut conn = self.conn().await?;
-        sqlx::query(
-            "INSERT INTO routes (name, priority, match_json, actions, coding, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(&route.name)
-        .bind(route.priority)
-        .bind(json_text(&route.matcher, "route")?)
-        .bind(json_text(&route.actions, "route")?)
-        .bind(route.coding.map(AudioCoding::as_str))
-        .bind(now.timestamp_micros())
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| err(e, "route", &route.name))?;
-        Ok(RouteRecord {
-            route: route.clone(),
-            created_at: now,
-            updated_at: now,
-        })
-    }
-
-    async fn replace_route(&self, name: &str, route: &Route) -> StoreResult<RouteRecord> {
-        check_route(route)?;
-        let now = now();
-        let mut conn = self.conn().await?;
-        let created_at: Option<i64> = sqlx::query_scalar(
-            "UPDATE routes SET name = $2, priority = $3, match_json = $4, actions = $5, coding = $6, updated_at = $7 \
-             WHERE name = $1 RETURNING created_at",
-        )
-        .bind(name)
-        .bind(&route.name)
-        .bind(route.priority)
-        .bind(json_text(&route.matcher, "route")?)
-        .bind(json_text(&route.actions, "route")?)
-        .bind(route.coding.map(AudioCoding::as_str))
-        .bind(now.timestamp_micros())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| err(e, "route", &route.name))?;
-        let created_at = created_at.ok_or_else(|| StoreError::NotFound {
-            what: "route",
-            key: name.to_owned(),
-        })?;
-        Ok(RouteRecord {
-            route: route.clone(),
-            created_at: from_micros(created_at)?,
-            updated_at: now,
-        })
-    }
-
-    async fn delete_route(&self, name: &str) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let done = sqlx::query("DELETE FROM routes WHERE name = $1")
-            .bind(name)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| err(e, "route", &name))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "route",
-                key: name.to_owned(),
-            });
-        }
-        Ok(())
-    }
-
-    async fn list_nodes(&self, kind: Option<NodeKind>) -> StoreResult<Vec<NodeRecord>> {
-        let mut conn = self.conn().await?;
-        let query = match kind {
-            None => sqlx::query("SELECT kind, name, config, created_at, updated_at FROM nodes ORDER BY kind, name"),
-            Some(kind) => sqlx::query(
-                "SELECT kind, name, config, created_at, updated_at FROM nodes WHERE kind = $1 ORDER BY name",
-            )
-            .bind(kind.as_str()),
-        };
-        let rows = query
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| err(e, "node", &""))?;
-        rows.iter().map(node_from_row).collect()
-    }
-
-    async fn get_node(&self, node: &NodeRef) -> StoreResult<NodeRecord> {
-        let mut conn = self.conn().await?;
-        let row = sqlx::query(
-            "SELECT kind, name, config, created_at, updated_at FROM nodes WHERE kind = $1 AND name = $2",
-        )
-        .bind(node.kind().as_str())
-        .bind(node.name())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| err(e, "node", node))?;
-        let row = row.ok_or_else(|| StoreError::NotFound {
-            what: "node",
-            key: node.to_string(),
-        })?;
-        node_from_row(&row)
-    }
-
-    async fn create_node(&self, node: &NodeRef, config: &Value) -> StoreResult<NodeRecord> {
-        check_persistent_node(node)?;
-        let now = now();
-        let mut conn = self.conn().await?;
-        sqlx::query(
-            "INSERT INTO nodes (kind, name, config, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
-        )
-        .bind(node.kind().as_str())
-        .bind(node.name())
-        .bind(json_text(config, "node")?)
-        .bind(now.timestamp_micros())
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| err(e, "node", node))?;
-        Ok(NodeRecord {
-            node: node.clone(),
-            config: config.clone(),
-            created_at: now,
-            updated_at: now,
-        })
-    }
-
-    async fn update_node_config(&self, node: &NodeRef, config: &Value) -> StoreResult<NodeRecord> {
-        let now = now();
-        let mut conn = self.conn().await?;
-        let created_at: Option<i64> = sqlx::query_scalar(
-            "UPDATE nodes SET config = $3, updated_at = $4 WHERE kind = $1 AND name = $2 RETURNING created_at",
-        )
-        .bind(node.kind().as_str())
-        .bind(node.name())
-        .bind(json_text(config, "node")?)
-        .bind(now.timestamp_micros())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| err(e, "node", node))?;
-        let created_at = created_at.ok_or_else(|| StoreError::NotFound {
-            what: "node",
-            key: node.to_string(),
-        })?;
-        Ok(NodeRecord {
-            node: node.clone(),
-            config: config.clone(),
-            created_at: from_micros(created_at)?,
-            updated_at: now,
-        })
-    }
-
-    async fn delete_node(&self, node: &NodeRef) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let done = sqlx::query("DELETE FROM nodes WHERE kind = $1 AND name = $2")
-            .bind(node.kind().as_str())
-            .bind(node.name())
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| err(e, "node", node))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "node",
-                key: node.to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    async fn list_patches(&self) -> StoreResult<Vec<PatchRecord>> {
-        let mut conn = self.conn().await?;
-        let rows =
-            sqlx::query("SELECT id, source, sink, gain_db, created_at FROM patches ORDER BY id")
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(|e| err(e, "patch", &""))?;
-        rows.iter().map(patch_from_row).collect()
-    }
-
-    async fn get_patch(&self, id: i64) -> StoreResult<PatchRecord> {
-        let mut conn = self.conn().await?;
-        let row =
-            sqlx::query("SELECT id, source, sink, gain_db, created_at FROM patches WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| err(e, "patch", &id))?;
-        let row = row.ok_or_else(|| StoreError::NotFound {
-            what: "patch",
-            key: id.to_string(),
-        })?;
-        patch_from_row(&row)
-    }
-
-    async fn create_patch(
-        &self,
-        source: &PortRef,
-        sink: &PortRef,
-        gain_db: f32,
-    ) -> StoreResult<PatchRecord> {
-        check_patch_gain(gain_db)?;
-        let now = now();
-        let mut conn = self.conn().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO patches (source, sink, gain_db, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(source.to_string())
-        .bind(sink.to_string())
-        .bind(gain_db)
-        .bind(now.timestamp_micros())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| err(e, "patch", &patch_key(source, sink)))?;
-        Ok(PatchRecord {
-            id,
-            source: source.clone(),
-            sink: sink.clone(),
-            gain_db,
-            created_at: now,
-        })
-    }
-
-    async fn update_patch_gain(&self, id: i64, gain_db: f32) -> StoreResult<PatchRecord> {
-        check_patch_gain(gain_db)?;
-        let mut conn = self.conn().await?;
-        let row = sqlx::query("UPDATE patches SET gain_db = $2 WHERE id = $1 RETURNING id, source, sink, gain_db, created_at")
-            .bind(id)
-            .bind(gain_db)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| err(e, "patch", &id))?;
-        let row = row.ok_or_else(|| StoreError::NotFound {
-            what: "patch",
-            key: id.to_string(),
-        })?;
-        patch_from_row(&row)
-    }
-
-    async fn delete_patch(&self, id: i64) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let done = sqlx::query("DELETE FROM patches WHERE id = $1")
-            .bind(id)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| err(e, "patch", &id))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "patch",
-                key: id.to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    async fn create_token(&self, name: &str, scope: Scope) -> StoreResult<NewToken> {
-        check_token_name(name)?;
-        let clear = token::generate()?;
-        let now = now();
-        let mut conn = self.conn().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO api_tokens (name, scope, token_sha256, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(name)
-        .bind(scope.as_str())
-        .bind(token::hash(&clear))
-        .bind(now.timestamp_micros())
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| err(e, "token", &name))?;
-        Ok(NewToken {
-            info: TokenInfo {
-                id,
-                name: name.to_owned(),
-                scope,
-                created_at: now,
-                last_used_at: None,
-            },
-            token: clear,
-        })
-    }
-
-    async fn verify_token(&self, token: &str) -> StoreResult<Option<TokenInfo>> {
-        if !token::is_well_formed(token) {
-            return Ok(None);
-        }
-        let mut conn = self.conn().await?;
-        let row = sqlx::query(
-            "SELECT id, name, scope, created_at, last_used_at FROM api_tokens WHERE token_sha256 = $1",
-        )
-        .bind(token::hash(token))
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| err(e, "token", &""))?;
-        let Some(row) = row else { return Ok(None) };
-        let mut info = token_from_row(&row)?;
-        let now = now();
-        if token::needs_touch(info.last_used_at, now) {
-            // The condition makes concurrent verifications (or other gateway instances)
-            // write at most once per interval. A failure here must not refuse a valid
-            // token: it is logged and the request goes on.
-            let touched = sqlx::query(
-                "UPDATE api_tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $3)",
-            )
-            .bind(now.timestamp_micros())
-            .bind(info.id)
-            .bind((now - token::TOUCH_INTERVAL).timestamp_micros())
-            .execute(&mut *conn)
-            .await;
-            match touched {
-                Ok(done) if done.rows_affected() == 1 => info.last_used_at = Some(now),
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(token = %info.name, %error, "could not record token use")
-                }
+    fn connect<'a>(
+        url: &'a str,
+        options: &'a StoreOptions,
+    ) -> BoxFuture<'a, StoreResult<Pool<Sqlite>>> {
+        Box::pin(async move {
+            let connect = SqliteConnectOptions::from_str(url)
+                .map_err(connect_error)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(options.busy_timeout)
+                .foreign_keys(true);
+            let mut pool = SqlitePoolOptions::new().acquire_timeout(options.acquire_timeout);
+            // An in-memory database lives as long as one of its connections: keep exactly
+            // one, forever (several would also contend on shared-cache table locks).
+            if url.contains(":memory:") || url.contains("mode=memory") {
+                pool = pool
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+            } else {
+                pool = pool.max_connections(options.max_connections.max(1));
             }
-        }
-        Ok(Some(info))
-    }
-
-    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
-        let mut conn = self.conn().await?;
-        let rows = sqlx::query(
-            "SELECT id, name, scope, created_at, last_used_at FROM api_tokens ORDER BY name",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| err(e, "token", &""))?;
-        rows.iter().map(token_from_row).collect()
-    }
-
-    async fn revoke_token(&self, name: &str) -> StoreResult<()> {
-        let mut conn = self.conn().await?;
-        let done = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
-            .bind(name)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| err(e, "token", &name))?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound {
-                what: "token",
-                key: name.to_owned(),
-            });
-        }
-        Ok(())
-    }
-
-    async fn insert_cdrs(&self, cdrs: &[CdrRecord]) -> StoreResult<()> {
-        if cdrs.is_empty() {
-            return Ok(());
-        }
-        let values = cdrs
-            .iter()
-            .map(CdrValues::new)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(|e| err(e, "CDR", &""))?;
-        for chunk in values.chunks(CDR_ROWS_PER_STATEMENT) {
-            let mut insert =
-                QueryBuilder::<Sqlite>::new(format!("INSERT INTO cdrs ({CDR_COLUMNS}) "));
-            insert.push_values(chunk, |mut row, cdr| {
-                row.push_bind(&cdr.uuid)
-                    .push_bind(cdr.started_at)
-                    .push_bind(cdr.ended_at)
-                    .push_bind(cdr.duration_ms)
-                    .push_bind(cdr.caller_rate_hz)
-                    .push_bind(cdr.ended_by)
-                    .push_bind(cdr.end_reason)
-                    .push_bind(cdr.frames_in)
-                    .push_bind(cdr.frames_out)
-                    .push_bind(cdr.uplink_gaps)
-                    .push_bind(cdr.downlink_underruns)
-                    .push_bind(cdr.max_jitter_ms)
-                    .push_bind(cdr.route)
-                    .push_bind(&cdr.patches)
-                    .push_bind(&cdr.peer);
-            });
-            insert
-                .build()
-                .execute(&mut *tx)
+            let pool = pool.connect_with(connect).await.map_err(connect_error)?;
+            sqlx::migrate!("../migrations/sqlite")
+                .run(&pool)
                 .await
-                .map_err(|e| err(e, "CDR", &""))?;
-        }
-        tx.commit().await.map_err(|e| err(e, "CDR", &""))?;
-        Ok(())
+                .map_err(|error| migrate_error(error, sqlite_unavailable_code))?;
+            Ok(pool)
+        })
     }
 
-    async fn write_cdrs(&self, instance: &str, writes: &[CdrWrite]) -> StoreResult<u64> {
-        check_instance(instance)?;
-        if writes.is_empty() {
-            return Ok(0);
-        }
-        let values = writes
-            .iter()
-            .map(WriteValues::new)
-            .collect::<StoreResult<Vec<_>>>()?;
-        let mut conn = self.conn().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn)
-            .await
-            .map_err(|e| err(e, "CDR", &""))?;
-        let mut closed = 0;
-        for write in &values {
-            match write {
-                WriteValues::Open(cdr) => insert_cdr(&mut tx, instance, cdr, true).await?,
-                WriteValues::Refresh(cdrs) => refresh_cdrs(&mut tx, instance, cdrs).await?,
-                WriteValues::Close(cdr) => close_cdr(&mut tx, instance, cdr).await?,
-                WriteValues::CloseOrphans | WriteValues::CloseStale(_) => {
-                    let mut close =
-                        QueryBuilder::<Sqlite>::new("UPDATE cdrs SET is_open = 0, ended_by = ");
-                    close
-                        .push_bind(EndedBy::Interrupted.as_str())
-                        .push(", end_reason = ")
-                        .push_bind(INTERRUPTED_REASON)
-                        .push(" WHERE is_open = 1");
-                    match write {
-                        WriteValues::CloseStale(before) => {
-                            close.push(" AND ended_at < ").push_bind(*before)
-                        }
-                        _ => close.push(" AND instance = ").push_bind(instance),
-                    };
-                    let done = close
-                        .build()
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| err(e, "CDR", &""))?;
-                    closed += done.rows_affected();
-                }
+    fn unavailable_code(code: &str) -> bool {
+        sqlite_unavailable_code(code)
+    }
+
+    fn bind<'q>(query: Query<'q, Sqlite>, value: Param<'_>) -> Query<'q, Sqlite> {
+        query.bind(value)
+    }
+
+    fn push_bind(builder: &mut QueryBuilder<Sqlite>, value: Param<'_>) {
+        builder.push_bind(value);
+    }
+
+    fn cursor_time(micros: i64) -> Option<Param<'static>> {
+        Some(Param::I64(micros))
+    }
+
+    fn execute<'e, 'q: 'e>(
+        conn: &'e mut SqliteConnection,
+        query: Query<'q, Sqlite>,
+    ) -> BoxFuture<'e, sqlx::Result<u64>> {
+        Box::pin(async move { Ok(query.execute(conn).await?.rows_affected()) })
+    }
+
+    fn fetch_all<'e, 'q: 'e>(
+        conn: &'e mut SqliteConnection,
+        query: Query<'q, Sqlite>,
+    ) -> BoxFuture<'e, sqlx::Result<Vec<SqliteRow>>> {
+        Box::pin(query.fetch_all(conn))
+    }
+
+    fn fetch_optional<'e, 'q: 'e>(
+        conn: &'e mut SqliteConnection,
+        query: Query<'q, Sqlite>,
+    ) -> BoxFuture<'e, sqlx::Result<Option<SqliteRow>>> {
+        Box::pin(query.fetch_optional(conn))
+    }
+
+    /// One statement per chunk: a `WITH progress (...) AS (VALUES ...)` joined on
+    /// the record's key.
+    fn refresh_cdrs<'e>(
+        conn: &'e mut SqliteConnection,
+        instance: &'e str,
+        cdrs: &'e [CdrValues<'e>],
+    ) -> BoxFuture<'e, StoreResult<()>> {
+        Box::pin(async move {
+            for chunk in cdrs.chunks(CDR_ROWS_PER_STATEMENT) {
+                let mut update = QueryBuilder::<Sqlite>::new(format!(
+                    "WITH progress (uuid, started_at, {}) AS (",
+                    CDR_PROGRESS_COLUMNS.join(", ")
+                ));
+                update.push_values(chunk, |mut row, cdr| {
+                    row.push_bind(Param::Uuid(cdr.uuid))
+                        .push_bind(Param::Time(cdr.started_at))
+                        .push_bind(Param::Time(cdr.ended_at))
+                        .push_bind(cdr.duration_ms)
+                        .push_bind(i64::from(cdr.caller_rate_hz))
+                        .push_bind(cdr.frames_in)
+                        .push_bind(cdr.frames_out)
+                        .push_bind(cdr.uplink_gaps)
+                        .push_bind(cdr.downlink_underruns)
+                        .push_bind(cdr.max_jitter_ms)
+                        .push_bind(cdr.patches.get());
+                });
+                let set = CDR_PROGRESS_COLUMNS
+                    .iter()
+                    .map(|column| format!("{column} = progress.{column}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                update
+                    .push(format!(
+                        ") UPDATE cdrs SET {set} FROM progress \
+                         WHERE cdrs.is_open = 1 AND cdrs.uuid = progress.uuid \
+                         AND cdrs.started_at = progress.started_at AND cdrs.instance = "
+                    ))
+                    .push_bind(instance);
+                update
+                    .build()
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| err::<Sqlite>(e, "CDR", &""))?;
             }
-        }
-        tx.commit().await.map_err(|e| err(e, "CDR", &""))?;
-        Ok(closed)
+            Ok(())
+        })
     }
 
-    async fn query_cdrs(&self, filter: &CdrFilter) -> StoreResult<CdrPage> {
-        let limit = filter.page_size();
-        let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT id, instance, is_open, {CDR_COLUMNS} FROM cdrs WHERE 1 = 1"
-        ));
-        if !filter.include_open {
-            query.push(" AND is_open = 0");
-        }
-        if let Some(uuid) = filter.uuid {
-            query
-                .push(" AND uuid = ")
-                .push_bind(uuid.hyphenated().to_string());
-        }
-        if let Some(from) = filter.from {
-            query
-                .push(" AND ended_at >= ")
-                .push_bind(from.timestamp_micros());
-        }
-        if let Some(to) = filter.to {
-            query
-                .push(" AND ended_at < ")
-                .push_bind(to.timestamp_micros());
-        }
-        if let Some(cursor) = filter.cursor {
-            query
-                .push(" AND (ended_at, id) < (")
-                .push_bind(cursor.ended_at_us)
-                .push(", ")
-                .push_bind(cursor.id)
-                .push(")");
-        }
-        query
-            .push(" ORDER BY ended_at DESC, id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let mut conn = self.conn().await?;
-        let rows = query
-            .build()
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| err(e, "CDR", &""))?;
-        let items = rows
-            .iter()
-            .map(cdr_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(CdrPage::from_rows(items, limit))
+    fn get<T: Plain>(row: &SqliteRow, name: &str) -> StoreResult<T> {
+        column(row, name)
     }
 
-    async fn next_counter(&self, name: &str, by: i64) -> StoreResult<i64> {
-        check_counter(name, by)?;
-        let mut conn = self.conn().await?;
-        sqlx::query_scalar(
-            "INSERT INTO counters (name, value) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value RETURNING value",
-        )
-        .bind(name)
-        .bind(by)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| err(e, "counter", &name))
+    fn integer(row: &SqliteRow, name: &str) -> StoreResult<i64> {
+        column(row, name)
     }
 
-    async fn get_counter(&self, name: &str) -> StoreResult<Option<i64>> {
-        let mut conn = self.conn().await?;
-        sqlx::query_scalar("SELECT value FROM counters WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| err(e, "counter", &name))
+    fn flag(row: &SqliteRow, name: &str) -> StoreResult<bool> {
+        column::<_, i64>(row, name).map(|flag| flag != 0)
     }
 
-    async fn reserve_dns_sequences(
-        &self,
-        domain: &str,
-        at_least: i64,
-        count: i64,
-    ) -> StoreResult<i64> {
-        check_dns_sequences(domain, at_least, count)?;
-        let mut conn = self.conn().await?;
-        // One statement: the upsert is atomic, so concurrent reservations never overlap.
-        sqlx::query_scalar(
-            "INSERT INTO dns_sequences (domain, next_sequence) VALUES ($1, $2 + $3) \
-             ON CONFLICT (domain) DO UPDATE \
-             SET next_sequence = max(dns_sequences.next_sequence, $2) + $3 \
-             RETURNING next_sequence - $3",
-        )
-        .bind(domain)
-        .bind(at_least)
-        .bind(count)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| err(e, "DNS sequence", &domain))
+    fn time(row: &SqliteRow, name: &str) -> StoreResult<DateTime<Utc>> {
+        from_micros(column(row, name)?)
     }
 
-    async fn next_dns_sequence(&self, domain: &str) -> StoreResult<Option<i64>> {
-        let mut conn = self.conn().await?;
-        sqlx::query_scalar("SELECT next_sequence FROM dns_sequences WHERE domain = $1")
-            .bind(domain)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| err(e, "DNS sequence", &domain))
+    fn optional_time(row: &SqliteRow, name: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        column::<_, Option<i64>>(row, name)?
+            .map(from_micros)
+            .transpose()
+    }
+
+    fn uuid(
+        row: &SqliteRow,
+        name: &str,
+        what: &'static str,
+        key: &dyn Display,
+    ) -> StoreResult<Uuid> {
+        Uuid::parse_str(column(row, name)?).map_err(|error| StoreError::Corrupt {
+            what,
+            key: key.to_string(),
+            reason: error.to_string(),
+        })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        row: &SqliteRow,
+        name: &str,
+        what: &'static str,
+        key: &dyn Display,
+    ) -> StoreResult<T> {
+        json_from_text(column(row, name)?, what, key)
     }
 }
