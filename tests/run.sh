@@ -48,36 +48,8 @@ if [ -z "${TELEPATCH_TEST_POSTGRES_URL:-}" ] && ! pg_isready -q -h 127.0.0.1 -p 
 fi
 export TELEPATCH_TEST_POSTGRES_URL="$pg_url"
 
-# The end-to-end tests run real processes against the wall clock on whatever machine
-# this is, and a virtual machine stalls threads for tens of milliseconds now and then. A
-# test target that fails is run again on its own, up to twice; the run fails if it never
-# passes. Every re-run is announced (RE-RUN ... and its result): a flaky test stays
-# visible.
+# Every test runs once: a test that fails fails the run.
 # One test at a time inside each test binary: most start a gateway, callers and tools
 # of their own, and two such sets on a 2-core machine disturb each other's timing.
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-1}
-log=$(mktemp)
-if cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"; then
-    exit 0
-fi
-mapfile -t failed < <(grep -oE '`-p [A-Za-z0-9_-]+ --(test [A-Za-z0-9_]+|lib|bin [A-Za-z0-9_-]+|doc)`' "$log" | tr -d '`' | sort -u)
-if ((${#failed[@]} == 0)); then
-    echo "tests/run.sh: the test run failed before any test target did (build error?)" >&2
-    exit 1
-fi
-status=0
-for target in "${failed[@]}"; do
-    passed=0
-    for attempt in 1 2; do
-        echo "RE-RUN $attempt of 2 (after a failure): cargo test --locked $target"
-        # shellcheck disable=SC2086 # the target is several words on purpose
-        if cargo test --locked $target "$@"; then
-            echo "RE-RUN passed: $target (flaky on this run)"
-            passed=1
-            break
-        fi
-        echo "RE-RUN failed: $target"
-    done
-    ((passed)) || status=1
-done
-exit $status
+exec cargo test --workspace --locked --no-fail-fast "$@"

@@ -502,11 +502,22 @@ where
         if attempt == ATTEMPTS || longest < HOST_STALL_EXCUSE {
             std::panic::resume_unwind(panic);
         }
-        eprintln!(
-            "HOST STALL: attempt {attempt} of {ATTEMPTS} failed (above) while the machine \
-             stalled for {:.1} ms ({}); running the scenario again",
-            longest.as_secs_f64() * 1000.0,
-            host_watch::report_since(since)
+        // Written past the test harness's output capture, so every failed attempt shows
+        // in the run's log even when a later attempt passes.
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!(
+                "HOST STALL: attempt {attempt} of {ATTEMPTS} failed ({why}) while the machine \
+                 stalled for {:.1} ms ({}); running the scenario again\n",
+                longest.as_secs_f64() * 1000.0,
+                host_watch::report_since(since)
+            )
+            .as_bytes(),
         );
     }
 }
