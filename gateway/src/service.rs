@@ -244,6 +244,64 @@ struct ConferenceMembers {
     on_demand: bool,
 }
 
+/// Why a node could not be added or an action of a route (or a seat request) could not
+/// be applied to a call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActionError {
+    /// A node name is not valid.
+    #[error(transparent)]
+    Name(#[from] api::model::ModelError),
+    /// The patchbay refused a node or patch.
+    #[error(transparent)]
+    Patchbay(#[from] PatchbayError),
+    /// Several patches of one action were refused (each reason, `; `-separated).
+    #[error("{0}")]
+    Patches(String),
+    /// A clip could not be loaded.
+    #[error(transparent)]
+    Clip(#[from] ClipError),
+    /// A route's clip could not be loaded.
+    #[error("cannot play {file}: {reason}")]
+    Play {
+        /// The file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// A recording could not start.
+    #[error(transparent)]
+    Recorder(#[from] crate::engine::recorder::RecorderError),
+    /// A broadcast could not be found or created.
+    #[error("cannot broadcast on {domain}: {reason}")]
+    Broadcast {
+        /// The broadcast's domain.
+        domain: String,
+        /// Why.
+        reason: String,
+    },
+    /// A node the action needs is gone.
+    #[error("{node} has gone")]
+    NodeGone {
+        /// The node.
+        node: NodeRef,
+    },
+    /// No jam room of that name exists.
+    #[error("no jam room {room} (create it through the API)")]
+    NoJamRoom {
+        /// The room.
+        room: NodeRef,
+    },
+    /// Every seat is taken.
+    #[error("{node} is full ({seats} seats)")]
+    Full {
+        /// The conference or jam room.
+        node: NodeRef,
+        /// Its seats.
+        seats: usize,
+    },
+}
+
 /// Where a player's file comes from, which decides how it is opened.
 #[derive(Debug, Clone, Copy)]
 pub enum ClipSource<'a> {
@@ -561,7 +619,7 @@ impl Gateway {
         source: ClipSource<'_>,
         looped: bool,
         gain_db: f32,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ActionError> {
         let clip = self.clip(source)?;
         let file = match source {
             ClipSource::Operator(path) | ClipSource::Media(path) => path,
@@ -753,7 +811,7 @@ impl Gateway {
         action: &RouteAction,
         clips: &HashMap<PathBuf, Result<Clip, ClipError>>,
         broadcasts: &HashMap<String, Result<NodeRef, String>>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ActionError> {
         let call = &handle.node;
         match action {
             RouteAction::Record { path, channels } => {
@@ -800,8 +858,18 @@ impl Gateway {
             } => {
                 let clip = match clips.get(Path::new(file)) {
                     Some(Ok(clip)) => Arc::clone(clip),
-                    Some(Err(e)) => anyhow::bail!("cannot play {file}: {e}"),
-                    None => anyhow::bail!("clip {file} was not loaded"),
+                    Some(Err(e)) => {
+                        return Err(ActionError::Play {
+                            file: file.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    None => {
+                        return Err(ActionError::Play {
+                            file: file.clone(),
+                            reason: "the clip was not loaded".into(),
+                        });
+                    }
                 };
                 let player =
                     NodeRef::new(NodeKind::Player, &format!("play-{}-{index}", handle.id))?;
@@ -873,7 +941,7 @@ impl Gateway {
                 }
                 self.refresh_lobby(&affected);
                 if !failures.is_empty() {
-                    anyhow::bail!("{}", failures.join("; "));
+                    return Err(ActionError::Patches(failures.join("; ")));
                 }
             }
             RouteAction::Conference { name } => {
@@ -885,15 +953,27 @@ impl Gateway {
             RouteAction::Broadcast { domain, gain_db } => {
                 let broadcast = match broadcasts.get(domain) {
                     Some(Ok(node)) => node.clone(),
-                    Some(Err(e)) => anyhow::bail!("cannot broadcast on {domain}: {e}"),
-                    None => anyhow::bail!("broadcast {domain} was not prepared"),
+                    Some(Err(e)) => {
+                        return Err(ActionError::Broadcast {
+                            domain: domain.clone(),
+                            reason: e.clone(),
+                        });
+                    }
+                    None => {
+                        return Err(ActionError::Broadcast {
+                            domain: domain.clone(),
+                            reason: "it was not prepared".into(),
+                        });
+                    }
                 };
                 let mut topology = lock(&self.topology);
                 let inputs = topology
                     .patchbay
                     .node(&broadcast)
                     .map(|entry| entry.inputs.clone())
-                    .ok_or_else(|| anyhow::anyhow!("{broadcast} has gone"))?;
+                    .ok_or_else(|| ActionError::NodeGone {
+                        node: broadcast.clone(),
+                    })?;
                 let mut made = Vec::new();
                 for input in inputs {
                     made.push(topology.patchbay.connect(
@@ -1009,12 +1089,12 @@ impl Gateway {
         relative: &Path,
         channels: u16,
         owner: Option<NodeRef>,
-    ) -> anyhow::Result<(MutexGuard<'_, Topology>, PathBuf)> {
+    ) -> Result<(MutexGuard<'_, Topology>, PathBuf), ActionError> {
         let opened = {
             let disk = lock(&self.disk);
             let disk = disk
                 .as_ref()
-                .ok_or(anyhow::anyhow!("the recording writer has stopped"))?;
+                .ok_or(crate::engine::recorder::RecorderError::WriterStopped)?;
             disk.open(
                 relative,
                 channels,
@@ -1074,7 +1154,7 @@ impl Gateway {
     }
 
     /// Puts `call` into conference `name`, creating it on demand.
-    pub fn join_conference(&self, call: &NodeRef, name: &str) -> anyhow::Result<()> {
+    pub fn join_conference(&self, call: &NodeRef, name: &str) -> Result<(), ActionError> {
         let conference = NodeRef::new(NodeKind::Conference, name)?;
         let capacity = self.config.engine.conference_members;
         let mut topology = lock(&self.topology);
@@ -1110,14 +1190,19 @@ impl Gateway {
         let members = topology
             .conferences
             .get_mut(name)
-            .ok_or_else(|| anyhow::anyhow!("conference {name} vanished"))?;
+            .ok_or_else(|| ActionError::NodeGone {
+                node: conference.clone(),
+            })?;
         let capacity = members.members.len();
         let Some(seat) = members.members.iter().enumerate().position(|(k, member)| {
             member.is_none()
                 && !patched_ports.contains(&format!("in{}", k + 1))
                 && !patched_ports.contains(&format!("out{}", k + 1))
         }) else {
-            anyhow::bail!("conference {name} is full ({capacity} members)");
+            return Err(ActionError::Full {
+                node: conference.clone(),
+                seats: capacity,
+            });
         };
         members.members[seat] = Some(call.clone());
         let k = seat + 1;
@@ -1150,14 +1235,14 @@ impl Gateway {
     /// Seats `call` in jam room `jam:<room>`: the first seat with nothing patched to it
     /// gets the caller's voice on `in<k>` and feeds `out<k>` to the ear. The patches are
     /// the call's, so the seat frees itself when the call ends.
-    pub fn join_jam(&self, call: &NodeRef, room: &str) -> anyhow::Result<()> {
+    pub fn join_jam(&self, call: &NodeRef, room: &str) -> Result<(), ActionError> {
         let jam = NodeRef::new(NodeKind::Jam, room)?;
         let mut topology = lock(&self.topology);
         let inputs = topology
             .patchbay
             .node(&jam)
             .map(|entry| entry.inputs.clone())
-            .ok_or_else(|| anyhow::anyhow!("no jam room {jam} (create it through the API)"))?;
+            .ok_or_else(|| ActionError::NoJamRoom { room: jam.clone() })?;
         let patched: std::collections::HashSet<String> = topology
             .patchbay
             .patches_of(&jam)
@@ -1171,7 +1256,10 @@ impl Gateway {
                 .iter()
                 .all(|p| !patched.contains(&format!("{p}{k}")))
         }) else {
-            anyhow::bail!("jam room {room} is full ({seats} seats)");
+            return Err(ActionError::Full {
+                node: jam.clone(),
+                seats,
+            });
         };
         let voice = topology.patchbay.connect(
             call.port("voice"),
