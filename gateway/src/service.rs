@@ -1178,56 +1178,27 @@ impl Gateway {
                 },
             );
         }
-        // A seat is free when no call holds it and nothing else (a jingle, an AES67
-        // return) is patched to its ports: those are members too.
-        let patched_ports: std::collections::HashSet<String> = topology
-            .patchbay
-            .patches_of(&conference)
-            .flat_map(|p| [&p.source, &p.sink])
-            .filter(|port| port.node() == &conference)
-            .map(|port| port.port().to_owned())
-            .collect();
+        let patched = patched_ports(&topology.patchbay, &conference);
         let members = topology
             .conferences
-            .get_mut(name)
+            .get(name)
             .ok_or_else(|| ActionError::NodeGone {
                 node: conference.clone(),
             })?;
-        let capacity = members.members.len();
-        let Some(seat) = members.members.iter().enumerate().position(|(k, member)| {
-            member.is_none()
-                && !patched_ports.contains(&format!("in{}", k + 1))
-                && !patched_ports.contains(&format!("out{}", k + 1))
-        }) else {
-            return Err(ActionError::Full {
+        // A seat held by a call that is still being seated counts as taken too.
+        let held: Vec<bool> = members.members.iter().map(Option::is_some).collect();
+        let k = free_seat(&patched, held.len(), &["in", "out"], |k| held[k - 1]).ok_or(
+            ActionError::Full {
                 node: conference.clone(),
-                seats: capacity,
-            });
-        };
-        members.members[seat] = Some(call.clone());
-        let k = seat + 1;
-        let voice = topology.patchbay.connect(
-            call.port("voice"),
-            conference.port(&format!("in{k}")),
-            0.0,
-            PatchRole::Normal,
-            Some(call.clone()),
+                seats: held.len(),
+            },
         )?;
-        let ear = topology.patchbay.connect(
-            conference.port(&format!("out{k}")),
-            call.port("ear"),
-            0.0,
-            PatchRole::Normal,
-            Some(call.clone()),
-        )?;
+        let (voice, ear) = seat(&mut topology.patchbay, call, &conference, k)?;
+        if let Some(members) = topology.conferences.get_mut(name) {
+            members.members[k - 1] = Some(call.clone());
+        }
         drop(topology);
-        self.emit(Event::PatchCreated {
-            patch: patch_info(&voice),
-        });
-        self.emit(Event::PatchCreated {
-            patch: patch_info(&ear),
-        });
-        self.refresh_lobby(std::slice::from_ref(call));
+        self.seated(call, voice, ear);
         tracing::info!(conference = name, seat = k, "joined conference");
         Ok(())
     }
@@ -1238,50 +1209,27 @@ impl Gateway {
     pub fn join_jam(&self, call: &NodeRef, room: &str) -> Result<(), ActionError> {
         let jam = NodeRef::new(NodeKind::Jam, room)?;
         let mut topology = lock(&self.topology);
-        let inputs = topology
+        let seats = topology
             .patchbay
             .node(&jam)
-            .map(|entry| entry.inputs.clone())
+            .map(|entry| entry.inputs.iter().filter(|p| p.starts_with("in")).count())
             .ok_or_else(|| ActionError::NoJamRoom { room: jam.clone() })?;
-        let patched: std::collections::HashSet<String> = topology
-            .patchbay
-            .patches_of(&jam)
-            .flat_map(|p| [&p.source, &p.sink])
-            .filter(|port| port.node() == &jam)
-            .map(|port| port.port().to_owned())
-            .collect();
-        let seats = inputs.iter().filter(|p| p.starts_with("in")).count();
-        let Some(k) = (1..=seats).find(|k| {
-            ["in", "out", "aux"]
-                .iter()
-                .all(|p| !patched.contains(&format!("{p}{k}")))
-        }) else {
-            return Err(ActionError::Full {
+        let patched = patched_ports(&topology.patchbay, &jam);
+        let k = free_seat(&patched, seats, &["in", "out", "aux"], |_| false).ok_or(
+            ActionError::Full {
                 node: jam.clone(),
                 seats,
-            });
-        };
-        let voice = topology.patchbay.connect(
-            call.port("voice"),
-            jam.port(&format!("in{k}")),
-            0.0,
-            PatchRole::Normal,
-            Some(call.clone()),
+            },
         )?;
-        let ear = match topology.patchbay.connect(
-            jam.port(&format!("out{k}")),
-            call.port("ear"),
-            0.0,
-            PatchRole::Normal,
-            Some(call.clone()),
-        ) {
-            Ok(ear) => ear,
-            Err(e) => {
-                let _ = topology.patchbay.disconnect(voice.id);
-                return Err(e.into());
-            }
-        };
+        let (voice, ear) = seat(&mut topology.patchbay, call, &jam, k)?;
         drop(topology);
+        self.seated(call, voice, ear);
+        tracing::info!(jam = room, seat = k, "joined jam room");
+        Ok(())
+    }
+
+    /// Announces a call's new seat patches and takes it out of the lobby.
+    fn seated(&self, call: &NodeRef, voice: PatchEntry, ear: PatchEntry) {
         self.emit(Event::PatchCreated {
             patch: patch_info(&voice),
         });
@@ -1289,8 +1237,6 @@ impl Gateway {
             patch: patch_info(&ear),
         });
         self.refresh_lobby(std::slice::from_ref(call));
-        tracing::info!(jam = room, seat = k, "joined jam room");
-        Ok(())
     }
 
     /// Tells every node service which of its ports are patched (a jam seat is in its
@@ -1298,12 +1244,8 @@ impl Gateway {
     fn sync_service_ports(&self) {
         let topology = lock(&self.topology);
         for (node, service) in &topology.services {
-            let ports: Vec<String> = topology
-                .patchbay
-                .patches_of(node)
-                .flat_map(|p| [&p.source, &p.sink])
-                .filter(|port| port.node() == node)
-                .map(|port| port.port().to_owned())
+            let ports: Vec<String> = patched_ports(&topology.patchbay, node)
+                .into_iter()
                 .collect();
             service.ports_patched(&ports);
         }
@@ -2041,6 +1983,65 @@ fn call_record(handle: &CallHandle, patches: Vec<String>) -> api::store::CdrReco
     }
 }
 
+/// The ports of `node` that anything is patched to.
+fn patched_ports(patchbay: &Patchbay, node: &NodeRef) -> std::collections::HashSet<String> {
+    patchbay
+        .patches_of(node)
+        .flat_map(|p| [&p.source, &p.sink])
+        .filter(|port| port.node() == node)
+        .map(|port| port.port().to_owned())
+        .collect()
+}
+
+/// The first free seat (1-based) of `seats`, the one seat algorithm of conferences and
+/// jam rooms: a seat is free when `held(k)` says no call holds it and nothing is patched
+/// to any of its ports (`<prefix><k>` for each prefix), since a jingle or an AES67
+/// return patched there is a member too.
+fn free_seat(
+    patched: &std::collections::HashSet<String>,
+    seats: usize,
+    prefixes: &[&str],
+    held: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    (1..=seats).find(|&k| {
+        !held(k)
+            && prefixes
+                .iter()
+                .all(|prefix| !patched.contains(&format!("{prefix}{k}")))
+    })
+}
+
+/// Patches `call` into seat `k` of `node`: its voice to `in<k>`, `out<k>` to its ear,
+/// both owned by the call (so the seat frees itself when the call ends). Neither patch
+/// is left behind if the other is refused.
+fn seat(
+    patchbay: &mut Patchbay,
+    call: &NodeRef,
+    node: &NodeRef,
+    k: usize,
+) -> Result<(PatchEntry, PatchEntry), ActionError> {
+    let voice = patchbay.connect(
+        call.port("voice"),
+        node.port(&format!("in{k}")),
+        0.0,
+        PatchRole::Normal,
+        Some(call.clone()),
+    )?;
+    match patchbay.connect(
+        node.port(&format!("out{k}")),
+        call.port("ear"),
+        0.0,
+        PatchRole::Normal,
+        Some(call.clone()),
+    ) {
+        Ok(ear) => Ok((voice, ear)),
+        Err(e) => {
+            let _ = patchbay.disconnect(voice.id);
+            Err(e.into())
+        }
+    }
+}
+
 /// The API's view of a patch.
 pub fn patch_info(patch: &PatchEntry) -> PatchInfo {
     PatchInfo {
@@ -2154,6 +2155,26 @@ mod tests {
             .unwrap();
         gateway.begin_shutdown();
         gateway.finish();
+    }
+
+    #[test]
+    fn a_seat_is_free_when_no_call_holds_it_and_nothing_is_patched_to_it() {
+        let patched: std::collections::HashSet<String> = ["in1", "out2", "aux3"]
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        // Seats 1 and 2 have patched ports; seat 3 only its aux, which conferences lack.
+        assert_eq!(free_seat(&patched, 4, &["in", "out"], |_| false), Some(3));
+        assert_eq!(
+            free_seat(&patched, 4, &["in", "out", "aux"], |_| false),
+            Some(4)
+        );
+        assert_eq!(free_seat(&patched, 4, &["in", "out"], |k| k == 3), Some(4));
+        assert_eq!(
+            free_seat(&patched, 3, &["in", "out", "aux"], |_| false),
+            None
+        );
+        assert_eq!(free_seat(&patched, 0, &["in"], |_| false), None);
     }
 
     #[test]
