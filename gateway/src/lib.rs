@@ -11,6 +11,7 @@
 //! - [`clock`]: the PTP media clock AES67 flows stamp and pace with;
 //! - [`aes67`]: AES67 transmit and receive flows, their SDP and SAP;
 //! - [`ptp`]: the built-in PTPv2 follower behind the clock's `follow` mode;
+//! - [`scrape`]: `/metrics`, the counters published through the `metrics` crate;
 //! - [`config`]: configuration loading and validation;
 //! - [`app`]: start-up and graceful shutdown of the whole service.
 
@@ -27,6 +28,7 @@ pub mod net;
 pub mod node_service;
 pub mod patchbay;
 pub mod ptp;
+pub mod scrape;
 pub mod service;
 
 pub use service::Gateway;

@@ -64,7 +64,7 @@ use super::ledger::{SequenceLedger, SequenceStore};
 use super::server::{DnsServer, DnsServerError};
 use super::zone::{PackRecords, Zone, ZoneError, ZoneSnapshot, Zones, dns_name, sequence_record};
 use crate::engine::{BUS_RATE, Node};
-use crate::node_service::{MetricFamilies, NodeService};
+use crate::node_service::{MetricFamilies, MetricKind, NodeService};
 
 /// How long a pack stays served after it leaves the `sequence` list: the `sequence`
 /// TTL plus the reference client's 4 s reuse and some slack.
@@ -954,14 +954,14 @@ impl NodeService for BroadcastService {
         })
     }
 
-    fn render_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
+    fn publish_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
         let s = &self.stats;
         let c = &self.zone.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         if let Some((oldest, newest)) = self.listed() {
             families.sample(
                 "telepatch_dns_sequence",
-                "gauge",
+                MetricKind::Gauge,
                 "Newest sequence number listed by an AoDNS broadcast.",
                 node,
                 &[],
@@ -969,7 +969,7 @@ impl NodeService for BroadcastService {
             );
             families.sample(
                 "telepatch_dns_listed_packs",
-                "gauge",
+                MetricKind::Gauge,
                 "Packs an AoDNS broadcast lists in its sequence record.",
                 node,
                 &[],
@@ -978,7 +978,7 @@ impl NodeService for BroadcastService {
         }
         families.sample(
             "telepatch_dns_window_packs",
-            "gauge",
+            MetricKind::Gauge,
             "Configured window of an AoDNS broadcast, in packs.",
             node,
             &[],
@@ -986,7 +986,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_pack_duration_seconds",
-            "gauge",
+            MetricKind::Gauge,
             "Audio in the newest pack of an AoDNS broadcast.",
             node,
             &[],
@@ -994,7 +994,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_packs_published_total",
-            "counter",
+            MetricKind::Counter,
             "Packs an AoDNS broadcast has published.",
             node,
             &[],
@@ -1008,7 +1008,7 @@ impl NodeService for BroadcastService {
         ] {
             families.sample(
                 "telepatch_dns_queries_total",
-                "counter",
+                MetricKind::Counter,
                 "DNS queries for an AoDNS broadcast's zone, by outcome.",
                 node,
                 &[("outcome", outcome)],
@@ -1017,7 +1017,7 @@ impl NodeService for BroadcastService {
         }
         families.sample(
             "telepatch_dns_queries_per_second",
-            "gauge",
+            MetricKind::Gauge,
             "DNS queries per second for an AoDNS broadcast's zone (last 5 s).",
             node,
             &[],
@@ -1025,7 +1025,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_listeners",
-            "gauge",
+            MetricKind::Gauge,
             "Distinct client addresses that queried an AoDNS broadcast's zone.",
             node,
             &[],
@@ -1033,7 +1033,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_input_overruns_total",
-            "counter",
+            MetricKind::Counter,
             "Engine blocks an AoDNS broadcast dropped because its encoder fell behind.",
             node,
             &[],
@@ -1041,7 +1041,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_encode_errors_total",
-            "counter",
+            MetricKind::Counter,
             "Frames an AoDNS broadcast lost to encoder errors.",
             node,
             &[],
