@@ -265,6 +265,9 @@ async fn serve(
 
     control_handle.spawn(level_ticker(Arc::clone(&gateway), levels_interval));
     control_handle.spawn(engine_watch(Arc::clone(&gateway)));
+    control_handle.spawn(crate::scrape::feed_block_times_every_second(Arc::clone(
+        &gateway,
+    )));
 
     let tcp = TcpListener::from_std(listeners.audiosocket)?;
     let audiosocket_addr = tcp.local_addr()?;

@@ -11,7 +11,6 @@
 //! [`ClockConfig`] is the `[clock]` section; [`ClockHandle::start`] builds the clock it
 //! asks for, and the handle serves the API (`GET /v1/clock`) and `/metrics`.
 
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use codecs::ptp::ClockIdentity;
 use serde::{Deserialize, Serialize};
 
 use crate::ptp::{FollowClock, FollowError, FollowSettings};
+use crate::scrape::MetricKind;
 
 pub use crate::media_clock::MediaClock;
 
@@ -391,39 +391,42 @@ impl ClockHandle {
         }
     }
 
-    /// Appends the clock's gauges and counters in Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        render_clock_metrics(&self.status(), out);
+    /// Publishes the clock's gauges and counters into the current `metrics` recorder.
+    pub fn publish_metrics(&self) {
+        publish_clock_metrics(&self.status());
     }
 }
 
-/// The clock's Prometheus families from a status (no sample for what is unknown).
-pub fn render_clock_metrics(status: &ClockStatus, out: &mut String) {
-    metric_info(out, status);
-    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
-        if let Some(value) = value {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+/// The clock's metrics from a status, into the current `metrics` recorder (no sample for
+/// what is unknown).
+pub fn publish_clock_metrics(status: &ClockStatus) {
+    metric_info(status);
+    let metric = |name: &'static str, kind: MetricKind, help: &'static str, value: Option<f64>| {
+        let Some(value) = value else { return };
+        if kind == MetricKind::Counter {
+            metrics::describe_counter!(name, help);
+            metrics::counter!(name).absolute(value as u64);
+        } else {
+            metrics::describe_gauge!(name, help);
+            metrics::gauge!(name).set(value);
         }
     };
     let flag = |b: bool| Some(if b { 1.0 } else { 0.0 });
     metric(
         "telepatch_clock_usable",
-        "gauge",
+        MetricKind::Gauge,
         "Whether flows can stamp with the media clock (1) or not (0).",
         flag(status.usable),
     );
     metric(
         "telepatch_clock_ptp_time_seconds",
-        "gauge",
+        MetricKind::Gauge,
         "PTP time when scraped, seconds since the PTP epoch.",
         status.ptp_time_ns.map(|ns| ns as f64 / 1e9),
     );
     metric(
         "telepatch_clock_tai_utc_offset_seconds",
-        "gauge",
+        MetricKind::Gauge,
         "TAI-UTC offset applied (system) or announced by the grandmaster (follow).",
         status.tai_utc_offset_s.map(f64::from),
     );
@@ -432,37 +435,37 @@ pub fn render_clock_metrics(status: &ClockStatus, out: &mut String) {
     }
     metric(
         "telepatch_ptp_locked",
-        "gauge",
+        MetricKind::Gauge,
         "Whether the PTP follower is locked to a grandmaster (1) or not (0).",
         flag(status.state == ClockState::Locked),
     );
     metric(
         "telepatch_ptp_offset_nanoseconds",
-        "gauge",
+        MetricKind::Gauge,
         "Estimate minus grandmaster time at the newest Sync.",
         status.offset_ns.map(|v| v as f64),
     );
     metric(
         "telepatch_ptp_rate_ratio_ppm",
-        "gauge",
+        MetricKind::Gauge,
         "Grandmaster rate against the local clock, ppm.",
         status.rate_ratio_ppm,
     );
     metric(
         "telepatch_ptp_mean_path_delay_nanoseconds",
-        "gauge",
+        MetricKind::Gauge,
         "Mean path delay to the master.",
         status.mean_path_delay_ns.map(|v| v as f64),
     );
     metric(
         "telepatch_ptp_last_sync_age_seconds",
-        "gauge",
+        MetricKind::Gauge,
         "Time since the newest Sync was used.",
         status.last_sync_age_ms.map(|ms| ms / 1e3),
     );
     metric(
         "telepatch_ptp_fit_rms_nanoseconds",
-        "gauge",
+        MetricKind::Gauge,
         "RMS residual of the Sync fit (timestamp jitter).",
         status.fit_rms_ns,
     );
@@ -521,12 +524,12 @@ pub fn render_clock_metrics(status: &ClockStatus, out: &mut String) {
                 c.read_timestamps,
             ),
         ] {
-            metric(name, "counter", help, Some(value as f64));
+            metric(name, MetricKind::Counter, help, Some(value as f64));
         }
     }
 }
 
-fn metric_info(out: &mut String, status: &ClockStatus) {
+fn metric_info(status: &ClockStatus) {
     let mode = match status.mode {
         ClockMode::System => "system",
         ClockMode::Follow => "follow",
@@ -539,14 +542,19 @@ fn metric_info(out: &mut String, status: &ClockStatus) {
         ClockState::Holdover => "holdover",
     };
     let name = "telepatch_clock_info";
-    let grandmaster = status.grandmaster_id.as_deref().unwrap_or("");
-    let _ = writeln!(
-        out,
-        "# HELP {name} The media clock: mode, state, grandmaster and domain.\n\
-         # TYPE {name} gauge\n\
-         {name}{{mode=\"{mode}\",state=\"{state}\",grandmaster=\"{grandmaster}\",domain=\"{}\"}} 1",
-        status.domain
+    let grandmaster = status.grandmaster_id.clone().unwrap_or_default();
+    metrics::describe_gauge!(
+        name,
+        "The media clock: mode, state, grandmaster and domain."
     );
+    metrics::gauge!(
+        name,
+        "mode" => mode,
+        "state" => state,
+        "grandmaster" => grandmaster,
+        "domain" => status.domain.to_string()
+    )
+    .set(1.0);
 }
 
 #[cfg(test)]
@@ -694,8 +702,7 @@ mod tests {
         assert_eq!(json["source"], "clock_realtime_plus_offset");
         assert_eq!(json["tai_utc_offset_s"], 37);
 
-        let mut out = String::new();
-        handle.render_metrics(&mut out);
+        let out = crate::scrape::render_published(|| handle.publish_metrics());
         for line in [
             "telepatch_clock_info{mode=\"system\",state=\"host_clock\",\
              grandmaster=\"00-1D-C1-FF-FE-12-34-56\",domain=\"0\"} 1",
@@ -734,8 +741,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let mut out = String::new();
-        render_clock_metrics(&status, &mut out);
+        let out = crate::scrape::render_published(|| publish_clock_metrics(&status));
         for line in [
             "telepatch_clock_info{mode=\"follow\",state=\"locked\",\
              grandmaster=\"02-2E-49-FF-FE-C5-BE-8C\",domain=\"0\"} 1",

@@ -5,7 +5,6 @@
 //! scrape time.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -17,7 +16,7 @@ use api::model::{NodeKind, NodeRef, PortRef, Route};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::engine::stats::{BLOCK_TIME_BUCKETS_US, LevelMeter};
+use crate::engine::stats::LevelMeter;
 use crate::jam::JamService;
 use crate::patchbay::PatchbayError;
 use crate::service::{CallHandle, Gateway, patch_info};
@@ -335,7 +334,7 @@ impl Control for GatewayControl {
     }
 
     fn render_metrics(&self, out: &mut String) {
-        render_gateway_metrics(&self.gateway, out);
+        out.push_str(&self.gateway.metrics().render(&self.gateway));
     }
 
     fn ready(&self) -> bool {
@@ -380,194 +379,4 @@ impl Control for GatewayControl {
     fn clock(&self) -> api::control::ClockStatus {
         self.gateway.clock().status()
     }
-}
-
-/// The gateway's metrics in Prometheus text format, from its counters.
-pub fn render_gateway_metrics(gateway: &Gateway, out: &mut String) {
-    let (calls, totals) = gateway.calls_and_totals();
-    let sum = |field: fn(&CallHandle) -> u64| calls.iter().map(|c| field(c)).sum::<u64>();
-    let frames_in = sum(|c| c.stats.frames_in.load(Ordering::Relaxed));
-    let frames_out = sum(|c| c.stats.frames_out.load(Ordering::Relaxed));
-    let uplink_gaps = sum(|c| c.stats.uplink_gaps.load(Ordering::Relaxed));
-    let underruns = sum(|c| c.stats.downlink_underruns.load(Ordering::Relaxed));
-    let writer_stalls = sum(|c| c.stats.writer_stalls.load(Ordering::Relaxed));
-    let engine = gateway.engine_stats().snapshot();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    metric(
-        "telepatch_calls_active",
-        "gauge",
-        "Calls connected now.",
-        calls.len() as f64,
-    );
-    metric(
-        "telepatch_calls_total",
-        "counter",
-        "Calls admitted since start.",
-        totals.calls as f64,
-    );
-    metric(
-        "telepatch_calls_refused_total",
-        "counter",
-        "Connections refused (call cap, duplicates, shutdown).",
-        totals.refused as f64,
-    );
-    metric(
-        "telepatch_frames_in_total",
-        "counter",
-        "Audio messages received from Asterisk.",
-        (totals.frames_in + frames_in) as f64,
-    );
-    metric(
-        "telepatch_frames_out_total",
-        "counter",
-        "Audio messages sent to Asterisk.",
-        (totals.frames_out + frames_out) as f64,
-    );
-    metric(
-        "telepatch_uplink_gaps_total",
-        "counter",
-        "Times a caller's audio ran dry while playing.",
-        (totals.uplink_gaps + uplink_gaps) as f64,
-    );
-    metric(
-        "telepatch_downlink_underruns_total",
-        "counter",
-        "Reply frames padded because the engine was late.",
-        (totals.downlink_underruns + underruns) as f64,
-    );
-    metric(
-        "telepatch_audiosocket_source_refused_total",
-        "counter",
-        "AudioSocket connections from sources outside audiosocket.allow.",
-        totals.source_refused as f64,
-    );
-    metric(
-        "telepatch_unidentified_refused_total",
-        "counter",
-        "Connections closed before their ID because too many were waiting for theirs.",
-        totals.unidentified_refused as f64,
-    );
-    metric(
-        "telepatch_audiosocket_accept_errors_total",
-        "counter",
-        "Failed accepts of the AudioSocket listener (out of file descriptors...).",
-        totals.audiosocket_accept_errors as f64,
-    );
-    metric(
-        "telepatch_api_connections_refused_total",
-        "counter",
-        "HTTP API connections closed at once because api.max_connections were open.",
-        totals.api_connections_refused as f64,
-    );
-    metric(
-        "telepatch_api_accept_errors_total",
-        "counter",
-        "Failed accepts of the HTTP API (out of file descriptors...).",
-        totals.api_accept_errors as f64,
-    );
-    metric(
-        "telepatch_writer_stalls_total",
-        "counter",
-        "Times a call's reply frames were held up more than three frames (a blocked or starved session thread).",
-        (totals.writer_stalls + writer_stalls) as f64,
-    );
-    metric(
-        "telepatch_recording_failures_total",
-        "counter",
-        "Recordings the disk failed: refused because their header could not be written, or stopped mid-way (the file keeps what was written).",
-        gateway.recording_failures() as f64,
-    );
-    metric(
-        "telepatch_engine_blocks_total",
-        "counter",
-        "Engine blocks processed.",
-        engine.blocks as f64,
-    );
-    metric(
-        "telepatch_engine_late_restarts_total",
-        "counter",
-        "Times the engine fell too far behind and restarted its schedule.",
-        engine.late_restarts as f64,
-    );
-    metric(
-        "telepatch_engine_skipped_blocks_total",
-        "counter",
-        "Blocks the engine skipped when it restarted its schedule (bus time lost to stalls).",
-        engine.skipped_blocks as f64,
-    );
-    metric(
-        "telepatch_engine_recent_load",
-        "gauge",
-        "Share of real time the engine spent processing blocks, averaged over about a second (1 = all of it).",
-        gateway.engine_load(),
-    );
-    if let Some(cdr) = gateway.cdr_stats() {
-        metric(
-            "telepatch_cdr_pending",
-            "gauge",
-            "Call record writes (opens, refreshes, ends) waiting to be written.",
-            cdr.pending as f64,
-        );
-        metric(
-            "telepatch_cdr_written_total",
-            "counter",
-            "Call record writes applied.",
-            cdr.written as f64,
-        );
-        metric(
-            "telepatch_cdr_dropped_total",
-            "counter",
-            "Call record writes lost (queue full or shutdown).",
-            cdr.dropped as f64,
-        );
-        metric(
-            "telepatch_cdr_retries_total",
-            "counter",
-            "Failed attempts to write call records.",
-            cdr.retries as f64,
-        );
-        metric(
-            "telepatch_cdr_interrupted_closed_total",
-            "counter",
-            "Open call records closed as interrupted (their gateway stopped unexpectedly).",
-            cdr.interrupted_closed as f64,
-        );
-    }
-    let name = "telepatch_engine_block_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time to process one engine block.\n# TYPE {name} histogram"
-    );
-    let mut cumulative = 0u64;
-    for (bound, count) in BLOCK_TIME_BUCKETS_US.iter().zip(&engine.block_time_buckets) {
-        cumulative += count;
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1e6
-        );
-    }
-    cumulative += engine.block_time_buckets.last().copied().unwrap_or(0);
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-    let _ = writeln!(
-        out,
-        "{name}_sum {}",
-        engine.block_time_ns_total as f64 / 1e9
-    );
-    let _ = writeln!(out, "{name}_count {cumulative}");
-
-    gateway.aes67().render_metrics(out);
-    gateway.clock().render_metrics(out);
-
-    let mut families = crate::node_service::MetricFamilies::default();
-    for (node, service) in gateway.node_services() {
-        service.render_metrics(&node, &mut families);
-    }
-    families.render(out);
-    gateway.dns().render_metrics(out);
 }

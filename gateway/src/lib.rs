@@ -12,6 +12,7 @@
 //! - [`clock`]: the configured media clock (host clock or PTP follower);
 //! - [`aes67`]: AES67 transmit and receive flows, their SDP and SAP;
 //! - [`ptp`]: the built-in PTPv2 follower behind the clock's `follow` mode;
+//! - [`scrape`]: `/metrics`, the counters published through the `metrics` crate;
 //! - [`config`]: configuration loading and validation;
 //! - [`threads`]: owned, named threads (real-time priority, stop, one join);
 //! - [`app`]: start-up and graceful shutdown of the whole service.
@@ -30,6 +31,7 @@ pub mod net;
 pub mod node_service;
 pub mod patchbay;
 pub mod ptp;
+pub mod scrape;
 pub mod service;
 pub mod threads;
 

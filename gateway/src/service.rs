@@ -336,6 +336,8 @@ pub struct Gateway {
     /// Drops what the engine retires; joined after the engine.
     reaper: OwnedThread,
     engine_stats: Arc<EngineStats>,
+    /// The registry `/metrics` renders the counters through.
+    metrics: crate::scrape::GatewayMetrics,
     events: broadcast::Sender<Event>,
     /// The root of the cancellation tree: cancelled last, it ends whatever is left.
     root: CancellationToken,
@@ -427,6 +429,7 @@ impl Gateway {
             engine_thread: Mutex::new(Some(engine_thread)),
             reaper,
             engine_stats,
+            metrics: crate::scrape::GatewayMetrics::new(),
             events,
             shutdown: root.child_token(),
             dns: Arc::new(crate::dns::DnsServer::new(
@@ -536,6 +539,11 @@ impl Gateway {
     /// Recordings refused or stopped by a failing disk since start.
     pub fn recording_failures(&self) -> u64 {
         self.recording_failures.load(Ordering::Relaxed)
+    }
+
+    /// The registry behind `/metrics`.
+    pub fn metrics(&self) -> &crate::scrape::GatewayMetrics {
+        &self.metrics
     }
 
     /// Engine counters.
@@ -2071,35 +2079,12 @@ fn affected_calls(patches: &[PatchEntry]) -> Vec<NodeRef> {
     calls
 }
 
-/// `YYYYmmddTHHMMSSZ` for a wall-clock time (recording names).
+/// `YYYYmmddTHHMMSSZ` for a wall-clock time (recording names); times before 1970 read
+/// as 1970-01-01.
 fn format_utc(time: SystemTime) -> String {
-    let secs = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    chrono::DateTime::<chrono::Utc>::from(time.max(SystemTime::UNIX_EPOCH))
+        .format("%Y%m%dT%H%M%SZ")
+        .to_string()
 }
 
 #[cfg(test)]

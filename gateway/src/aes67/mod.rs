@@ -50,7 +50,7 @@ use self::sap::{SapService, SapSubscriber};
 use self::tx::{TxCore, TxNode, TxStats};
 use crate::engine::Node;
 use crate::media_clock::MediaClock;
-use crate::node_service::{MetricFamilies, NodeService};
+use crate::node_service::{MetricFamilies, MetricKind, NodeService};
 use crate::patchbay::NodeSpec;
 
 /// The `[aes67]` configuration section.
@@ -858,54 +858,59 @@ impl Aes67Hub {
             .unwrap_or_default()
     }
 
-    /// Appends the SAP counters in Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    /// Publishes the SAP counters into the current `metrics` recorder.
+    pub fn publish_metrics(&self) {
         let Some(sap) = &self.inner.sap else { return };
         let s = sap.stats();
         let sessions = sap.sessions().len();
         for (name, kind, help, value) in [
             (
                 "telepatch_sap_announcements_total",
-                "counter",
+                MetricKind::Counter,
                 "SAP announcements sent.",
                 s.announcements.load(Ordering::Relaxed) as f64,
             ),
             (
                 "telepatch_sap_deletions_total",
-                "counter",
+                MetricKind::Counter,
                 "SAP deletions sent.",
                 s.deletions.load(Ordering::Relaxed) as f64,
             ),
             (
                 "telepatch_sap_send_errors_total",
-                "counter",
+                MetricKind::Counter,
                 "SAP packets that could not be sent.",
                 s.send_errors.load(Ordering::Relaxed) as f64,
             ),
             (
                 "telepatch_sap_received_total",
-                "counter",
+                MetricKind::Counter,
                 "Packets heard on the SAP group.",
                 s.received.load(Ordering::Relaxed) as f64,
             ),
             (
                 "telepatch_sap_malformed_total",
-                "counter",
+                MetricKind::Counter,
                 "Packets heard on the SAP group that were not SAP.",
                 s.malformed.load(Ordering::Relaxed) as f64,
             ),
             (
                 "telepatch_sap_sessions",
-                "gauge",
+                MetricKind::Gauge,
                 "Sessions in the SAP directory.",
                 sessions as f64,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            match kind {
+                MetricKind::Counter => {
+                    metrics::describe_counter!(name, help);
+                    metrics::counter!(name).absolute(value as u64);
+                }
+                MetricKind::Gauge => {
+                    metrics::describe_gauge!(name, help);
+                    metrics::gauge!(name).set(value);
+                }
+            }
         }
     }
 
@@ -955,7 +960,7 @@ fn bridge_status(stats: &BridgeStats, latency_ms: f64) -> serde_json::Value {
 fn bridge_metrics(node: &NodeRef, families: &mut MetricFamilies, stats: &BridgeStats) {
     families.sample(
         "telepatch_aes67_bridge_underruns_total",
-        "counter",
+        MetricKind::Counter,
         "Times a flow's clock bridge ran dry (silence went out).",
         node,
         &[],
@@ -963,7 +968,7 @@ fn bridge_metrics(node: &NodeRef, families: &mut MetricFamilies, stats: &BridgeS
     );
     families.sample(
         "telepatch_aes67_bridge_overflow_frames_total",
-        "counter",
+        MetricKind::Counter,
         "Frames a flow's clock bridge had no room for.",
         node,
         &[],
@@ -971,7 +976,7 @@ fn bridge_metrics(node: &NodeRef, families: &mut MetricFamilies, stats: &BridgeS
     );
     families.sample(
         "telepatch_aes67_bridge_correction_ppm",
-        "gauge",
+        MetricKind::Gauge,
         "Drift correction between the host clock and the PTP media clock, in ppm.",
         node,
         &[],
@@ -979,7 +984,7 @@ fn bridge_metrics(node: &NodeRef, families: &mut MetricFamilies, stats: &BridgeS
     );
     families.sample(
         "telepatch_aes67_bridge_fill_seconds",
-        "gauge",
+        MetricKind::Gauge,
         "Audio queued in a flow's clock bridge.",
         node,
         &[],
@@ -1036,7 +1041,7 @@ impl NodeService for TxService {
         })
     }
 
-    fn render_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
+    fn publish_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
         let s = &self.flow.stats;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         for (name, help, value) in [
@@ -1056,11 +1061,6 @@ impl NodeService for TxService {
                 load(&s.late_packets),
             ),
             (
-                "telepatch_aes67_tx_send_delay_seconds_total",
-                "Sum of the delays between packets' due times and their sending.",
-                load(&s.send_delay_sum_ns) / 1e9,
-            ),
-            (
                 "telepatch_aes67_tx_resyncs_total",
                 "Times a transmit flow re-bootstrapped its timestamps on the clock.",
                 load(&s.resyncs),
@@ -1071,11 +1071,17 @@ impl NodeService for TxService {
                 load(&s.send_errors),
             ),
         ] {
-            families.sample(name, "counter", help, node, &[], value);
+            families.sample(name, MetricKind::Counter, help, node, &[], value);
         }
+        families.fractional_counter(
+            "telepatch_aes67_tx_send_delay_seconds_total",
+            "Sum of the delays between packets' due times and their sending.",
+            node,
+            load(&s.send_delay_sum_ns) / 1e9,
+        );
         families.sample(
             "telepatch_aes67_tx_max_send_delay_seconds",
-            "gauge",
+            MetricKind::Gauge,
             "Largest delay between a packet's due time and its sending.",
             node,
             &[],
@@ -1154,7 +1160,7 @@ impl NodeService for RxService {
         })
     }
 
-    fn render_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
+    fn publish_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
         let s = &self.flow.stats;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         for (name, help, value) in [
@@ -1219,11 +1225,11 @@ impl NodeService for RxService {
                 load(&s.resyncs),
             ),
         ] {
-            families.sample(name, "counter", help, node, &[], value);
+            families.sample(name, MetricKind::Counter, help, node, &[], value);
         }
         families.sample(
             "telepatch_aes67_rx_latency_seconds",
-            "gauge",
+            MetricKind::Gauge,
             "A receive flow's playout latency after the media timestamp.",
             node,
             &[],

@@ -65,7 +65,7 @@ use super::retiring::{Command, EncoderControl, Handover, RetiringBroadcast};
 use super::server::{DnsServer, DnsServerError};
 use super::zone::{PackRecords, Zone, ZoneError, ZoneSnapshot, Zones, dns_name, sequence_record};
 use crate::engine::{BUS_RATE, Node};
-use crate::node_service::{MetricFamilies, NodeService};
+use crate::node_service::{MetricFamilies, MetricKind, NodeService};
 
 /// How long a pack stays served after it leaves the `sequence` list: the `sequence`
 /// TTL plus the reference client's 4 s reuse and some slack.
@@ -852,14 +852,14 @@ impl NodeService for BroadcastService {
         })
     }
 
-    fn render_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
+    fn publish_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
         let s = &self.stats;
         let c = &self.zone.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         if let Some((oldest, newest)) = self.listed() {
             families.sample(
                 "telepatch_dns_sequence",
-                "gauge",
+                MetricKind::Gauge,
                 "Newest sequence number listed by an AoDNS broadcast.",
                 node,
                 &[],
@@ -867,7 +867,7 @@ impl NodeService for BroadcastService {
             );
             families.sample(
                 "telepatch_dns_listed_packs",
-                "gauge",
+                MetricKind::Gauge,
                 "Packs an AoDNS broadcast lists in its sequence record.",
                 node,
                 &[],
@@ -876,7 +876,7 @@ impl NodeService for BroadcastService {
         }
         families.sample(
             "telepatch_dns_window_packs",
-            "gauge",
+            MetricKind::Gauge,
             "Configured window of an AoDNS broadcast, in packs.",
             node,
             &[],
@@ -884,7 +884,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_pack_duration_seconds",
-            "gauge",
+            MetricKind::Gauge,
             "Audio in the newest pack of an AoDNS broadcast.",
             node,
             &[],
@@ -892,7 +892,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_packs_published_total",
-            "counter",
+            MetricKind::Counter,
             "Packs an AoDNS broadcast has published.",
             node,
             &[],
@@ -906,7 +906,7 @@ impl NodeService for BroadcastService {
         ] {
             families.sample(
                 "telepatch_dns_queries_total",
-                "counter",
+                MetricKind::Counter,
                 "DNS queries for an AoDNS broadcast's zone, by outcome.",
                 node,
                 &[("outcome", outcome)],
@@ -915,7 +915,7 @@ impl NodeService for BroadcastService {
         }
         families.sample(
             "telepatch_dns_queries_per_second",
-            "gauge",
+            MetricKind::Gauge,
             "DNS queries per second for an AoDNS broadcast's zone (last 5 s).",
             node,
             &[],
@@ -923,7 +923,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_listeners",
-            "gauge",
+            MetricKind::Gauge,
             "Distinct client addresses that queried an AoDNS broadcast's zone.",
             node,
             &[],
@@ -931,7 +931,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_input_overruns_total",
-            "counter",
+            MetricKind::Counter,
             "Engine blocks an AoDNS broadcast dropped because its encoder fell behind.",
             node,
             &[],
@@ -939,7 +939,7 @@ impl NodeService for BroadcastService {
         );
         families.sample(
             "telepatch_dns_encode_errors_total",
-            "counter",
+            MetricKind::Counter,
             "Frames an AoDNS broadcast lost to encoder errors.",
             node,
             &[],

@@ -18,7 +18,6 @@
 //! zones stay served for a grace period, and a broadcast created again on the same
 //! domain meanwhile takes over.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -288,9 +287,9 @@ impl DnsServer {
         }
     }
 
-    /// Appends the server-wide Prometheus metrics (per-broadcast ones come from each
-    /// broadcast's node service).
-    pub fn render_metrics(&self, out: &mut String) {
+    /// Publishes the server-wide counters into the current `metrics` recorder (per-broadcast
+    /// ones come from each broadcast's node service).
+    pub fn publish_metrics(&self) {
         if self.addr().is_none() {
             return;
         }
@@ -317,10 +316,8 @@ impl DnsServer {
                 c.rate_limited.load(Ordering::Relaxed),
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            metrics::describe_counter!(name, help);
+            metrics::counter!(name).absolute(value);
         }
     }
 }

@@ -21,7 +21,7 @@ use super::io::{
 use super::node::{JamNode, JamNodeError, JamNodeParts, NodeMode, port_names};
 use super::shared::{JamShared, JammerSlot};
 use crate::engine::stats::LevelMeter;
-use crate::node_service::{MetricFamilies, NodeService};
+use crate::node_service::{MetricFamilies, MetricKind, NodeService};
 use crate::patchbay::NodeSpec;
 
 /// Remote jammers a joined seat mixes: rtjam's client has 11 remote slots (rtjam.md §3).
@@ -620,7 +620,7 @@ impl NodeService for JamService {
         status
     }
 
-    fn render_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
+    fn publish_metrics(&self, node: &NodeRef, families: &mut MetricFamilies) {
         let io = &self.shared.io;
         let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
         let members = match &self.side {
@@ -629,7 +629,7 @@ impl NodeService for JamService {
         };
         families.sample(
             "telepatch_jam_members",
-            "gauge",
+            MetricKind::Gauge,
             "Network members of a hosted room, or remote jammers heard in a joined one.",
             node,
             &[],
@@ -643,7 +643,7 @@ impl NodeService for JamService {
             .count();
         families.sample(
             "telepatch_jam_seats_active",
-            "gauge",
+            MetricKind::Gauge,
             "Seats of a jam node with something patched to them.",
             node,
             &[],
@@ -651,7 +651,7 @@ impl NodeService for JamService {
         );
         families.sample(
             "telepatch_jam_datagrams_received_total",
-            "counter",
+            MetricKind::Counter,
             "UDP datagrams a jam node received.",
             node,
             &[],
@@ -671,7 +671,7 @@ impl NodeService for JamService {
         ] {
             families.sample(
                 "telepatch_jam_datagrams_dropped_total",
-                "counter",
+                MetricKind::Counter,
                 "Datagrams a jam node dropped, by reason.",
                 node,
                 &[("reason", reason)],
@@ -680,7 +680,7 @@ impl NodeService for JamService {
         }
         families.sample(
             "telepatch_jam_packets_forwarded_total",
-            "counter",
+            MetricKind::Counter,
             "Datagrams a hosted room forwarded to its other members.",
             node,
             &[],
@@ -688,7 +688,7 @@ impl NodeService for JamService {
         );
         families.sample(
             "telepatch_jam_datagrams_sent_total",
-            "counter",
+            MetricKind::Counter,
             "UDP datagrams a jam node sent (copies, echoes, seat packets).",
             node,
             &[],
@@ -696,7 +696,7 @@ impl NodeService for JamService {
         );
         families.sample(
             "telepatch_jam_send_errors_total",
-            "counter",
+            MetricKind::Counter,
             "Sends the kernel refused.",
             node,
             &[],
@@ -707,7 +707,7 @@ impl NodeService for JamService {
             if let Some(us) = seat.round_trip() {
                 families.sample(
                     "telepatch_jam_round_trip_seconds",
-                    "gauge",
+                    MetricKind::Gauge,
                     "Smoothed round trip to the room: a joined seat's, from the room's echoes.",
                     node,
                     &[("client_id", &id)],
@@ -720,7 +720,7 @@ impl NodeService for JamService {
                 if let Some(us) = m.round_trip_us {
                     families.sample(
                         "telepatch_jam_round_trip_seconds",
-                        "gauge",
+                        MetricKind::Gauge,
                         "Smoothed round trip to the room: a joined seat's, from the room's echoes.",
                         node,
                         &[("client_id", &m.client_id.to_string())],
@@ -740,7 +740,7 @@ impl NodeService for JamService {
             let labels = [("client_id", id.as_str())];
             families.sample(
                 "telepatch_jam_buffer_seconds",
-                "gauge",
+                MetricKind::Gauge,
                 "Jitter-buffer depth of a remote jammer.",
                 node,
                 &labels,
@@ -748,7 +748,7 @@ impl NodeService for JamService {
             );
             families.sample(
                 "telepatch_jam_lost_packets_total",
-                "counter",
+                MetricKind::Counter,
                 "Packets of a remote jammer concealed with silence (lost or too late).",
                 node,
                 &labels,
@@ -756,7 +756,7 @@ impl NodeService for JamService {
             );
             families.sample(
                 "telepatch_jam_underruns_total",
-                "counter",
+                MetricKind::Counter,
                 "Times a remote jammer's jitter buffer ran dry.",
                 node,
                 &labels,
