@@ -141,6 +141,19 @@ fn call_info<'a>(
     }
 }
 
+impl From<crate::node_service::BuildError> for ControlError {
+    fn from(e: crate::node_service::BuildError) -> ControlError {
+        use crate::node_service::BuildError;
+        match e {
+            BuildError::Invalid { field, message } => ControlError::Unprocessable {
+                message,
+                field: Some(field),
+            },
+            BuildError::Unavailable { message } => ControlError::Unavailable { message },
+        }
+    }
+}
+
 fn patchbay_error(e: PatchbayError) -> ControlError {
     match e {
         PatchbayError::UnknownPatch { .. } => ControlError::NotFound {

@@ -4,9 +4,11 @@
 //! Such a kind registers a [`NodeService`] next to its engine [`Node`](crate::engine::Node)
 //! through [`Gateway::add_service_node`](crate::Gateway::add_service_node). The gateway
 //! keeps the service for as long as the node lives, shows its [`status`](NodeService::status)
-//! in `GET /v1/nodes/{id}`, appends its [`metrics`](NodeService::render_metrics) to
+//! in `GET /v1/nodes/{id}`, publishes its [`metrics`](NodeService::publish_metrics) on
 //! `/metrics`, and calls [`stop`](NodeService::stop) when the node is removed or the
-//! gateway shuts down, so sockets close and goodbyes (SAP deletions, say) are sent.
+//! gateway shuts down, so sockets close and goodbyes (SAP deletions, say) are sent. A
+//! kind that cannot build a node says why with a [`BuildError`]; the API turns it into
+//! its own error at the boundary.
 
 use std::sync::Arc;
 
@@ -33,5 +35,35 @@ pub trait NodeService: Send + Sync {
     /// The service as `Any`, for kind-specific control (a jam room's mix).
     fn into_any(self: Arc<Self>) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         None
+    }
+}
+
+/// Why a node kind could not build a node from its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A setting is wrong.
+    #[error("{message}")]
+    Invalid {
+        /// The configuration field at fault.
+        field: String,
+        /// Why.
+        message: String,
+    },
+    /// The node cannot be built right now (a thread or socket it needs is not there).
+    #[error("{message}")]
+    Unavailable {
+        /// Why.
+        message: String,
+    },
+}
+
+impl BuildError {
+    /// A wrong setting in `field`.
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> BuildError {
+        BuildError::Invalid {
+            field: field.to_owned(),
+            message: message.to_string(),
+        }
     }
 }

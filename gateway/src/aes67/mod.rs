@@ -32,8 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use api::control::{
-    Aes67Alignment, Aes67Encoding, ControlError, NodeConfig, SapSessionInfo,
-    aes67_frames_per_packet,
+    Aes67Alignment, Aes67Encoding, NodeConfig, SapSessionInfo, aes67_frames_per_packet,
 };
 use api::model::NodeRef;
 use codecs::aes67::{
@@ -50,7 +49,7 @@ use self::sap::{SapService, SapSubscriber};
 use self::tx::{TxCore, TxNode, TxStats};
 use crate::engine::Node;
 use crate::media_clock::MediaClock;
-use crate::node_service::{MetricFamilies, MetricKind, NodeService};
+use crate::node_service::{BuildError, MetricFamilies, MetricKind, NodeService};
 use crate::patchbay::NodeSpec;
 
 /// The `[aes67]` configuration section.
@@ -131,11 +130,8 @@ pub fn default_group(name: &str) -> Ipv4Addr {
     Ipv4Addr::new(239, 69, (h >> 8) as u8, 1 + (h % 254) as u8)
 }
 
-fn unprocessable(field: &str, message: impl std::fmt::Display) -> ControlError {
-    ControlError::Unprocessable {
-        message: message.to_string(),
-        field: Some(field.to_owned()),
-    }
+fn unprocessable(field: &str, message: impl std::fmt::Display) -> BuildError {
+    BuildError::invalid(field, message)
 }
 
 /// A transmit flow's settings, resolved from its [`NodeConfig`].
@@ -165,7 +161,7 @@ pub struct TxSettings {
 
 impl TxSettings {
     /// Resolves an `aes67tx` configuration for the node named `name`.
-    pub fn from_config(name: &str, config: &NodeConfig) -> Result<TxSettings, ControlError> {
+    pub fn from_config(name: &str, config: &NodeConfig) -> Result<TxSettings, BuildError> {
         let NodeConfig::Aes67Tx {
             channels,
             encoding,
@@ -332,7 +328,7 @@ pub struct RxSettings {
 
 impl RxSettings {
     /// Resolves an `aes67rx` configuration.
-    pub fn from_config(config: &NodeConfig) -> Result<RxSettings, ControlError> {
+    pub fn from_config(config: &NodeConfig) -> Result<RxSettings, BuildError> {
         let NodeConfig::Aes67Rx {
             sdp,
             sap_session,
@@ -561,13 +557,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl HubInner {
-    fn media(&self, clock: &Arc<dyn MediaClock>) -> Result<Arc<MediaThread>, ControlError> {
+    fn media(&self, clock: &Arc<dyn MediaClock>) -> Result<Arc<MediaThread>, BuildError> {
         let mut media = lock(&self.media);
         if let Some(thread) = media.as_ref() {
             return Ok(Arc::clone(thread));
         }
         let thread = MediaThread::start(Arc::clone(clock), self.realtime).map_err(|e| {
-            ControlError::Unavailable {
+            BuildError::Unavailable {
                 message: format!("cannot start the AES67 media thread: {e}"),
             }
         })?;
@@ -629,7 +625,7 @@ impl Aes67Hub {
         node: &NodeRef,
         config: &NodeConfig,
         clock: Arc<dyn MediaClock>,
-    ) -> Result<BuiltFlow, ControlError> {
+    ) -> Result<BuiltFlow, BuildError> {
         match config {
             NodeConfig::Aes67Tx { .. } => self.build_tx(node, config, clock),
             NodeConfig::Aes67Rx { .. } => self.build_rx(node, config, clock),
@@ -642,7 +638,7 @@ impl Aes67Hub {
         node: &NodeRef,
         config: &NodeConfig,
         clock: Arc<dyn MediaClock>,
-    ) -> Result<BuiltFlow, ControlError> {
+    ) -> Result<BuiltFlow, BuildError> {
         let inner = &self.inner;
         let settings = TxSettings::from_config(node.name(), config)?;
         let channels = settings.format.channels.count();
@@ -752,7 +748,7 @@ impl Aes67Hub {
         node: &NodeRef,
         config: &NodeConfig,
         clock: Arc<dyn MediaClock>,
-    ) -> Result<BuiltFlow, ControlError> {
+    ) -> Result<BuiltFlow, BuildError> {
         let inner = &self.inner;
         let settings = RxSettings::from_config(config)?;
         // The SDP to start with: given, or the SAP session's if heard already.
@@ -783,7 +779,7 @@ impl Aes67Hub {
             }
         };
         if settings.sap_session.is_some() && inner.sap.is_none() {
-            return Err(ControlError::Unavailable {
+            return Err(BuildError::Unavailable {
                 message: "the SAP thread is not running".into(),
             });
         }
@@ -1281,11 +1277,10 @@ mod tests {
             "kind": "aes67tx", "channels": 8, "packet_time_us": 4000
         }))
         .unwrap();
-        let Err(ControlError::Unprocessable { field, .. }) = TxSettings::from_config("x", &too_big)
-        else {
+        let Err(BuildError::Invalid { field, .. }) = TxSettings::from_config("x", &too_big) else {
             panic!("8 channels of 4 ms L24 do not fit a packet");
         };
-        assert_eq!(field.as_deref(), Some("channels"));
+        assert_eq!(field, "channels");
     }
 
     #[test]

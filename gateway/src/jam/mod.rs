@@ -19,11 +19,13 @@ pub mod shared;
 
 use std::sync::Arc;
 
-use api::control::{ControlError, Event, NodeConfig};
+use api::control::{Event, NodeConfig};
 use api::model::NodeRef;
 use tokio::sync::broadcast;
 
 pub use service::{JamError, JamService};
+
+use crate::node_service::BuildError;
 
 /// Builds the jam node `node` from its configuration (engine node, socket thread and
 /// service); the caller adds it to the patchbay.
@@ -32,11 +34,8 @@ pub fn build_node(
     config: &NodeConfig,
     block_samples: usize,
     events: broadcast::Sender<Event>,
-) -> Result<service::Built, ControlError> {
-    let unprocessable = |field: &str, message: String| ControlError::Unprocessable {
-        message,
-        field: Some(field.to_owned()),
-    };
+) -> Result<service::Built, BuildError> {
+    let unprocessable = |field: &str, message: String| BuildError::invalid(field, message);
     let fields = config
         .jam_fields()
         .ok_or_else(|| unprocessable("config", "not a jam configuration".into()))?;
@@ -51,7 +50,7 @@ pub fn build_node(
     {
         JamError::Resolve { .. } => unprocessable("host", e.to_string()),
         JamError::Bind { .. } => unprocessable("listen", e.to_string()),
-        other => ControlError::Unavailable {
+        other => BuildError::Unavailable {
             message: other.to_string(),
         },
     })
