@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use codecs::rate::SampleRate;
-use common::{GatewayProcess, tone_level_dbfs, uuid};
+use common::{GatewayProcess, read_events, tone_level_dbfs, uuid};
 use sip_glue::audiosocket::DtmfDigit;
 use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source};
 
@@ -180,32 +180,6 @@ async fn a_route_registered_before_the_call_is_applied_when_it_connects() {
         .await
         .unwrap();
     assert!(other.received.iter().all(|s| *s == 0.0));
-}
-
-/// Reads server-sent events until `until` returns true or the time is up.
-async fn read_events(
-    response: &mut reqwest::Response,
-    limit: Duration,
-    mut until: impl FnMut(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    while !until(&events) {
-        let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await else {
-            break;
-        };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            for line in block.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    events.push(serde_json::from_str(data.trim()).unwrap());
-                }
-            }
-        }
-    }
-    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

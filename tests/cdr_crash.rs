@@ -9,10 +9,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{GatewayProcess, uuid};
+use common::{GatewayProcess, PgDatabase, uuid};
 use serde_json::Value;
 use sip_glue::fake_asterisk::{CallReport, FakeCall, FakeCallError, Source};
 use tokio::task::JoinHandle;
@@ -238,61 +237,9 @@ async fn sqlite_calls_live_at_a_kill_are_closed_as_interrupted_at_restart() {
     assert_eq!(after[0]["ended_by"], "caller");
 }
 
-fn admin_url() -> String {
-    std::env::var("TELEPATCH_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn psql(sql: &str) {
-    let output = Command::new("psql")
-        .arg(admin_url())
-        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        output.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A database of this test's own, dropped at the end whatever happens.
-struct Database {
-    name: String,
-}
-
-impl Database {
-    fn create() -> Database {
-        let name = format!("telepatch_crash_{}", uuid().simple());
-        psql(&format!("CREATE DATABASE {name}"));
-        Database { name }
-    }
-
-    fn url(&self) -> String {
-        let admin = admin_url();
-        let base = admin
-            .rsplit_once('/')
-            .map_or(admin.as_str(), |(base, _)| base)
-            .to_owned();
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .arg(admin_url())
-            .args([
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_closes_only_its_own_instances_records() {
-    let database = Database::create();
+    let database = PgDatabase::create("telepatch_crash");
     let url = database.url();
     let mut crashing = GatewayProcess::start_with_args(&config("pg-a"), &["--database-url", &url]);
     let other = GatewayProcess::start_with_args(&config("pg-b"), &["--database-url", &url]);

@@ -7,85 +7,14 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{GatewayProcess, uuid};
+use common::{GatewayProcess, PgDatabase, uuid};
 use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source};
-
-fn admin_url() -> String {
-    std::env::var("TELEPATCH_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn psql(sql: &str) {
-    let output = Command::new("psql")
-        .arg(admin_url())
-        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
-        .output()
-        .expect("psql runs");
-    assert!(
-        output.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A database of this test's own, dropped at the end whatever happens.
-struct Database {
-    name: String,
-}
-
-impl Database {
-    fn create() -> Database {
-        let name = format!("telepatch_e2e_{}", uuid().simple());
-        psql(&format!("CREATE DATABASE {name}"));
-        Database { name }
-    }
-
-    fn url(&self) -> String {
-        let admin = admin_url();
-        let base = admin
-            .rsplit_once('/')
-            .map_or(admin.as_str(), |(base, _)| base)
-            .to_owned();
-        format!("{base}/{}", self.name)
-    }
-
-    fn cut_off(&self) {
-        psql(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            self.name
-        ));
-        psql(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-            self.name
-        ));
-    }
-
-    fn restore(&self) {
-        psql(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            self.name
-        ));
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .arg(admin_url())
-            .args([
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-            ])
-            .output();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_go_on_and_records_wait_while_the_database_is_down() {
-    let database = Database::create();
+    let database = PgDatabase::create("telepatch_e2e");
     let url = database.url();
     // No refresh of the open record during the call: the end is the one write held.
     let gateway = GatewayProcess::start_with_args(

@@ -19,7 +19,7 @@ use std::time::Duration;
 use asterisk_util::{AriEvents, Asterisk, assert_wav_sizes_match};
 use codecs::measure::fit_sine;
 use codecs::rate::SampleRate;
-use common::{GatewayProcess, active_span, read_wav, wait_recording};
+use common::{GatewayProcess, active_span, read_events, read_wav, wait_recording};
 
 /// Milliwatt() plays 1004 Hz with a peak of 23255 (app_milliwatt.c, indications.c):
 /// 20·log10(23255/32768) = -2.98 dBFS.
@@ -697,32 +697,6 @@ async fn ari_external_media_in_a_mixing_bridge_gets_a_wideband_reply() {
     let cdr = rig.api.cdr(&id).await;
     assert_eq!(cdr["caller_rate_hz"], 16000, "{cdr}");
     assert_eq!(cdr["ended_by"], "caller", "{cdr}");
-}
-
-/// Reads server-sent events until `until` returns true or the time is up.
-async fn read_events(
-    response: &mut reqwest::Response,
-    limit: Duration,
-    mut until: impl FnMut(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    while !until(&events) {
-        let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await else {
-            break;
-        };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            for line in block.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    events.push(serde_json::from_str(data.trim()).unwrap());
-                }
-            }
-        }
-    }
-    events
 }
 
 /// d): `SendDTMF(123#)` on the caller's leg reaches telepatch's event stream as the

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{GatewayProcess, RECORD_ALL, active_span, metric_value, metrics_text, uuid};
+use common::{
+    GatewayProcess, RECORD_ALL, active_span, metric_value, metrics_text, read_events, uuid,
+};
 use sip_glue::fake_asterisk::{FakeCall, Source};
 
 /// Bytes of the header `hound` writes for mono 16-bit files (the default format).
@@ -187,32 +189,6 @@ fn in_mount_namespace(test: &str) -> bool {
 fn uuid_with_prefix(prefix: &str) -> uuid::Uuid {
     let rest = uuid().simple().to_string();
     uuid::Uuid::parse_str(&format!("{prefix}{}", &rest[prefix.len()..])).unwrap()
-}
-
-/// Reads server-sent events until `until` returns true or the time is up.
-async fn read_events(
-    response: &mut reqwest::Response,
-    limit: Duration,
-    mut until: impl FnMut(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let mut buffer = String::new();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    while !until(&events) {
-        let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await else {
-            break;
-        };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            for line in block.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    events.push(serde_json::from_str(data.trim()).unwrap());
-                }
-            }
-        }
-    }
-    events
 }
 
 /// A 192 KiB disk holds about two seconds of one mono recording (96 kB/s).

@@ -635,3 +635,106 @@ impl StalledFile {
         assert!(status.success(), "the lease holder failed: {status}");
     }
 }
+
+/// Reads server-sent events until `until` returns true or the time is up.
+pub async fn read_events(
+    response: &mut reqwest::Response,
+    limit: Duration,
+    mut until: impl FnMut(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !until(&events) {
+        let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await else {
+            break;
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            for line in block.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    events.push(serde_json::from_str(data.trim()).unwrap());
+                }
+            }
+        }
+    }
+    events
+}
+
+/// The PostgreSQL server the tests use (`TELEPATCH_TEST_POSTGRES_URL`), as its admin URL.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TELEPATCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Runs `sql` on the test server with `psql`; panics with its error if it fails.
+pub fn psql(sql: &str) {
+    let output = Command::new("psql")
+        .arg(postgres_admin_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A PostgreSQL database of one test's own, dropped at the end whatever happens.
+pub struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates `<prefix>_<random>`.
+    pub fn create(prefix: &str) -> PgDatabase {
+        let name = format!("{prefix}_{}", uuid().simple());
+        psql(&format!("CREATE DATABASE {name}"));
+        PgDatabase { name }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        let admin = postgres_admin_url();
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base)
+            .to_owned();
+        format!("{base}/{}", self.name)
+    }
+
+    /// Refuses new connections and ends the open ones: the database is gone for its
+    /// clients until [`PgDatabase::restore`].
+    pub fn cut_off(&self) {
+        psql(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            self.name
+        ));
+        psql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.name
+        ));
+    }
+
+    /// Takes connections again.
+    pub fn restore(&self) {
+        psql(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        ));
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(postgres_admin_url())
+            .args([
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
