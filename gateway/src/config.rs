@@ -113,6 +113,9 @@ pub struct AudioSocketConfig {
     pub uplink_coding: AudioCoding,
     /// Jitter margin of the uplink ring beyond one frame, in milliseconds.
     pub uplink_buffer_ms: u32,
+    /// Margin of the downlink ring beyond one frame, in milliseconds: how late the engine
+    /// may be (a host stalling its threads) before the caller hears a gap.
+    pub downlink_buffer_ms: u32,
     /// Give up on a connection whose writes block for this long (Asterisk stopped reading).
     pub write_timeout_ms: u64,
 }
@@ -133,6 +136,7 @@ impl Default for AudioSocketConfig {
             frame_ms: 20,
             uplink_coding: AudioCoding::Auto,
             uplink_buffer_ms: 20,
+            downlink_buffer_ms: 10,
             write_timeout_ms: 2_000,
         }
     }
@@ -688,6 +692,12 @@ impl Config {
             problem(
                 "audiosocket.uplink_buffer_ms",
                 format!("{} is out of range (5..=200)", a.uplink_buffer_ms),
+            );
+        }
+        if !(5..=200).contains(&a.downlink_buffer_ms) {
+            problem(
+                "audiosocket.downlink_buffer_ms",
+                format!("{} is out of range (5..=200)", a.downlink_buffer_ms),
             );
         }
         if !(100..=30_000).contains(&a.write_timeout_ms) {

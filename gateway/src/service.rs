@@ -672,6 +672,7 @@ impl Gateway {
         let a = &self.config.audiosocket;
         let buffering = CallBuffering {
             uplink_margin_samples: BUS_RATE.samples_in_ms(a.uplink_buffer_ms),
+            downlink_margin_samples: BUS_RATE.samples_in_ms(a.downlink_buffer_ms),
             ..CallBuffering::default()
         };
         let stats = Arc::new(CallStats::default());

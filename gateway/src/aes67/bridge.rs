@@ -41,7 +41,9 @@ use crate::engine::drift::FillController;
 /// Fill error tolerated before the controller steers, in ms (below the default 2 ms
 /// margin, see the module docs).
 pub const DEAD_BAND_MS: f64 = 1.0;
-/// A ring this far above its target is drained back to it at once, in ms.
+/// A ring this far above its target is drained back to it at once, in ms (or the
+/// bridge's margin, when that is larger: a consumer late by up to its margin is expected,
+/// not a stall to drop audio for).
 pub const MAX_EXCESS_MS: f64 = 30.0;
 /// How often the fill controller is updated, in ms of audio (its gains assume 20 ms).
 const UPDATE_EVERY_MS: usize = 20;
@@ -93,6 +95,8 @@ pub struct BridgeSettings {
     pub max_pull: usize,
     /// Fill the reader starts at and keeps, in frames.
     pub target_frames: usize,
+    /// Fill beyond the target at which the reader drains back to it, in frames.
+    pub excess_frames: usize,
 }
 
 impl BridgeSettings {
@@ -110,6 +114,7 @@ impl BridgeSettings {
             max_pull: pull_frames.max(1),
             // Look-ahead of the interpolator included (a few frames).
             target_frames: write_frames + pull_frames + margin + 8,
+            excess_frames: margin.max(MAX_EXCESS_MS as usize * FRAMES_PER_MS),
         }
     }
 
@@ -119,16 +124,16 @@ impl BridgeSettings {
     }
 }
 
-/// Room in the ring beyond the target and [`MAX_EXCESS_MS`], in ms: what a stalled consumer
+/// Room in the ring beyond the target and the excess, in ms: what a stalled consumer
 /// may fall behind before the producer has to drop (and count) frames.
 const HEADROOM_MS: usize = 200;
 
-/// Builds a bridge; the ring holds the target, [`MAX_EXCESS_MS`] and 200 ms more (370 KB
-/// for 8 channels).
+/// Builds a bridge; the ring holds the target, the excess ([`MAX_EXCESS_MS`] or the margin)
+/// and 200 ms more (370 KB for 8 channels at the default margin).
 pub fn bridge(settings: BridgeSettings, stats: Arc<BridgeStats>) -> (BridgeWriter, BridgeReader) {
     let ch = settings.channels;
-    let excess = (MAX_EXCESS_MS as usize) * FRAMES_PER_MS;
-    let capacity_frames = settings.target_frames + excess + HEADROOM_MS * FRAMES_PER_MS;
+    let capacity_frames =
+        settings.target_frames + settings.excess_frames + HEADROOM_MS * FRAMES_PER_MS;
     let (producer, consumer) = rtrb::RingBuffer::new(capacity_frames * ch);
     let controller =
         FillController::new(settings.target_frames, 48_000).with_dead_band_ms(DEAD_BAND_MS);
@@ -279,7 +284,7 @@ impl BridgeReader {
             (fill * 1000.0 / FRAMES_PER_MS as f64) as u64,
             Ordering::Relaxed,
         );
-        if fill > (target + MAX_EXCESS_MS as usize * FRAMES_PER_MS) as f64 {
+        if fill > (target + self.settings.excess_frames) as f64 {
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
             self.drop_ring_frames_beyond(target);
             self.restart_controller();
@@ -464,6 +469,75 @@ mod tests {
         assert_eq!(stats.resyncs.load(Ordering::Relaxed), 1);
         assert!(reader.fill_frames() < settings.target_frames as f64);
         assert_eq!(stats.overflow_frames.load(Ordering::Relaxed), 0);
+    }
+
+    /// With a margin for a host that stalls for tens of milliseconds (100 ms), a producer
+    /// stalled 80 ms leaves no gap and a consumer stalled 80 ms is caught up, not drained
+    /// back: the stream plays on without a gap or a jump.
+    #[test]
+    fn a_large_margin_rides_through_stalls_of_either_side() {
+        let stats = Arc::new(BridgeStats::default());
+        let settings = BridgeSettings::new(1, 48, 48, 100.0);
+        assert_eq!(settings.excess_frames, 100 * 48);
+        let (mut writer, mut reader) = bridge(settings, Arc::clone(&stats));
+        let mut next = 0u32;
+        let mut write_block = |writer: &mut BridgeWriter| {
+            let block: Vec<f32> = (next..next + 48).map(|k| k as f32).collect();
+            writer.write(&block);
+            next += 48;
+        };
+        let mut got = Vec::new();
+        let mut out = [0.0f32; 48];
+        for ms in 0..2_000u32 {
+            let producer_stalled = (500..580).contains(&ms);
+            let consumer_stalled = (1_200..1_280).contains(&ms);
+            if producer_stalled {
+                if ms == 579 {
+                    // The producer wakes up and writes the 80 blocks it owes.
+                    for _ in 0..80 {
+                        write_block(&mut writer);
+                    }
+                }
+            } else {
+                write_block(&mut writer);
+            }
+            if consumer_stalled {
+                continue;
+            }
+            if ms == 1_280 {
+                // The consumer catches up with the 80 pulls it owes, each saying how late.
+                for owed in (1..=80).rev() {
+                    reader.pull_late(&mut out, owed * 48);
+                    got.extend_from_slice(&out);
+                }
+            }
+            reader.pull(&mut out);
+            got.extend_from_slice(&out);
+        }
+        assert_eq!(stats.underruns.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.resyncs.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.overflow_frames.load(Ordering::Relaxed), 0);
+        // The ramp goes on without a gap or a jump: steps of 1 within 5 % (the controller
+        // bends the ratio a little while the fill is off its target, and f32 resolves a
+        // ramp near 40 000 to 0.004).
+        let lead = got.iter().position(|&v| v != 0.0).unwrap();
+        for (pair, k) in got[lead..].windows(2).zip(lead..) {
+            let step = pair[1] - pair[0];
+            assert!((step - 1.0).abs() < 0.05, "step {step} at output frame {k}");
+        }
+        // The same consumer stall with the default margin drains the backlog at once.
+        let stats = Arc::new(BridgeStats::default());
+        let (mut writer, mut reader) =
+            bridge(BridgeSettings::new(1, 48, 48, 2.0), Arc::clone(&stats));
+        for _ in 0..20 {
+            writer.write(&[0.5; 48]);
+            reader.pull(&mut out);
+        }
+        for _ in 0..80 {
+            writer.write(&[0.5; 48]);
+        }
+        reader.pull(&mut out);
+        assert_eq!(stats.resyncs.load(Ordering::Relaxed), 1);
     }
 
     /// A consumer that stalls (its thread descheduled for 15 ms, as on a loaded host) and

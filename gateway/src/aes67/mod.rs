@@ -67,7 +67,8 @@ pub struct Aes67Config {
     /// Most sessions the SAP directory remembers.
     pub sap_max_sessions: usize,
     /// Scheduling margin of each flow's clock bridge beyond one engine block and one
-    /// packet, in ms (0.5-20): latency against robustness to a late thread.
+    /// packet, in ms (0.5-200): latency against robustness to a late thread. Hosts that
+    /// stall for tens of milliseconds (busy virtual machines) need the upper end.
     pub bridge_margin_ms: f64,
 }
 
@@ -106,10 +107,10 @@ impl Aes67Config {
                 format!("{} is out of range (1..=100000)", self.sap_max_sessions),
             ));
         }
-        if !(self.bridge_margin_ms.is_finite() && (0.5..=20.0).contains(&self.bridge_margin_ms)) {
+        if !(self.bridge_margin_ms.is_finite() && (0.5..=200.0).contains(&self.bridge_margin_ms)) {
             problems.push((
                 "aes67.bridge_margin_ms".into(),
-                format!("{} is out of range (0.5..=20)", self.bridge_margin_ms),
+                format!("{} is out of range (0.5..=200)", self.bridge_margin_ms),
             ));
         }
         problems

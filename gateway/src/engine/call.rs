@@ -675,6 +675,49 @@ mod tests {
         heard
     }
 
+    /// Engine and writer both stalled `stall_ms` (a host stalling every thread), then the
+    /// writer catching up first: returns the downlink underruns of 10 s with one such
+    /// stall a second.
+    fn downlink_underruns_with_stalls(margin_ms: usize, stall_ms: usize) -> u64 {
+        let stats = Arc::new(CallStats::default());
+        let buffering = CallBuffering {
+            downlink_margin_samples: BUS_RATE.samples_in_ms(margin_ms as u32),
+            ..CallBuffering::default()
+        };
+        let (_uplink, node, mut downlink) =
+            call_media(SampleRate::HZ_8000, 20, buffering, Arc::clone(&stats)).expect("call media");
+        let mut node = node.with_block(48);
+        downlink.set_reply_rate(SampleRate::HZ_8000).expect("8 kHz");
+        let block = [0.25f32; 48];
+        let mut out = vec![0u8; 2 * 960];
+        let (mut blocks_owed, mut frames_owed) = (0, 0);
+        for ms in 0..10_000 {
+            blocks_owed += 1;
+            if ms % 20 == 19 {
+                frames_owed += 1;
+            }
+            if ms > 1_000 && ms % 1_000 < stall_ms {
+                continue;
+            }
+            // The writer wakes first and sends what it owes, then the engine catches up.
+            for _ in 0..frames_owed {
+                downlink.next_frame(&mut out);
+            }
+            for _ in 0..blocks_owed {
+                node.consume(&block, 48);
+            }
+            (blocks_owed, frames_owed) = (0, 0);
+        }
+        stats.downlink_underruns.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_downlink_margin_rides_through_stalls_shorter_than_it() {
+        assert_eq!(downlink_underruns_with_stalls(60, 40), 0);
+        assert_eq!(downlink_underruns_with_stalls(10, 0), 0);
+        assert!(downlink_underruns_with_stalls(10, 40) >= 9);
+    }
+
     #[test]
     fn a_reply_rate_switch_keeps_the_pitch() {
         // Engine and writer share one clock here: after the switch the replies must
