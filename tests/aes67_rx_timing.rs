@@ -138,13 +138,16 @@ fn assert_every_window_clean(what: &str, x: &[f32], rate: u32) {
     );
 }
 
-/// The margins of these tests: the flow's clock bridge (media thread to engine) and the
-/// caller's downlink (engine to the call's writer) each ride through 100 ms of lateness,
-/// well beyond the 20-30 ms for which a busy virtual machine stalls every thread now and
-/// then. What the tests are about (the jitter buffer's latency and pace) is not changed
-/// by them.
-const STALL_PROOF_MARGINS: &str =
-    "[audiosocket]\ndownlink_buffer_ms = 100\n\n[aes67]\nbridge_margin_ms = 100\n\n";
+/// The margins of these tests: the caller's call buffers ([`common::STALL_PROOF_CALL_BUFFERS`])
+/// and the flow's clock bridge (media thread to engine) ride through 100 ms of lateness.
+/// What the tests are about (the jitter buffer's latency and pace) does not depend on
+/// them.
+fn stall_proof_margins() -> String {
+    format!(
+        "{}[aes67]\nbridge_margin_ms = 100\n\n",
+        common::STALL_PROOF_CALL_BUFFERS
+    )
+}
 
 async fn wait_received(api: &Api, node: &str, packets: u64) {
     let until = Instant::now() + Duration::from_secs(30);
@@ -164,9 +167,10 @@ async fn senders_2000_ppm_slow_and_fast_are_heard_without_gaps_for_20_s() {
     let (slow_caller, fast_caller) = (uuid(), uuid());
     // A fixed 20 ms jitter latency: 20 s at 2000 ppm is 40 ms of drift, twice the buffer,
     // so only playing at the sender's pace keeps it from running dry or overflowing.
-    // Margins against the host's stalls (`STALL_PROOF_MARGINS`).
+    // Margins against the host's stalls (`stall_proof_margins`).
     let config = format!(
-        "{STALL_PROOF_MARGINS}{}{}",
+        "{}{}{}",
+        stall_proof_margins(),
         route(slow_caller, &slow),
         route(fast_caller, &fast)
     );
@@ -229,9 +233,9 @@ async fn ffmpeg_bursts_raise_the_default_latency_and_then_play_clean() {
     }
     let rx = unique_name("from-ffmpeg");
     let caller = uuid();
-    // The jitter latency is what adapts to the bursts (`STALL_PROOF_MARGINS` keeps the
+    // The jitter latency is what adapts to the bursts (`stall_proof_margins` keeps the
     // host's own stalls out of what the caller hears).
-    let config = format!("{STALL_PROOF_MARGINS}{}", route(caller, &rx));
+    let config = format!("{}{}", stall_proof_margins(), route(caller, &rx));
     let gateway = GatewayProcess::start(&config);
     let api = Api::new(&gateway);
     let (group, port) = (unique_group(), unique_port());

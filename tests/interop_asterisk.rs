@@ -74,7 +74,8 @@ fn rig() -> Rig {
     let nb = tone_wav(tones.path(), NARROW_HZ);
     let wb = tone_wav(tones.path(), WIDE_HZ);
     let fb = tone_wav(tones.path(), FULL_HZ);
-    let mut config = String::new();
+    // Every call's audio is checked for gaps: margins against the host's stalls.
+    let mut config = String::from(common::STALL_PROOF_CALL_BUFFERS);
     for (name, file) in [("nb", &nb), ("wb", &wb), ("fb", &fb)] {
         config.push_str(&format!(
             "[[players]]\nname = \"{name}\"\nfile = \"{}\"\nloop = true\n\n",

@@ -14,7 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    GatewayProcess, RECORD_ALL, active_span, metric_value, metrics_text, read_events, uuid,
+    GatewayProcess, RECORD_ALL, STALL_PROOF_CALL_BUFFERS, active_span, metric_value, metrics_text,
+    read_events, uuid,
 };
 use sip_glue::fake_asterisk::{FakeCall, Source};
 
@@ -212,7 +213,7 @@ async fn a_full_disk_is_reported_at_once_and_leaves_only_valid_wavs() {
         let recordings = disk.path().join("recordings");
         // The listener hears the recorded caller through a conference and records nothing.
         let config = format!(
-            r#"
+            r#"{STALL_PROOF_CALL_BUFFERS}
 [[routes]]
 name = "listener"
 match = {{ uuid_prefix = "beef" }}

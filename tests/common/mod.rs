@@ -439,6 +439,13 @@ pub fn tone_level_dbfs(x: &[f32], rate: u32, hz: f64) -> f64 {
 }
 
 /// Routes every call to a recording named after its UUID.
+/// Call buffering that rides through 100 ms of lateness in both directions, for tests
+/// that check every window of a call's audio for gaps: a busy virtual machine stalls
+/// every thread (the gateway's and its peers') for 20-90 ms now and then, and with the
+/// defaults (20 ms up, 10 ms down) each such stall would be a gap the test is not about.
+pub const STALL_PROOF_CALL_BUFFERS: &str =
+    "[audiosocket]\nuplink_buffer_ms = 100\ndownlink_buffer_ms = 100\n\n";
+
 pub const RECORD_ALL: &str = r#"
 [[routes]]
 name = "record-everything"
