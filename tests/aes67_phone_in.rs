@@ -52,125 +52,120 @@ fn tone_wav(dir: &Path, hz: f64, dbfs: f64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_phone_in_example_puts_four_lines_on_air_and_returns_mix_minus() {
-    common::retry_if_host_stalled(|| async {
-        if !in_loopback_namespace(
-            "the_phone_in_example_puts_four_lines_on_air_and_returns_mix_minus",
-        ) {
-            return;
-        }
-        let config = std::fs::read_to_string(example("telepatch.toml")).unwrap();
-        let gateway = GatewayProcess::start(&config);
-        let api = Api::new(&gateway);
-        for flow in ["studio.json", "returns.json"] {
-            let body: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(example(flow)).unwrap()).unwrap();
-            let (status, created) = api.post("/v1/nodes", body).await;
-            assert_eq!(status, 201, "{flow}: {created}");
-        }
-        let (status, returns) = api.get("/v1/nodes/aes67rx:returns").await;
-        assert_eq!(status, 200);
-        assert_eq!(returns["status"]["state"], "waiting for the SAP session");
+    if !in_loopback_namespace("the_phone_in_example_puts_four_lines_on_air_and_returns_mix_minus") {
+        return;
+    }
+    let config = std::fs::read_to_string(example("telepatch.toml")).unwrap();
+    let gateway = GatewayProcess::start(&config);
+    let api = Api::new(&gateway);
+    for flow in ["studio.json", "returns.json"] {
+        let body: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(example(flow)).unwrap()).unwrap();
+        let (status, created) = api.post("/v1/nodes", body).await;
+        assert_eq!(status, 201, "{flow}: {created}");
+    }
+    let (status, returns) = api.get("/v1/nodes/aes67rx:returns").await;
+    assert_eq!(status, 200);
+    assert_eq!(returns["status"]["state"], "waiting for the SAP session");
 
-        // The console: its four mix-minus returns, announced as "Console Mix-Minus".
-        let return_tones = [300.0, 520.0, 760.0, 1020.0];
-        api.create(
-            "console",
-            serde_json::json!({"kind": "aes67tx", "channels": 4, "group": "239.69.20.1",
+    // The console: its four mix-minus returns, announced as "Console Mix-Minus".
+    let return_tones = [300.0, 520.0, 760.0, 1020.0];
+    api.create(
+        "console",
+        serde_json::json!({"kind": "aes67tx", "channels": 4, "group": "239.69.20.1",
             "session_name": "Console Mix-Minus"}),
+    )
+    .await;
+    for (k, hz) in return_tones.iter().enumerate() {
+        let file = tone_wav(&gateway.dir.path().join("media"), *hz, -12.0);
+        let name = format!("mix-minus-{}", k + 1);
+        api.create(
+            &name,
+            serde_json::json!({"kind": "player", "file": file, "loop": true}),
         )
         .await;
-        for (k, hz) in return_tones.iter().enumerate() {
-            let file = tone_wav(&gateway.dir.path().join("media"), *hz, -12.0);
-            let name = format!("mix-minus-{}", k + 1);
-            api.create(
-                &name,
-                serde_json::json!({"kind": "player", "file": file, "loop": true}),
+        let (status, body) = api
+            .post(
+                "/v1/patches",
+                serde_json::json!({"source": format!("player:{name}.out"),
+                    "sink": format!("aes67tx:console.ch{}", k + 1)}),
             )
             .await;
-            let (status, body) = api
-                .post(
-                    "/v1/patches",
-                    serde_json::json!({"source": format!("player:{name}.out"),
-                    "sink": format!("aes67tx:console.ch{}", k + 1)}),
-                )
-                .await;
-            assert_eq!(status, 201, "{body}");
+        assert_eq!(status, 201, "{body}");
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = api.status("aes67rx:returns").await;
+        if status["state"] == "subscribed" {
+            assert_eq!(status["source"]["session_name"], "Console Mix-Minus");
+            break;
         }
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            let status = api.status("aes67rx:returns").await;
-            if status["state"] == "subscribed" {
-                assert_eq!(status["source"]["session_name"], "Console Mix-Minus");
-                break;
-            }
-            assert!(Instant::now() < until, "returns not subscribed: {status}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        assert!(Instant::now() < until, "returns not subscribed: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
-        // What the console hears of the studio flow, while four lines are on air.
-        let sdp = api.sdp("studio").await;
-        assert!(sdp.contains("s=Phone-in callers\r\n"), "{sdp}");
-        assert!(sdp.contains("c=IN IP4 239.69.10.1/15\r\n"), "{sdp}");
-        let caller_tones = [440.0, 620.0, 860.0, 1180.0];
-        let callers = (1..=4)
-            .zip(caller_tones)
-            .map(|(line, hz)| {
-                let id = uuid::Uuid::parse_str(&format!(
-                    "{line}{line}{line}{line}0000-0000-4000-8000-{:012x}",
-                    rand_suffix()
-                ))
-                .unwrap();
-                (id, Source::tone(hz, -6.0), -6.0)
-            })
-            .collect();
-        let talking = TalkingCallers::start(&api, &gateway, callers).await;
-        let out = aes67_util::wav(gateway.dir.path(), "studio");
-        let ffmpeg = ffmpeg_from_sdp(gateway.dir.path(), &sdp, 3.5, &out);
-        tokio::task::spawn_blocking(move || finish(ffmpeg, "ffmpeg", Duration::from_secs(30)))
-            .await
+    // What the console hears of the studio flow, while four lines are on air.
+    let sdp = api.sdp("studio").await;
+    assert!(sdp.contains("s=Phone-in callers\r\n"), "{sdp}");
+    assert!(sdp.contains("c=IN IP4 239.69.10.1/15\r\n"), "{sdp}");
+    let caller_tones = [440.0, 620.0, 860.0, 1180.0];
+    let callers = (1..=4)
+        .zip(caller_tones)
+        .map(|(line, hz)| {
+            let id = uuid::Uuid::parse_str(&format!(
+                "{line}{line}{line}{line}0000-0000-4000-8000-{:012x}",
+                rand_suffix()
+            ))
             .unwrap();
-        let reports = talking.hang_up(&api).await;
+            (id, Source::tone(hz, -6.0), -6.0)
+        })
+        .collect();
+    let talking = TalkingCallers::start(&api, &gateway, callers).await;
+    let out = aes67_util::wav(gateway.dir.path(), "studio");
+    let ffmpeg = ffmpeg_from_sdp(gateway.dir.path(), &sdp, 3.5, &out);
+    tokio::task::spawn_blocking(move || finish(ffmpeg, "ffmpeg", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let reports = talking.hang_up(&api).await;
 
-        let (channels, rate) = read_wav(&out);
-        assert_eq!(channels.len(), 4);
-        for (k, channel) in channels.iter().enumerate() {
-            let others: Vec<f64> = caller_tones
-                .iter()
-                .chain(&return_tones)
-                .copied()
-                .filter(|&t| t != caller_tones[k])
-                .collect();
-            let steady = &channel[rate as usize / 2..channel.len() - rate as usize / 5];
-            assert_tone(
-                &format!("console ch{}", k + 1),
-                steady,
-                rate,
-                caller_tones[k],
-                -6.0,
-                &others,
-            );
-        }
-        for (k, report) in reports.into_iter().enumerate() {
-            let rate = report.received_rate.unwrap().hz();
-            let heard = &report.received[rate as usize..report.received.len() - rate as usize / 4];
-            // Its own return, nobody else's, and not itself (mix-minus).
-            let others: Vec<f64> = return_tones
-                .iter()
-                .copied()
-                .filter(|&t| t != return_tones[k])
-                .chain([caller_tones[k]])
-                .collect();
-            assert_tone(
-                &format!("line {}", k + 1),
-                heard,
-                rate,
-                return_tones[k],
-                -12.0,
-                &others,
-            );
-        }
-    })
-    .await;
+    let (channels, rate) = read_wav(&out);
+    assert_eq!(channels.len(), 4);
+    for (k, channel) in channels.iter().enumerate() {
+        let others: Vec<f64> = caller_tones
+            .iter()
+            .chain(&return_tones)
+            .copied()
+            .filter(|&t| t != caller_tones[k])
+            .collect();
+        let steady = &channel[rate as usize / 2..channel.len() - rate as usize / 5];
+        assert_tone(
+            &format!("console ch{}", k + 1),
+            steady,
+            rate,
+            caller_tones[k],
+            -6.0,
+            &others,
+        );
+    }
+    for (k, report) in reports.into_iter().enumerate() {
+        let rate = report.received_rate.unwrap().hz();
+        let heard = &report.received[rate as usize..report.received.len() - rate as usize / 4];
+        // Its own return, nobody else's, and not itself (mix-minus).
+        let others: Vec<f64> = return_tones
+            .iter()
+            .copied()
+            .filter(|&t| t != return_tones[k])
+            .chain([caller_tones[k]])
+            .collect();
+        assert_tone(
+            &format!("line {}", k + 1),
+            heard,
+            rate,
+            return_tones[k],
+            -12.0,
+            &others,
+        );
+    }
 }
 
 fn rand_suffix() -> u64 {

@@ -8,7 +8,8 @@
 //! - ffmpeg's RTP muxer with `-re` (bursts of 21 packets every 21 ms, give or take 10 ms)
 //!   into a receive flow at the default latency (3 ms, where 54 % of its packets used to
 //!   be late): the flow raises its latency to what the bursts need, and from then on the
-//!   caller hears the tone at level in every window.
+//!   caller hears the tone at level in every window (but for one counted pause per
+//!   further raise, should a host stall add to a burst).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod aes67_util;
@@ -124,16 +125,22 @@ fn heard(report: &CallReport, skip_s: f64) -> (&[f32], u32) {
 
 /// Every 100 ms window of `x` holds the tone with nothing else: no gap, no jump.
 fn assert_every_window_clean(what: &str, x: &[f32], rate: u32) {
+    assert_windows_clean_but(what, x, rate, 0);
+}
+
+/// At most `allowed` 100 ms windows of `x` hold a gap or a jump; every other one holds
+/// the tone with nothing else.
+fn assert_windows_clean_but(what: &str, x: &[f32], rate: u32, allowed: usize) {
     let sample_rate = SampleRate::new(rate).unwrap();
     let snrs: Vec<f64> = x
         .chunks_exact(rate as usize / 10)
         .map(|w| fit_sine(w, sample_rate).map_or(f64::NEG_INFINITY, |f| f.snr_db))
         .collect();
     let glitches = snrs.iter().filter(|&&snr| snr < CLEAN_SNR_DB).count();
-    assert_eq!(
-        glitches,
-        0,
-        "{what}: {glitches} of {} windows hold a gap; SNR per window: {snrs:.0?}",
+    assert!(
+        glitches <= allowed,
+        "{what}: {glitches} of {} windows hold a gap ({allowed} allowed); SNR per window: \
+         {snrs:.0?}",
         snrs.len()
     );
 }
@@ -298,11 +305,17 @@ async fn ffmpeg_bursts_raise_the_default_latency_and_then_play_clean() {
     let status = api.status(&node_name).await;
     eprintln!("{rx}: {status:#}");
     let (audio, rate) = heard(&report, 1.0);
-    assert_every_window_clean(&rx, audio, rate);
+    // Clean in every window, unless a burst later than any before raised the latency
+    // while the caller listened (a host stall holding ffmpeg up on top of its own
+    // bursts): each such raise is one pause, counted, in at most two windows.
+    let raised = status["latency_increases"].as_u64().unwrap()
+        - before["latency_increases"].as_u64().unwrap();
+    assert_windows_clean_but(&rx, audio, rate, 2 * raised as usize);
     assert_tone(&rx, audio, rate, 1000.0, -6.0, &[]);
-    // No packet was late while the caller listened (a rare burst beyond the rest
-    // may still raise the latency once, outside what is checked above).
-    assert_eq!(status["late"], before["late"], "{status}");
+    if raised == 0 {
+        // No packet was late while the caller listened.
+        assert_eq!(status["late"], before["late"], "{status}");
+    }
     assert_eq!(
         status["bridge"]["underruns"], before["bridge"]["underruns"],
         "{status}"

@@ -51,67 +51,62 @@ fn named<'a>(sessions: &'a [serde_json::Value], name: &str) -> Option<&'a serde_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_finds_our_flow_by_sap_and_plays_it() {
-    common::retry_if_host_stalled(|| async {
-        if !in_loopback_namespace("ffmpeg_finds_our_flow_by_sap_and_plays_it") {
-            return;
-        }
-        // Alone in this namespace: the flow keeps its default group (239.69.x.y) and port.
-        let caller = uuid();
-        let config = format!(
-            "[aes67]\nsap_interval_s = 1\nbridge_margin_ms = 10\n\n[[routes]]\nname = \"on-air\"\n\
+    if !in_loopback_namespace("ffmpeg_finds_our_flow_by_sap_and_plays_it") {
+        return;
+    }
+    // Alone in this namespace: the flow keeps its default group (239.69.x.y) and port.
+    let caller = uuid();
+    let config = format!(
+        "[aes67]\nsap_interval_s = 1\nbridge_margin_ms = 10\n\n[[routes]]\nname = \"on-air\"\n\
          match = {{ uuid = \"{caller}\" }}\n\
          actions = [{{ action = \"patch\", voice_to = [\"aes67tx:studio.ch1\"] }}]\n"
-        );
-        let gateway = GatewayProcess::start(&config);
-        let api = Api::new(&gateway);
-        let node = api
-            .create(
-                "studio",
-                serde_json::json!({"kind": "aes67tx", "channels": 2}),
-            )
-            .await;
-        assert_eq!(node["status"]["port"], 5004);
-        let talking = TalkingCallers::start(
-            &api,
-            &gateway,
-            vec![(caller, Source::tone(800.0, -6.0), -6.0)],
+    );
+    let gateway = GatewayProcess::start(&config);
+    let api = Api::new(&gateway);
+    let node = api
+        .create(
+            "studio",
+            serde_json::json!({"kind": "aes67tx", "channels": 2}),
         )
         .await;
-        // ffmpeg finds the flow by its next announcement (every second here) and records it.
-        let out = aes67_util::wav(gateway.dir.path(), "sap");
-        let ffmpeg = std::process::Command::new("ffmpeg")
-            .args(["-hide_banner", "-nostdin", "-y", "-loglevel", "warning"])
-            .args(["-f", "sap", "-i", "sap://239.255.255.255:9875"])
-            .args(["-t", "3", "-c:a", "pcm_f32le"])
-            .arg(&out)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("ffmpeg is installed");
-        tokio::task::spawn_blocking(move || {
-            finish(ffmpeg, "ffmpeg -f sap", Duration::from_secs(30))
-        })
+    assert_eq!(node["status"]["port"], 5004);
+    let talking = TalkingCallers::start(
+        &api,
+        &gateway,
+        vec![(caller, Source::tone(800.0, -6.0), -6.0)],
+    )
+    .await;
+    // ffmpeg finds the flow by its next announcement (every second here) and records it.
+    let out = aes67_util::wav(gateway.dir.path(), "sap");
+    let ffmpeg = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-y", "-loglevel", "warning"])
+        .args(["-f", "sap", "-i", "sap://239.255.255.255:9875"])
+        .args(["-t", "3", "-c:a", "pcm_f32le"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ffmpeg is installed");
+    tokio::task::spawn_blocking(move || finish(ffmpeg, "ffmpeg -f sap", Duration::from_secs(30)))
         .await
         .unwrap();
-        talking.hang_up(&api).await;
-        let (channels, rate) = read_wav(&out);
-        assert_eq!((channels.len(), rate), (2, 48_000), "the SDP's format");
-        let (start, end) = (rate as usize / 2, channels[0].len() - rate as usize / 5);
-        assert_tone(
-            "channel 1",
-            &channels[0][start..end],
-            rate,
-            800.0,
-            -6.0,
-            &[],
-        );
-        let silent = &channels[1][start..end];
-        assert!(
-            tone_level_dbfs(silent, rate, 800.0) < -60.0,
-            "channel 2 is silent"
-        );
-    })
-    .await;
+    talking.hang_up(&api).await;
+    let (channels, rate) = read_wav(&out);
+    assert_eq!((channels.len(), rate), (2, 48_000), "the SDP's format");
+    let (start, end) = (rate as usize / 2, channels[0].len() - rate as usize / 5);
+    assert_tone(
+        "channel 1",
+        &channels[0][start..end],
+        rate,
+        800.0,
+        -6.0,
+        &[],
+    );
+    let silent = &channels[1][start..end];
+    assert!(
+        tone_level_dbfs(silent, rate, 800.0) < -60.0,
+        "channel 2 is silent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +199,6 @@ async fn our_listener_lists_announcements_and_drops_them_on_deletion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receive_flow_follows_a_sap_session_by_name() {
-    common::retry_if_host_stalled(|| async {
     let tx = unique_name("console");
     let rx = unique_name("returns");
     let (talker, listener) = (uuid(), uuid());
@@ -291,8 +285,6 @@ async fn a_receive_flow_follows_a_sap_session_by_name() {
         assert!(Instant::now() < until, "not re-subscribed: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    })
-    .await;
 }
 
 /// A SAP packet from the recorder, decoded.
@@ -334,109 +326,104 @@ fn session_id(sdp: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announcements_repeat_and_every_change_and_removal_is_announced() {
-    common::retry_if_host_stalled(|| async {
-        let recorder = SapRecorder::start();
-        let mut gateway = GatewayProcess::start("[aes67]\nsap_interval_s = 1\n");
-        let api = Api::new(&gateway);
-        let flow = unique_name("periodic");
-        let node = format!("aes67tx:{flow}");
-        let config = |channels: u8| {
-            serde_json::json!({"kind": "aes67tx", "channels": channels,
+    let recorder = SapRecorder::start();
+    let mut gateway = GatewayProcess::start("[aes67]\nsap_interval_s = 1\n");
+    let api = Api::new(&gateway);
+    let flow = unique_name("periodic");
+    let node = format!("aes67tx:{flow}");
+    let config = |channels: u8| {
+        serde_json::json!({"kind": "aes67tx", "channels": channels,
             "group": unique_group().to_string(), "port": unique_port()})
-        };
-        let created = Instant::now();
-        api.create(&flow, config(2)).await;
-        let sdp = api.sdp(&flow).await;
-        let id = session_id(&sdp);
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+    };
+    let created = Instant::now();
+    api.create(&flow, config(2)).await;
+    let sdp = api.sdp(&flow).await;
+    let id = session_id(&sdp);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
-        // At creation, then every second, the same SDP under the same hash.
-        let first = heard(&recorder, &id);
-        assert!(first.len() >= 3, "{} announcements in 2.5 s", first.len());
-        assert!(first[0].at.duration_since(created) < Duration::from_millis(500));
-        for h in &first {
-            assert_eq!(h.kind, MessageType::Announce);
-            assert_eq!((h.hash, h.payload.as_str()), (first[0].hash, sdp.as_str()));
-        }
-        for pair in first.windows(2) {
-            let gap = pair[1].at.duration_since(pair[0].at);
-            assert!(
-                gap > Duration::from_millis(800) && gap < Duration::from_millis(1500),
-                "{gap:?} between announcements"
-            );
-        }
-        let (old_hash, old_version) = (first[0].hash, version(&sdp));
+    // At creation, then every second, the same SDP under the same hash.
+    let first = heard(&recorder, &id);
+    assert!(first.len() >= 3, "{} announcements in 2.5 s", first.len());
+    assert!(first[0].at.duration_since(created) < Duration::from_millis(500));
+    for h in &first {
+        assert_eq!(h.kind, MessageType::Announce);
+        assert_eq!((h.hash, h.payload.as_str()), (first[0].hash, sdp.as_str()));
+    }
+    for pair in first.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            gap > Duration::from_millis(800) && gap < Duration::from_millis(1500),
+            "{gap:?} between announcements"
+        );
+    }
+    let (old_hash, old_version) = (first[0].hash, version(&sdp));
 
-        // An update: the old version's deletion, then the new SDP (new hash, higher version).
-        let (status, body) = api
-            .put(
-                &format!("/v1/nodes/{node}"),
-                serde_json::json!({"config": config(4)}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let new_sdp = api.sdp(&flow).await;
-        assert_eq!(session_id(&new_sdp), id, "the session keeps its identity");
-        assert!(version(&new_sdp) > old_version);
-        assert!(new_sdp.contains("L24/48000/4"));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // (A periodic announcement of the old version may have slipped in before the update.)
-        let after: Vec<Heard> = heard(&recorder, &id)
-            .into_iter()
-            .skip(first.len())
-            .skip_while(|h| {
-                h.kind == MessageType::Announce && h.hash == old_hash && h.payload == sdp
-            })
-            .collect();
-        let deletions: Vec<&Heard> = after
-            .iter()
-            .take_while(|h| h.kind == MessageType::Delete)
-            .collect();
-        assert_eq!(deletions.len(), 3, "old version's deletion, repeated");
-        for d in &deletions {
-            assert_eq!(d.hash, old_hash);
-            assert_eq!(
-                d.payload,
-                format!("o=- {id} {old_version} IN IP4 127.0.0.1\r\n")
-            );
-        }
-        let announced = &after[3];
-        assert_eq!(announced.kind, MessageType::Announce);
-        assert_ne!(announced.hash, old_hash, "a new hash for the new SDP");
-        assert_eq!(announced.payload, new_sdp);
-        let new_hash = announced.hash;
+    // An update: the old version's deletion, then the new SDP (new hash, higher version).
+    let (status, body) = api
+        .put(
+            &format!("/v1/nodes/{node}"),
+            serde_json::json!({"config": config(4)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let new_sdp = api.sdp(&flow).await;
+    assert_eq!(session_id(&new_sdp), id, "the session keeps its identity");
+    assert!(version(&new_sdp) > old_version);
+    assert!(new_sdp.contains("L24/48000/4"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (A periodic announcement of the old version may have slipped in before the update.)
+    let after: Vec<Heard> = heard(&recorder, &id)
+        .into_iter()
+        .skip(first.len())
+        .skip_while(|h| h.kind == MessageType::Announce && h.hash == old_hash && h.payload == sdp)
+        .collect();
+    let deletions: Vec<&Heard> = after
+        .iter()
+        .take_while(|h| h.kind == MessageType::Delete)
+        .collect();
+    assert_eq!(deletions.len(), 3, "old version's deletion, repeated");
+    for d in &deletions {
+        assert_eq!(d.hash, old_hash);
+        assert_eq!(
+            d.payload,
+            format!("o=- {id} {old_version} IN IP4 127.0.0.1\r\n")
+        );
+    }
+    let announced = &after[3];
+    assert_eq!(announced.kind, MessageType::Announce);
+    assert_ne!(announced.hash, old_hash, "a new hash for the new SDP");
+    assert_eq!(announced.payload, new_sdp);
+    let new_hash = announced.hash;
 
-        // Removal: three deletions of the current version.
-        let before = heard(&recorder, &id).len();
-        assert_eq!(api.delete(&format!("/v1/nodes/{node}")).await, 204);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let removal: Vec<Heard> = heard(&recorder, &id)
-            .into_iter()
-            .skip(before)
-            .skip_while(|h| h.kind == MessageType::Announce && h.payload == new_sdp)
-            .collect();
-        assert_eq!(removal.len(), 3, "three deletions and nothing after them");
-        for d in &removal {
-            assert_eq!((d.kind, d.hash), (MessageType::Delete, new_hash));
-            assert_eq!(
-                d.payload,
-                format!("o=- {id} {} IN IP4 127.0.0.1\r\n", version(&new_sdp))
-            );
-        }
+    // Removal: three deletions of the current version.
+    let before = heard(&recorder, &id).len();
+    assert_eq!(api.delete(&format!("/v1/nodes/{node}")).await, 204);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let removal: Vec<Heard> = heard(&recorder, &id)
+        .into_iter()
+        .skip(before)
+        .skip_while(|h| h.kind == MessageType::Announce && h.payload == new_sdp)
+        .collect();
+    assert_eq!(removal.len(), 3, "three deletions and nothing after them");
+    for d in &removal {
+        assert_eq!((d.kind, d.hash), (MessageType::Delete, new_hash));
+        assert_eq!(
+            d.payload,
+            format!("o=- {id} {} IN IP4 127.0.0.1\r\n", version(&new_sdp))
+        );
+    }
 
-        // Shutdown: a live flow's deletions go out before the gateway exits.
-        let last = unique_name("shutdown");
-        api.create(&last, config(2)).await;
-        let last_id = session_id(&api.sdp(&last).await);
-        assert!(gateway.terminate(), "clean exit");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let goodbye: Vec<Heard> = heard(&recorder, &last_id)
-            .into_iter()
-            .filter(|h| h.kind == MessageType::Delete)
-            .collect();
-        assert_eq!(goodbye.len(), 3, "three deletions at shutdown");
-    })
-    .await;
+    // Shutdown: a live flow's deletions go out before the gateway exits.
+    let last = unique_name("shutdown");
+    api.create(&last, config(2)).await;
+    let last_id = session_id(&api.sdp(&last).await);
+    assert!(gateway.terminate(), "clean exit");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let goodbye: Vec<Heard> = heard(&recorder, &last_id)
+        .into_iter()
+        .filter(|h| h.kind == MessageType::Delete)
+        .collect();
+    assert_eq!(goodbye.len(), 3, "three deletions at shutdown");
 }
 
 /// A second gateway started on the same configuration and database while the first one

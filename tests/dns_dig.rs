@@ -21,196 +21,193 @@ const WINDOW: u16 = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dig_fetches_a_callers_tone_over_udp_and_tcp() {
-    common::retry_if_host_stalled(|| async {
-        let caller = uuid();
-        let config = format!(
-            r#"{DNS_CONFIG}
+    let caller = uuid();
+    let config = format!(
+        r#"{DNS_CONFIG}
 [[routes]]
 name = "on-air"
 match = {{ uuid = "{caller}" }}
 actions = [{{ action = "broadcast", domain = "{DOMAIN}" }}]
 "#
-        );
-        let gateway = GatewayProcess::start(&config);
-        let api = Api::new(&gateway);
-        api.create_broadcast("music", DOMAIN, WINDOW).await;
-        let server = dns_addr(&gateway);
+    );
+    let gateway = GatewayProcess::start(&config);
+    let api = Api::new(&gateway);
+    api.create_broadcast("music", DOMAIN, WINDOW).await;
+    let server = dns_addr(&gateway);
 
-        // Before any input: a pack of silence is listed (NODATA would make every
-        // client query `sequence` in a loop with no pause, §10).
-        let start = dig(server, &["TXT", &format!("sequence.{DOMAIN}")]);
-        assert!(start.contains("status: NOERROR"), "{start}");
-        assert!(start.contains("ANSWER: 1, AUTHORITY: 1"), "{start}");
-        assert!(start.contains("flags: qr aa rd;"), "{start}");
+    // Before any input: a pack of silence is listed (NODATA would make every
+    // client query `sequence` in a loop with no pause, §10).
+    let start = dig(server, &["TXT", &format!("sequence.{DOMAIN}")]);
+    assert!(start.contains("status: NOERROR"), "{start}");
+    assert!(start.contains("ANSWER: 1, AUTHORITY: 1"), "{start}");
+    assert!(start.contains("flags: qr aa rd;"), "{start}");
 
-        let call = tokio::spawn(
-            FakeCall::new(gateway.addr, caller)
-                .source(Source::tone(440.0, -6.0))
-                .duration(Duration::from_secs(14))
-                .run(),
-        );
-        let status = api.wait_packs("music", 9, Duration::from_secs(30)).await;
-        let (_, patches) = api.get("/v1/patches?node=dns:music").await;
-        assert_eq!(
-            patches["items"][0]["source"],
-            format!("call:{caller}.voice"),
-            "the route patched the caller into the broadcast: {patches}"
-        );
+    let call = tokio::spawn(
+        FakeCall::new(gateway.addr, caller)
+            .source(Source::tone(440.0, -6.0))
+            .duration(Duration::from_secs(14))
+            .run(),
+    );
+    let status = api.wait_packs("music", 9, Duration::from_secs(30)).await;
+    let (_, patches) = api.get("/v1/patches?node=dns:music").await;
+    assert_eq!(
+        patches["items"][0]["source"],
+        format!("call:{caller}.voice"),
+        "the route patched the caller into the broadcast: {patches}"
+    );
 
-        // `sequence` over UDP and TCP: one string, the consecutive newest numbers.
-        let short = dig(server, &["+short", "TXT", &format!("sequence.{DOMAIN}")]);
-        let lines: Vec<&str> = short.lines().collect();
-        assert_eq!(lines.len(), 1, "exactly one RR: {short}");
-        let strings = dig_strings(lines[0]);
-        assert_eq!(strings.len(), 1, "exactly one string: {short}");
-        assert!(strings[0].len() <= 255 && strings[0].starts_with(b"q:"));
-        let mut decoder = SequenceListDecoder::new();
-        let mut listed = Vec::new();
-        decoder.decode(&strings[0], &mut listed).unwrap();
-        assert!(
-            listed.len() >= 8 && listed.len() <= usize::from(WINDOW),
-            "{listed:?}"
-        );
-        assert!(listed.windows(2).all(|w| w[1] == w[0] + 1), "{listed:?}");
-        let newest = *listed.last().unwrap();
-        assert!(newest >= status["current_sequence"].as_u64().unwrap());
-        let (tcp_answers, _) = dig_txt(server, &format!("sequence.{DOMAIN}"), &["+tcp"]);
-        assert_eq!(tcp_answers.len(), 1);
-        assert_eq!(tcp_answers[0].ttl, 10, "sequence TTL (§7)");
-        let mut over_tcp = Vec::new();
-        decoder
-            .decode(&tcp_answers[0].strings[0], &mut over_tcp)
-            .unwrap();
-        assert_eq!(over_tcp[0], listed[0]);
+    // `sequence` over UDP and TCP: one string, the consecutive newest numbers.
+    let short = dig(server, &["+short", "TXT", &format!("sequence.{DOMAIN}")]);
+    let lines: Vec<&str> = short.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one RR: {short}");
+    let strings = dig_strings(lines[0]);
+    assert_eq!(strings.len(), 1, "exactly one string: {short}");
+    assert!(strings[0].len() <= 255 && strings[0].starts_with(b"q:"));
+    let mut decoder = SequenceListDecoder::new();
+    let mut listed = Vec::new();
+    decoder.decode(&strings[0], &mut listed).unwrap();
+    assert!(
+        listed.len() >= 8 && listed.len() <= usize::from(WINDOW),
+        "{listed:?}"
+    );
+    assert!(listed.windows(2).all(|w| w[1] == w[0] + 1), "{listed:?}");
+    let newest = *listed.last().unwrap();
+    assert!(newest >= status["current_sequence"].as_u64().unwrap());
+    let (tcp_answers, _) = dig_txt(server, &format!("sequence.{DOMAIN}"), &["+tcp"]);
+    assert_eq!(tcp_answers.len(), 1);
+    assert_eq!(tcp_answers[0].ttl, 10, "sequence TTL (§7)");
+    let mut over_tcp = Vec::new();
+    decoder
+        .decode(&tcp_answers[0].strings[0], &mut over_tcp)
+        .unwrap();
+    assert_eq!(over_tcp[0], listed[0]);
 
-        // The newest six packs. A pack (~2.3 kB) does not fit dig's 1232-byte EDNS size:
-        // the UDP reply is truncated and dig repeats the query over TCP.
-        let wanted = &listed[listed.len() - 6..];
-        let mut libopus = opus::Decoder::new(16_000, opus::Channels::Mono).unwrap();
-        let mut packs: Vec<Vec<f32>> = Vec::new();
-        let mut out = vec![0i16; 960];
-        let mut reader = PackReader::new();
-        for (k, &n) in wanted.iter().enumerate() {
-            let name = format!("seq_{n}.{DOMAIN}");
-            let (answers, transcript) = if k == 0 {
-                let (answers, transcript) = dig_txt(server, &name, &[]);
-                assert!(
-                    transcript.contains("Truncated, retrying in TCP mode"),
-                    "{transcript}"
-                );
-                let truncated = dig(server, &["+ignore", "TXT", &name]);
-                assert!(truncated.contains("flags: qr aa tc rd;"), "{truncated}");
-                assert!(
-                    truncated.contains("ANSWER: 0"),
-                    "never a partial pack: {truncated}"
-                );
-                (answers, transcript)
-            } else {
-                dig_txt(server, &name, &["+tcp"])
-            };
-            assert!(answers.len() >= 8, "{transcript}");
-            let ttl = seq_ttl(
-                TtlRule::Reference,
-                answers.len(),
-                OpusFormat::default(),
-                usize::from(WINDOW),
+    // The newest six packs. A pack (~2.3 kB) does not fit dig's 1232-byte EDNS size:
+    // the UDP reply is truncated and dig repeats the query over TCP.
+    let wanted = &listed[listed.len() - 6..];
+    let mut libopus = opus::Decoder::new(16_000, opus::Channels::Mono).unwrap();
+    let mut packs: Vec<Vec<f32>> = Vec::new();
+    let mut out = vec![0i16; 960];
+    let mut reader = PackReader::new();
+    for (k, &n) in wanted.iter().enumerate() {
+        let name = format!("seq_{n}.{DOMAIN}");
+        let (answers, transcript) = if k == 0 {
+            let (answers, transcript) = dig_txt(server, &name, &[]);
+            assert!(
+                transcript.contains("Truncated, retrying in TCP mode"),
+                "{transcript}"
             );
-            reader.clear();
-            for answer in &answers {
-                assert_eq!(answer.name, format!("{name}."));
-                assert_eq!(
-                    answer.ttl,
-                    ttl,
-                    "TTL rule (§7) for {} frames",
-                    answers.len()
-                );
-                assert_eq!(answer.strings.len(), 1, "one string per RR (§3)");
-                assert!(answer.strings[0].len() <= 250, "string limit (§3)");
-                reader.push_txt(&answer.strings[0]).unwrap();
-            }
-            let frames: Vec<(u32, Vec<u8>)> = reader
-                .sorted_frames()
-                .map(|(i, f)| (i, f.to_vec()))
-                .collect();
+            let truncated = dig(server, &["+ignore", "TXT", &name]);
+            assert!(truncated.contains("flags: qr aa tc rd;"), "{truncated}");
+            assert!(
+                truncated.contains("ANSWER: 0"),
+                "never a partial pack: {truncated}"
+            );
+            (answers, transcript)
+        } else {
+            dig_txt(server, &name, &["+tcp"])
+        };
+        assert!(answers.len() >= 8, "{transcript}");
+        let ttl = seq_ttl(
+            TtlRule::Reference,
+            answers.len(),
+            OpusFormat::default(),
+            usize::from(WINDOW),
+        );
+        reader.clear();
+        for answer in &answers {
+            assert_eq!(answer.name, format!("{name}."));
             assert_eq!(
-                frames.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-                (0..frames.len() as u32).collect::<Vec<_>>(),
-                "indices 000.. in order"
+                answer.ttl,
+                ttl,
+                "TTL rule (§7) for {} frames",
+                answers.len()
             );
-            let mut pcm = Vec::new();
-            for (_, packet) in frames {
-                assert!(packet.len() <= 198);
-                let decoded = libopus.decode(&packet, &mut out, false).unwrap();
-                assert_eq!(decoded, 960, "60 ms per packet (§8)");
-                pcm.extend(out.iter().map(|&s| f32::from(s) / 32_768.0));
-            }
-            packs.push(pcm);
+            assert_eq!(answer.strings.len(), 1, "one string per RR (§3)");
+            assert!(answer.strings[0].len() <= 250, "string limit (§3)");
+            reader.push_txt(&answer.strings[0]).unwrap();
         }
-        // 440 Hz at -6 dBFS went in at 8 kHz; it comes back at 16 kHz through the bus.
-        // Measured pack by pack (each about 0.8 s), so that one hiccup of the caller's
-        // uplink on a loaded machine shows as one odd pack, not as a shifted average.
-        let mut fits: Vec<_> = packs
-            .iter()
-            .enumerate()
-            .map(|(k, pcm)| {
-                // The decoder's first frame is its start-up.
-                let pcm = if k == 0 { &pcm[960..] } else { &pcm[..] };
-                dns_support::tone(pcm, 0.0)
-            })
+        let frames: Vec<(u32, Vec<u8>)> = reader
+            .sorted_frames()
+            .map(|(i, f)| (i, f.to_vec()))
             .collect();
-        for fit in &fits {
-            println!(
-                "libopus {}: {:.3} Hz, {:.2} dBFS, SNR {:.1} dB",
-                opus::version(),
-                fit.frequency_hz,
-                fit.amplitude_dbfs,
-                fit.snr_db
-            );
-        }
-        let off = fits
-            .iter()
-            .filter(|f| (f.frequency_hz - 440.0).abs() > 1.0)
-            .count();
-        // A pack that holds a glitch (the caller's frames late on a stalled host) defeats one
-        // sine fit over its 0.8 s; at most a third of them may, the median decides.
-        assert!(off * 3 <= fits.len(), "{off} packs off frequency: {fits:?}");
-        fits.sort_by(|a, b| a.frequency_hz.total_cmp(&b.frequency_hz));
-        let median = &fits[fits.len() / 2];
-        assert!((median.frequency_hz - 440.0).abs() < 0.5, "{fits:?}");
-        fits.sort_by(|a, b| a.amplitude_dbfs.total_cmp(&b.amplitude_dbfs));
-        assert!(
-            (fits[fits.len() / 2].amplitude_dbfs + 6.0).abs() < 1.5,
-            "{fits:?}"
+        assert_eq!(
+            frames.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..frames.len() as u32).collect::<Vec<_>>(),
+            "indices 000.. in order"
         );
-        fits.sort_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
-        assert!(fits[fits.len() / 2].snr_db > 20.0, "{fits:?}");
+        let mut pcm = Vec::new();
+        for (_, packet) in frames {
+            assert!(packet.len() <= 198);
+            let decoded = libopus.decode(&packet, &mut out, false).unwrap();
+            assert_eq!(decoded, 960, "60 ms per packet (§8)");
+            pcm.extend(out.iter().map(|&s| f32::from(s) / 32_768.0));
+        }
+        packs.push(pcm);
+    }
+    // 440 Hz at -6 dBFS went in at 8 kHz; it comes back at 16 kHz through the bus.
+    // Measured pack by pack (each about 0.8 s), so that one hiccup of the caller's
+    // uplink on a loaded machine shows as one odd pack, not as a shifted average.
+    let mut fits: Vec<_> = packs
+        .iter()
+        .enumerate()
+        .map(|(k, pcm)| {
+            // The decoder's first frame is its start-up.
+            let pcm = if k == 0 { &pcm[960..] } else { &pcm[..] };
+            dns_support::tone(pcm, 0.0)
+        })
+        .collect();
+    for fit in &fits {
+        println!(
+            "libopus {}: {:.3} Hz, {:.2} dBFS, SNR {:.1} dB",
+            opus::version(),
+            fit.frequency_hz,
+            fit.amplitude_dbfs,
+            fit.snr_db
+        );
+    }
+    let off = fits
+        .iter()
+        .filter(|f| (f.frequency_hz - 440.0).abs() > 1.0)
+        .count();
+    // A pack that holds a glitch (the caller's frames late on a stalled host) defeats one
+    // sine fit over its 0.8 s; at most a third of them may, the median decides.
+    assert!(off * 3 <= fits.len(), "{off} packs off frequency: {fits:?}");
+    fits.sort_by(|a, b| a.frequency_hz.total_cmp(&b.frequency_hz));
+    let median = &fits[fits.len() / 2];
+    assert!((median.frequency_hz - 440.0).abs() < 0.5, "{fits:?}");
+    fits.sort_by(|a, b| a.amplitude_dbfs.total_cmp(&b.amplitude_dbfs));
+    assert!(
+        (fits[fits.len() / 2].amplitude_dbfs + 6.0).abs() < 1.5,
+        "{fits:?}"
+    );
+    fits.sort_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
+    assert!(fits[fits.len() / 2].snr_db > 20.0, "{fits:?}");
 
-        // State in the API and the metrics.
-        let status = api.status("music").await;
-        assert_eq!(status["window"], u64::from(WINDOW));
-        assert_eq!(status["domain"], format!("{DOMAIN}."));
-        assert!(status["queries_total"].as_u64().unwrap() >= 9, "{status}");
-        assert!(
-            status["distinct_listeners"].as_u64().unwrap() >= 1,
-            "{status}"
-        );
-        assert!(status["truncated"].as_u64().unwrap() >= 2, "{status}");
-        let pack_ms = status["pack_duration_ms"].as_u64().unwrap();
-        assert!((480..=1200).contains(&pack_ms), "{status}");
-        let metrics = api.metrics().await;
-        for family in [
-            "telepatch_dns_sequence{node=\"dns:music\"}",
-            "telepatch_dns_window_packs{node=\"dns:music\"} 20",
-            "telepatch_dns_queries_total{node=\"dns:music\",outcome=\"answer\"}",
-            "telepatch_dns_queries_per_second{node=\"dns:music\"}",
-            "telepatch_dns_listeners{node=\"dns:music\"}",
-        ] {
-            assert!(metrics.contains(family), "{family} missing:\n{metrics}");
-        }
-        let report = call.await.unwrap().unwrap();
-        assert_eq!(report.end, sip_glue::fake_asterisk::CallEnd::Completed);
-    })
-    .await;
+    // State in the API and the metrics.
+    let status = api.status("music").await;
+    assert_eq!(status["window"], u64::from(WINDOW));
+    assert_eq!(status["domain"], format!("{DOMAIN}."));
+    assert!(status["queries_total"].as_u64().unwrap() >= 9, "{status}");
+    assert!(
+        status["distinct_listeners"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert!(status["truncated"].as_u64().unwrap() >= 2, "{status}");
+    let pack_ms = status["pack_duration_ms"].as_u64().unwrap();
+    assert!((480..=1200).contains(&pack_ms), "{status}");
+    let metrics = api.metrics().await;
+    for family in [
+        "telepatch_dns_sequence{node=\"dns:music\"}",
+        "telepatch_dns_window_packs{node=\"dns:music\"} 20",
+        "telepatch_dns_queries_total{node=\"dns:music\",outcome=\"answer\"}",
+        "telepatch_dns_queries_per_second{node=\"dns:music\"}",
+        "telepatch_dns_listeners{node=\"dns:music\"}",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    let report = call.await.unwrap().unwrap();
+    assert_eq!(report.end, sip_glue::fake_asterisk::CallEnd::Completed);
 }
 
 /// The numbers `sequence.<domain>` lists, through dig (`qname` in any spelling): it

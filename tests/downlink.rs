@@ -49,47 +49,43 @@ fn check_cadence(report: &CallReport, seconds: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpatched_callers_get_continuous_paced_silence_at_their_own_rate() {
-    common::retry_if_host_stalled(|| async {
-        let gateway = GatewayProcess::start("");
-        let narrow = FakeCall::new(gateway.addr, uuid())
-            .source(Source::tone(1000.0, -6.0))
-            .duration(Duration::from_secs(4))
-            .run();
-        let wide = FakeCall::new(gateway.addr, uuid())
-            .kind(AudioKind::Slin16)
-            .source(Source::tone(1000.0, -6.0))
-            .duration(Duration::from_secs(4))
-            .run();
-        // An idle bridge sends no audio at all (§5): the gateway still streams, at 8 kHz.
-        let idle = FakeCall::new(gateway.addr, uuid())
-            .source(Source::nothing())
-            .duration(Duration::from_secs(4))
-            .run();
-        let (narrow, wide, idle) = tokio::join!(narrow, wide, idle);
-        for (report, rate) in [
-            (narrow.unwrap(), 8_000),
-            (wide.unwrap(), 16_000),
-            (idle.unwrap(), 8_000),
-        ] {
-            assert_eq!(report.end, CallEnd::Completed);
-            assert_eq!(report.received_rate.map(SampleRate::hz), Some(rate));
-            assert_eq!(report.rate_changes, 0, "one rate per connection");
-            check_cadence(&report, 4.0);
-            assert!(
-                report.received.iter().all(|s| *s == 0.0),
-                "nothing is patched: silence"
-            );
-        }
-    })
-    .await;
+    let gateway = GatewayProcess::start("");
+    let narrow = FakeCall::new(gateway.addr, uuid())
+        .source(Source::tone(1000.0, -6.0))
+        .duration(Duration::from_secs(4))
+        .run();
+    let wide = FakeCall::new(gateway.addr, uuid())
+        .kind(AudioKind::Slin16)
+        .source(Source::tone(1000.0, -6.0))
+        .duration(Duration::from_secs(4))
+        .run();
+    // An idle bridge sends no audio at all (§5): the gateway still streams, at 8 kHz.
+    let idle = FakeCall::new(gateway.addr, uuid())
+        .source(Source::nothing())
+        .duration(Duration::from_secs(4))
+        .run();
+    let (narrow, wide, idle) = tokio::join!(narrow, wide, idle);
+    for (report, rate) in [
+        (narrow.unwrap(), 8_000),
+        (wide.unwrap(), 16_000),
+        (idle.unwrap(), 8_000),
+    ] {
+        assert_eq!(report.end, CallEnd::Completed);
+        assert_eq!(report.received_rate.map(SampleRate::hz), Some(rate));
+        assert_eq!(report.rate_changes, 0, "one rate per connection");
+        check_cadence(&report, 4.0);
+        assert!(
+            report.received.iter().all(|s| *s == 0.0),
+            "nothing is patched: silence"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lobby_callers_hear_hold_music_and_routed_callers_hear_their_prompt() {
-    common::retry_if_host_stalled(|| async {
-        let prompt = data("prompt-8k.wav");
-        let config = format!(
-            r#"
+    let prompt = data("prompt-8k.wav");
+    let config = format!(
+        r#"
 [lobby]
 hold_music = "{hold}"
 
@@ -101,73 +97,71 @@ name = "welcome"
 match = {{ uuid_prefix = "aaaa" }}
 actions = [{{ action = "play", file = "prompt-8k.wav" }}]
 "#,
-            hold = data("hold-music-48k.wav").display(),
-            media = prompt.parent().unwrap().display()
-        );
-        let gateway = GatewayProcess::start(&config);
-        let welcome_id = uuid::Uuid::parse_str("aaaa0000-0000-4000-8000-000000000001").unwrap();
-        let lobby = FakeCall::new(gateway.addr, uuid())
-            .duration(Duration::from_secs(3))
-            .run();
-        let welcomed = FakeCall::new(gateway.addr, welcome_id)
-            .duration(Duration::from_secs(4))
-            .run();
-        let (lobby, welcomed) = tokio::join!(lobby, welcomed);
-        let (lobby, welcomed) = (lobby.unwrap(), welcomed.unwrap());
+        hold = data("hold-music-48k.wav").display(),
+        media = prompt.parent().unwrap().display()
+    );
+    let gateway = GatewayProcess::start(&config);
+    let welcome_id = uuid::Uuid::parse_str("aaaa0000-0000-4000-8000-000000000001").unwrap();
+    let lobby = FakeCall::new(gateway.addr, uuid())
+        .duration(Duration::from_secs(3))
+        .run();
+    let welcomed = FakeCall::new(gateway.addr, welcome_id)
+        .duration(Duration::from_secs(4))
+        .run();
+    let (lobby, welcomed) = tokio::join!(lobby, welcomed);
+    let (lobby, welcomed) = (lobby.unwrap(), welcomed.unwrap());
 
-        let hold_level = rms_dbfs(&lobby.received[4_000..]);
-        assert!(
-            hold_level > -40.0,
-            "lobby caller hears {hold_level:.1} dBFS"
-        );
-        check_cadence(&lobby, 3.0);
+    let hold_level = rms_dbfs(&lobby.received[4_000..]);
+    assert!(
+        hold_level > -40.0,
+        "lobby caller hears {hold_level:.1} dBFS"
+    );
+    check_cadence(&lobby, 3.0);
 
-        // The welcomed caller hears the prompt itself: find it in what was heard and check
-        // that the two line up sample for sample after the delay.
-        let (reference, rate) = read_wav(&prompt);
-        assert_eq!(rate, 8_000);
-        let reference = &reference[0];
-        let heard = &welcomed.received;
-        let delay =
-            estimate_delay(&reference[..16_000], &heard[..24_000], 8_000).expect("prompt found");
-        let lag = delay.samples.round() as usize;
-        // Compare the prompt with what was heard in 0.5 s segments. Each segment may sit a
-        // sample either side of the overall alignment: two passes through the resamplers
-        // leave a fraction of a sample of delay, and the downlink's drift steering may move
-        // it by a fraction more over seconds. Speech content must match segment by segment.
-        let energy = |v: &[f32]| v.iter().map(|a| f64::from(*a).powi(2)).sum::<f64>();
-        let n = reference.len().min(heard.len().saturating_sub(lag + 2));
-        let mut segments = 0;
-        for start in (0..n.saturating_sub(4_000)).step_by(4_000) {
-            let x = &reference[start..start + 4_000];
-            if rms_dbfs(x) < -40.0 {
-                continue; // a pause between words
-            }
-            let best = (lag.saturating_sub(2)..=lag + 2)
-                .map(|l| {
-                    let y = &heard[start + l..start + l + 4_000];
-                    let dot: f64 = x
-                        .iter()
-                        .zip(y)
-                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                        .sum();
-                    dot / (energy(x) * energy(y)).sqrt()
-                })
-                .fold(f64::MIN, f64::max);
-            assert!(
-                best > 0.9,
-                "segment at {start}: heard audio correlates {best:.3} with the prompt"
-            );
-            segments += 1;
+    // The welcomed caller hears the prompt itself: find it in what was heard and check
+    // that the two line up sample for sample after the delay.
+    let (reference, rate) = read_wav(&prompt);
+    assert_eq!(rate, 8_000);
+    let reference = &reference[0];
+    let heard = &welcomed.received;
+    let delay =
+        estimate_delay(&reference[..16_000], &heard[..24_000], 8_000).expect("prompt found");
+    let lag = delay.samples.round() as usize;
+    // Compare the prompt with what was heard in 0.5 s segments. Each segment may sit a
+    // sample either side of the overall alignment: two passes through the resamplers
+    // leave a fraction of a sample of delay, and the downlink's drift steering may move
+    // it by a fraction more over seconds. Speech content must match segment by segment.
+    let energy = |v: &[f32]| v.iter().map(|a| f64::from(*a).powi(2)).sum::<f64>();
+    let n = reference.len().min(heard.len().saturating_sub(lag + 2));
+    let mut segments = 0;
+    for start in (0..n.saturating_sub(4_000)).step_by(4_000) {
+        let x = &reference[start..start + 4_000];
+        if rms_dbfs(x) < -40.0 {
+            continue; // a pause between words
         }
-        assert!(segments >= 4, "only {segments} speech segments compared");
-        let y = &heard[lag..lag + n];
-        let level_error = rms_dbfs(y) - rms_dbfs(&reference[..n]);
+        let best = (lag.saturating_sub(2)..=lag + 2)
+            .map(|l| {
+                let y = &heard[start + l..start + l + 4_000];
+                let dot: f64 = x
+                    .iter()
+                    .zip(y)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                dot / (energy(x) * energy(y)).sqrt()
+            })
+            .fold(f64::MIN, f64::max);
         assert!(
-            level_error.abs() < 1.0,
-            "prompt heard {level_error:+.2} dB off its file level"
+            best > 0.9,
+            "segment at {start}: heard audio correlates {best:.3} with the prompt"
         );
-        assert!(lag < 8_000 / 5, "prompt starts {lag} samples late");
-    })
-    .await;
+        segments += 1;
+    }
+    assert!(segments >= 4, "only {segments} speech segments compared");
+    let y = &heard[lag..lag + n];
+    let level_error = rms_dbfs(y) - rms_dbfs(&reference[..n]);
+    assert!(
+        level_error.abs() < 1.0,
+        "prompt heard {level_error:+.2} dB off its file level"
+    );
+    assert!(lag < 8_000 / 5, "prompt starts {lag} samples late");
 }

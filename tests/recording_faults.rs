@@ -202,17 +202,16 @@ async fn a_full_disk_is_reported_at_once_and_leaves_only_valid_wavs() {
     if !in_mount_namespace("a_full_disk_is_reported_at_once_and_leaves_only_valid_wavs") {
         return;
     }
-    common::retry_if_host_stalled(|| async {
-        let disk = tempfile::tempdir().unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", DISK, "tmpfs"])
-            .arg(disk.path())
-            .status()
-            .unwrap();
-        assert!(mounted.success(), "mount a small tmpfs");
-        let recordings = disk.path().join("recordings");
-        // The listener hears the recorded caller through a conference and records nothing.
-        let config = format!(
+    let disk = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", DISK, "tmpfs"])
+        .arg(disk.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a small tmpfs");
+    let recordings = disk.path().join("recordings");
+    // The listener hears the recorded caller through a conference and records nothing.
+    let config = format!(
             r#"{STALL_PROOF_CALL_BUFFERS}
 [[routes]]
 name = "listener"
@@ -225,158 +224,205 @@ actions = [{{ action = "conference", name = "room" }}]
             r#"actions = [{ action = "record", path = "{uuid}.wav" }]"#,
             r#"actions = [{ action = "record", path = "{uuid}.wav" }, { action = "conference", name = "room" }]"#,
         );
-        let dir = recordings.to_str().unwrap();
-        let gateway = GatewayProcess::start_with_args(&config, &["--recordings-dir", dir]);
-        let token = gateway.token("board", "read");
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let mut stream = http
-            .get(format!(
-                "{}/v1/events?types=recording_failed,recording_finished",
-                gateway.api_url()
-            ))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(stream.status().as_u16(), 200);
+    let dir = recordings.to_str().unwrap();
+    let gateway = GatewayProcess::start_with_args(&config, &["--recordings-dir", dir]);
+    let token = gateway.token("board", "read");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut stream = http
+        .get(format!(
+            "{}/v1/events?types=recording_failed,recording_finished",
+            gateway.api_url()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
 
-        let talker = uuid_with_prefix("a1");
-        let listener = uuid_with_prefix("beef");
-        let calls = [
-            tokio::spawn(
-                FakeCall::new(gateway.addr, talker)
-                    .source(Source::tone(1000.0, -6.0))
-                    .duration(CALL)
-                    .run(),
-            ),
-            tokio::spawn(
-                FakeCall::new(gateway.addr, listener)
-                    .source(Source::silence())
-                    .duration(CALL)
-                    .run(),
-            ),
-        ];
-        let failed_line = gateway
-            .wait_log("recording failed", Duration::from_secs(5))
-            .expect("the failure is logged when it happens");
-        let failed_at = Instant::now();
-        let talker_path = recordings.join(format!("{talker}.wav"));
-        assert!(failed_line.contains(&talker_path.display().to_string()), "{failed_line}");
-        assert!(failed_line.contains("No space left on device"), "{failed_line}");
+    let talker = uuid_with_prefix("a1");
+    let listener = uuid_with_prefix("beef");
+    let calls = [
+        tokio::spawn(
+            FakeCall::new(gateway.addr, talker)
+                .source(Source::tone(1000.0, -6.0))
+                .duration(CALL)
+                .run(),
+        ),
+        tokio::spawn(
+            FakeCall::new(gateway.addr, listener)
+                .source(Source::silence())
+                .duration(CALL)
+                .run(),
+        ),
+    ];
+    let failed_line = gateway
+        .wait_log("recording failed", Duration::from_secs(5))
+        .expect("the failure is logged when it happens");
+    let failed_at = Instant::now();
+    let talker_path = recordings.join(format!("{talker}.wav"));
+    assert!(
+        failed_line.contains(&talker_path.display().to_string()),
+        "{failed_line}"
+    );
+    assert!(
+        failed_line.contains("No space left on device"),
+        "{failed_line}"
+    );
 
-        // The recorder's status says so while the call goes on.
-        let recorder = format!("recorder:rec-{talker}-0");
-        let node: serde_json::Value = http
-            .get(format!("{}/v1/nodes/{recorder}", gateway.api_url()))
-            .bearer_auth(&token)
-            .send()
-            .await
+    // The recorder's status says so while the call goes on.
+    let recorder = format!("recorder:rec-{talker}-0");
+    let node: serde_json::Value = http
+        .get(format!("{}/v1/nodes/{recorder}", gateway.api_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(node["status"]["state"], "failed", "{node}");
+    assert!(
+        node["status"]["error"]
+            .as_str()
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(node["status"]["state"], "failed", "{node}");
-        assert!(
-            node["status"]["error"].as_str().unwrap().contains("No space left"),
-            "{node}"
-        );
-        let metrics = metrics_text(&gateway).await;
-        assert_eq!(metric_value(&metrics, "telepatch_recording_failures_total"), 1.0);
+            .contains("No space left"),
+        "{node}"
+    );
+    let metrics = metrics_text(&gateway).await;
+    assert_eq!(
+        metric_value(&metrics, "telepatch_recording_failures_total"),
+        1.0
+    );
 
-        // A recording started on the full disk is refused and leaves no file.
-        let late = uuid_with_prefix("c2");
-        let late_call = FakeCall::new(gateway.addr, late)
-            .source(Source::tone(500.0, -6.0))
-            .duration(Duration::from_secs(1))
-            .run()
-            .await
-            .unwrap();
-        assert!(late_call.violations.is_empty(), "{:?}", late_call.violations);
-        let late_path = recordings.join(format!("{late}.wav"));
-        assert!(
-            gateway
-                .wait_log_all(&["recording refused", &late.to_string()], Duration::from_secs(2))
-                .is_some(),
-            "the refusal is logged"
-        );
-        assert!(!late_path.exists(), "no file is left for the refused recording");
-        assert!(
-            !gateway
-                .logs()
-                .iter()
-                .any(|l| l.contains("recording started") && l.contains(&late.to_string())),
-            "a refused recording is never said to have started"
-        );
-        let metrics = metrics_text(&gateway).await;
-        assert_eq!(metric_value(&metrics, "telepatch_recording_failures_total"), 2.0);
-
-        let reports: Vec<_> = futures_util::future::join_all(calls)
-            .await
-            .into_iter()
-            .map(|r| r.unwrap().unwrap())
-            .collect();
-        println!(
-            "the disk filled {:.2} s before the calls ended",
-            (Instant::now() - failed_at).as_secs_f64()
-        );
-
-        // The listener heard the talker without a gap, before, during and after the
-        // failure: its reply frames came on time and every 10 ms of them carry the tone.
-        let heard = &reports[1];
-        let longest = heard.inter_arrival().max().unwrap();
-        assert!(
-            longest < Duration::from_millis(100),
-            "a reply frame came {longest:?} after the one before"
-        );
-        let rate = heard.received_rate.expect("the listener heard audio").hz();
-        let (first, last) = active_span(&heard.received, rate, 0.05).expect("the tone");
-        let window = rate as usize / 100;
-        let silent: Vec<usize> = heard.received[first..last]
-            .chunks_exact(window)
-            .enumerate()
-            .filter(|(_, w)| w.iter().all(|s| s.abs() < 0.05))
-            .map(|(i, _)| i * 10)
-            .collect();
-        assert!(silent.is_empty(), "the listener's audio went silent at {silent:?} ms");
-        let heard_s = (last - first) as f64 / f64::from(rate);
-        assert!(heard_s > CALL.as_secs_f64() - 0.5, "heard {heard_s:.3} s of the tone");
-
-        // The failed recording ends as a valid WAV of what reached the disk.
+    // A recording started on the full disk is refused and leaves no file.
+    let late = uuid_with_prefix("c2");
+    let late_call = FakeCall::new(gateway.addr, late)
+        .source(Source::tone(500.0, -6.0))
+        .duration(Duration::from_secs(1))
+        .run()
+        .await
+        .unwrap();
+    assert!(
+        late_call.violations.is_empty(),
+        "{:?}",
+        late_call.violations
+    );
+    let late_path = recordings.join(format!("{late}.wav"));
+    assert!(
         gateway
-            .wait_log_all(&["recording incomplete", &talker.to_string()], Duration::from_secs(5))
-            .expect("the incomplete recording is finalized");
-        let frames = check_header_matches_audio(&talker_path);
-        assert!(frames > 48_000, "the recording kept {frames} frames");
-        let events = read_events(&mut stream, Duration::from_secs(5), |events| {
-            events.iter().filter(|e| e["type"] == "recording_failed").count() >= 2
-                && events.iter().any(|e| e["type"] == "recording_finished")
-        })
-        .await;
-        let failed: Vec<_> = events.iter().filter(|e| e["type"] == "recording_failed").collect();
-        assert_eq!(failed.len(), 2, "{events:?}");
-        assert_eq!(failed[0]["node"], recorder.as_str());
-        assert_eq!(failed[0]["path"], talker_path.display().to_string().as_str());
-        assert!(failed[0]["error"].as_str().unwrap().contains("No space left"));
-        assert_eq!(failed[1]["node"], format!("recorder:rec-{late}-0").as_str());
-        let finished = events
+            .wait_log_all(
+                &["recording refused", &late.to_string()],
+                Duration::from_secs(2)
+            )
+            .is_some(),
+        "the refusal is logged"
+    );
+    assert!(
+        !late_path.exists(),
+        "no file is left for the refused recording"
+    );
+    assert!(
+        !gateway
+            .logs()
             .iter()
-            .find(|e| e["type"] == "recording_finished")
-            .unwrap();
-        assert_eq!(finished["frames"].as_u64().unwrap(), frames);
-        assert!(finished["error"].is_string(), "{finished}");
+            .any(|l| l.contains("recording started") && l.contains(&late.to_string())),
+        "a refused recording is never said to have started"
+    );
+    let metrics = metrics_text(&gateway).await;
+    assert_eq!(
+        metric_value(&metrics, "telepatch_recording_failures_total"),
+        2.0
+    );
 
-        // Nothing but valid WAVs (and the journal) is left on the disk.
-        for entry in std::fs::read_dir(&recordings).unwrap() {
-            let path = entry.unwrap().path();
-            if path.file_name().unwrap() == ".telepatch-recordings" {
-                continue;
-            }
-            assert_eq!(path, talker_path, "unexpected file");
-            check_header_matches_audio(&path);
-        }
-        drop(gateway);
-        let unmounted = Command::new("umount").arg(disk.path()).status().unwrap();
-        assert!(unmounted.success());
+    let reports: Vec<_> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    println!(
+        "the disk filled {:.2} s before the calls ended",
+        (Instant::now() - failed_at).as_secs_f64()
+    );
+
+    // The listener heard the talker without a gap, before, during and after the
+    // failure: its reply frames came on time and every 10 ms of them carry the tone.
+    let heard = &reports[1];
+    let longest = heard.inter_arrival().max().unwrap();
+    assert!(
+        longest < Duration::from_millis(100),
+        "a reply frame came {longest:?} after the one before"
+    );
+    let rate = heard.received_rate.expect("the listener heard audio").hz();
+    let (first, last) = active_span(&heard.received, rate, 0.05).expect("the tone");
+    let window = rate as usize / 100;
+    let silent: Vec<usize> = heard.received[first..last]
+        .chunks_exact(window)
+        .enumerate()
+        .filter(|(_, w)| w.iter().all(|s| s.abs() < 0.05))
+        .map(|(i, _)| i * 10)
+        .collect();
+    assert!(
+        silent.is_empty(),
+        "the listener's audio went silent at {silent:?} ms"
+    );
+    let heard_s = (last - first) as f64 / f64::from(rate);
+    assert!(
+        heard_s > CALL.as_secs_f64() - 0.5,
+        "heard {heard_s:.3} s of the tone"
+    );
+
+    // The failed recording ends as a valid WAV of what reached the disk.
+    gateway
+        .wait_log_all(
+            &["recording incomplete", &talker.to_string()],
+            Duration::from_secs(5),
+        )
+        .expect("the incomplete recording is finalized");
+    let frames = check_header_matches_audio(&talker_path);
+    assert!(frames > 48_000, "the recording kept {frames} frames");
+    let events = read_events(&mut stream, Duration::from_secs(5), |events| {
+        events
+            .iter()
+            .filter(|e| e["type"] == "recording_failed")
+            .count()
+            >= 2
+            && events.iter().any(|e| e["type"] == "recording_finished")
     })
     .await;
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "recording_failed")
+        .collect();
+    assert_eq!(failed.len(), 2, "{events:?}");
+    assert_eq!(failed[0]["node"], recorder.as_str());
+    assert_eq!(
+        failed[0]["path"],
+        talker_path.display().to_string().as_str()
+    );
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("No space left")
+    );
+    assert_eq!(failed[1]["node"], format!("recorder:rec-{late}-0").as_str());
+    let finished = events
+        .iter()
+        .find(|e| e["type"] == "recording_finished")
+        .unwrap();
+    assert_eq!(finished["frames"].as_u64().unwrap(), frames);
+    assert!(finished["error"].is_string(), "{finished}");
+
+    // Nothing but valid WAVs (and the journal) is left on the disk.
+    for entry in std::fs::read_dir(&recordings).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() == ".telepatch-recordings" {
+            continue;
+        }
+        assert_eq!(path, talker_path, "unexpected file");
+        check_header_matches_audio(&path);
+    }
+    drop(gateway);
+    let unmounted = Command::new("umount").arg(disk.path()).status().unwrap();
+    assert!(unmounted.success());
 }

@@ -12,62 +12,59 @@ use sip_glue::fake_asterisk::{CallEnd, FakeCall, Source};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hangs_up_every_call_and_finalizes_recordings() {
-    common::retry_if_host_stalled(|| async {
-        let gateway_config = r#"
+    let gateway_config = r#"
 [[routes]]
 name = "record"
 match = "default"
 actions = [{ action = "record", path = "{uuid}.wav" }]
 "#;
-        let mut gateway = GatewayProcess::start(gateway_config);
-        let ids = [uuid(), uuid()];
-        let calls: Vec<_> = ids
-            .iter()
-            .map(|&id| {
-                tokio::spawn(
-                    FakeCall::new(gateway.addr, id)
-                        .source(Source::tone(1000.0, -6.0))
-                        .until_hangup()
-                        .run(),
-                )
-            })
-            .collect();
-        gateway
-            .wait_log_count("recording started", 2, Duration::from_secs(5))
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let exited_cleanly = tokio::task::spawn_blocking(move || {
-            let ok = gateway.terminate();
-            (ok, gateway)
+    let mut gateway = GatewayProcess::start(gateway_config);
+    let ids = [uuid(), uuid()];
+    let calls: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            tokio::spawn(
+                FakeCall::new(gateway.addr, id)
+                    .source(Source::tone(1000.0, -6.0))
+                    .until_hangup()
+                    .run(),
+            )
         })
-        .await
+        .collect();
+    gateway
+        .wait_log_count("recording started", 2, Duration::from_secs(5))
         .unwrap();
-        let (ok, gateway) = exited_cleanly;
-        assert!(ok, "exit status");
-        for call in calls {
-            let report = call.await.unwrap().unwrap();
-            assert!(report.hangup_received, "{}: no 00 00 00", report.uuid);
-            assert_eq!(report.end, CallEnd::ServerHangup);
-            assert!(report.violations.is_empty());
-        }
-        assert!(
-            gateway
-                .logs()
-                .iter()
-                .any(|l| l.contains("shutdown complete"))
-        );
-        for id in ids {
-            let path = gateway.recordings().join(format!("{id}.wav"));
-            let (channels, rate) = read_wav(&path);
-            let (first, last) = active_span(&channels[0], rate, 0.05).unwrap();
-            let seconds = (last - first) as f64 / f64::from(rate);
-            assert!(
-                seconds > 1.9,
-                "recording of {id} holds {seconds:.2} s of tone"
-            );
-        }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let exited_cleanly = tokio::task::spawn_blocking(move || {
+        let ok = gateway.terminate();
+        (ok, gateway)
     })
-    .await;
+    .await
+    .unwrap();
+    let (ok, gateway) = exited_cleanly;
+    assert!(ok, "exit status");
+    for call in calls {
+        let report = call.await.unwrap().unwrap();
+        assert!(report.hangup_received, "{}: no 00 00 00", report.uuid);
+        assert_eq!(report.end, CallEnd::ServerHangup);
+        assert!(report.violations.is_empty());
+    }
+    assert!(
+        gateway
+            .logs()
+            .iter()
+            .any(|l| l.contains("shutdown complete"))
+    );
+    for id in ids {
+        let path = gateway.recordings().join(format!("{id}.wav"));
+        let (channels, rate) = read_wav(&path);
+        let (first, last) = active_span(&channels[0], rate, 0.05).unwrap();
+        let seconds = (last - first) as f64 / f64::from(rate);
+        assert!(
+            seconds > 1.9,
+            "recording of {id} holds {seconds:.2} s of tone"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

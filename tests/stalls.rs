@@ -43,76 +43,73 @@ fn locked_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_gateway_skips_the_frozen_time_and_says_so() {
-    common::retry_if_host_stalled(|| async {
-        let gateway = GatewayProcess::start(RECORD_ALL);
-        let id = uuid();
-        let call = tokio::spawn(
-            FakeCall::new(gateway.addr, id)
-                .source(Source::tone(1000.0, -6.0))
-                .duration(Duration::from_secs(3))
-                .run(),
-        );
-        gateway
-            .wait_log("recording started", Duration::from_secs(5))
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(
-            metric(&gateway, "telepatch_engine_late_restarts_total").await,
-            0.0
-        );
+    let gateway = GatewayProcess::start(RECORD_ALL);
+    let id = uuid();
+    let call = tokio::spawn(
+        FakeCall::new(gateway.addr, id)
+            .source(Source::tone(1000.0, -6.0))
+            .duration(Duration::from_secs(3))
+            .run(),
+    );
+    gateway
+        .wait_log("recording started", Duration::from_secs(5))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        metric(&gateway, "telepatch_engine_late_restarts_total").await,
+        0.0
+    );
 
-        signal(gateway.pid(), "STOP");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        signal(gateway.pid(), "CONT");
+    signal(gateway.pid(), "STOP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(gateway.pid(), "CONT");
 
-        let report = call.await.unwrap().unwrap();
-        assert_eq!(report.end, CallEnd::Completed);
-        let line = gateway
-            .wait_log("engine thread was held up too long", Duration::from_secs(5))
-            .expect("the skipped time is logged");
-        assert_eq!(
-            metric(&gateway, "telepatch_engine_late_restarts_total").await,
-            1.0
-        );
-        // One block is 1 ms by default.
-        let skipped_s = metric(&gateway, "telepatch_engine_skipped_blocks_total").await / 1000.0;
-        assert!(
-            (0.29..1.0).contains(&skipped_s),
-            "skipped {skipped_s:.3} s for a 300 ms freeze"
-        );
-        assert!(
-            line.contains(&format!("skipped_ms={}", skipped_s * 1000.0)),
-            "log and metric agree: {line}"
-        );
+    let report = call.await.unwrap().unwrap();
+    assert_eq!(report.end, CallEnd::Completed);
+    let line = gateway
+        .wait_log("engine thread was held up too long", Duration::from_secs(5))
+        .expect("the skipped time is logged");
+    assert_eq!(
+        metric(&gateway, "telepatch_engine_late_restarts_total").await,
+        1.0
+    );
+    // One block is 1 ms by default.
+    let skipped_s = metric(&gateway, "telepatch_engine_skipped_blocks_total").await / 1000.0;
+    assert!(
+        (0.29..1.0).contains(&skipped_s),
+        "skipped {skipped_s:.3} s for a 300 ms freeze"
+    );
+    assert!(
+        line.contains(&format!("skipped_ms={}", skipped_s * 1000.0)),
+        "log and metric agree: {line}"
+    );
 
-        // The call's writer saw the freeze too: counted and logged as a stall.
-        assert!(
-            metric(&gateway, "telepatch_writer_stalls_total").await >= 1.0,
-            "the reply stall is counted"
-        );
-        let stall = gateway
-            .wait_log("reply frames were held up", Duration::from_secs(2))
-            .expect("the reply stall is logged");
-        let late_ms: u64 = stall
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("late_ms="))
-            .and_then(|v| v.parse().ok())
-            .expect("late_ms in the stall line");
-        assert!(late_ms >= 250, "{stall}");
+    // The call's writer saw the freeze too: counted and logged as a stall.
+    assert!(
+        metric(&gateway, "telepatch_writer_stalls_total").await >= 1.0,
+        "the reply stall is counted"
+    );
+    let stall = gateway
+        .wait_log("reply frames were held up", Duration::from_secs(2))
+        .expect("the reply stall is logged");
+    let late_ms: u64 = stall
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("late_ms="))
+        .and_then(|v| v.parse().ok())
+        .expect("late_ms in the stall line");
+    assert!(late_ms >= 250, "{stall}");
 
-        // The call's 3 s of tone, less what the bus skipped, within a frame.
-        let path = gateway.recordings().join(format!("{id}.wav"));
-        wait_recording(&gateway, &path);
-        let (channels, rate) = read_wav(&path);
-        let (first, last) = active_span(&channels[0], rate, 0.05).expect("the tone");
-        let tone_s = (last - first) as f64 / f64::from(rate);
-        println!("skipped {skipped_s:.3} s; recorded tone {tone_s:.3} s; {line}");
-        assert!(
-            (tone_s - (3.0 - skipped_s)).abs() <= 0.020,
-            "tone lasts {tone_s:.3} s; 3 s less {skipped_s:.3} s skipped expected"
-        );
-    })
-    .await;
+    // The call's 3 s of tone, less what the bus skipped, within a frame.
+    let path = gateway.recordings().join(format!("{id}.wav"));
+    wait_recording(&gateway, &path);
+    let (channels, rate) = read_wav(&path);
+    let (first, last) = active_span(&channels[0], rate, 0.05).expect("the tone");
+    let tone_s = (last - first) as f64 / f64::from(rate);
+    println!("skipped {skipped_s:.3} s; recorded tone {tone_s:.3} s; {line}");
+    assert!(
+        (tone_s - (3.0 - skipped_s)).abs() <= 0.020,
+        "tone lasts {tone_s:.3} s; 3 s less {skipped_s:.3} s skipped expected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -474,61 +474,6 @@ pub fn metric_value(metrics: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
 }
 
-/// A wake-up of the host watch this late during a failed attempt means the machine
-/// itself stopped for long enough to spoil a wall-clock measurement (a quiet run of the
-/// whole suite on the 2-core development VM saw at most 12 ms).
-pub const HOST_STALL_EXCUSE: Duration = Duration::from_millis(20);
-/// Attempts of a wall-clock scenario on a machine that keeps stalling.
-pub const ATTEMPTS: usize = 3;
-
-/// Runs a scenario that measures against the wall clock (audio continuity, pacing,
-/// latency). If an attempt fails while the host watch saw the machine itself stall for
-/// [`HOST_STALL_EXCUSE`] or more, the failure is printed with that stall and the scenario
-/// runs again from scratch, at most [`ATTEMPTS`] times in all. A failure while the
-/// machine ran steadily, or in the last attempt, fails the test.
-pub async fn retry_if_host_stalled<F, Fut>(scenario: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    use futures_util::FutureExt as _;
-    host_watch::start();
-    for attempt in 1..=ATTEMPTS {
-        let since = SystemTime::now();
-        let Err(panic) = std::panic::AssertUnwindSafe(scenario())
-            .catch_unwind()
-            .await
-        else {
-            return;
-        };
-        let longest = host_watch::stalls_since(since)
-            .iter()
-            .map(|s| s.late)
-            .max()
-            .unwrap_or_default();
-        if attempt == ATTEMPTS || longest < HOST_STALL_EXCUSE {
-            std::panic::resume_unwind(panic);
-        }
-        // Written past the test harness's output capture, so every failed attempt shows
-        // in the run's log even when a later attempt passes.
-        let why = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("(no message)");
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!(
-                "HOST STALL: attempt {attempt} of {ATTEMPTS} failed ({why}) while the machine \
-                 stalled for {:.1} ms ({}); running the scenario again\n",
-                longest.as_secs_f64() * 1000.0,
-                host_watch::report_since(since)
-            )
-            .as_bytes(),
-        );
-    }
-}
-
 /// A fresh random call UUID.
 pub fn uuid() -> uuid::Uuid {
     uuid::Uuid::new_v4()

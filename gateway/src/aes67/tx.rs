@@ -111,6 +111,9 @@ pub struct TxCore {
     mediaclk_offset: u32,
     /// Media clock (samples) of the next packet's first sample, once started.
     next: Option<u64>,
+    /// The schedule was re-bootstrapped after a stall: the first packet of the new one
+    /// drops what the engine wrote to catch up (see [`TxCore::poll`]).
+    drop_backlog: bool,
     stats: Arc<TxStats>,
 }
 
@@ -131,6 +134,7 @@ impl TxCore {
             frames_per_packet: frames as u64,
             mediaclk_offset,
             next: None,
+            drop_backlog: false,
             stats,
         }
     }
@@ -183,9 +187,17 @@ impl TxCore {
         let delay_ns = now_ns - due_ns;
         if delay_ns > RESYNC_NS {
             // Stalled (or the clock jumped ahead): skip what nobody would play any more.
+            // When the whole host stalled, the engine was held up too and writes the
+            // blocks it owes after this: the first packet of the new schedule drops
+            // them, or the bridge would carry them as latency and the drift controller
+            // would bend the pitch for seconds to squeeze it out.
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
             self.reader.drop_to_target();
+            self.drop_backlog = true;
             return TxPoll::WaitUntil(self.start(now_media));
+        }
+        if std::mem::take(&mut self.drop_backlog) {
+            self.reader.drop_to_target();
         }
         // Frames the engine wrote since this packet was due (none when on time).
         let late_frames = (u128::from(delay_ns) * 48_000 / 1_000_000_000) as usize;
@@ -405,6 +417,88 @@ mod tests {
                 fit.frequency_hz
             );
             assert!(fit.snr_db > 90.0, "{host_ppm}: SNR {:.1}", fit.snr_db);
+        }
+    }
+
+    /// The whole host stalls `stall_ns` every 2 s (a busy virtual machine stops every
+    /// thread at once); on resuming, the media thread polls first and the engine then
+    /// writes the blocks it owes. Returns, for each stretch between stalls (from 100 ms
+    /// after one to the next), the tone's pitch error in ppm on the wire.
+    fn pitch_between_whole_host_stalls(packet_time: PacketTime, stall_ns: u64) -> Vec<f64> {
+        let (mut core, mut node, stats) = core(packet_time, 1);
+        let fpp = packet_time.frames();
+        let start = TAI_NS + 123_456;
+        let (period, seconds) = (2_000_000_000u64, 12u64);
+        let stalled_until = |t: u64| {
+            let into = (t - start) % period;
+            (t > start + period / 2 && into < stall_ns).then(|| t - into + stall_ns)
+        };
+        let (mut next_block, mut next_poll) = (start, start);
+        let mut n = 0u64;
+        let mut block = [0.0f32; 48];
+        let mut out = vec![0u8; 1500];
+        let mut sent: Vec<(u64, Vec<f32>)> = Vec::new();
+        let mut poll = |core: &mut TxCore, at: u64, sent: &mut Vec<(u64, Vec<f32>)>| loop {
+            match core.poll(at, &mut out) {
+                TxPoll::Packet(len) => {
+                    let payload = RtpPacket::parse(&out[..len]).unwrap().payload;
+                    let mut samples = vec![0.0f32; fpp];
+                    codecs::pcm::read_l24(payload, &mut samples);
+                    sent.push((at, samples));
+                }
+                TxPoll::WaitUntil(t) => break t,
+            }
+        };
+        let mut write_block = |node: &mut TxNode| {
+            for v in &mut block {
+                *v = (0.5 * (std::f64::consts::TAU * 1000.0 * n as f64 / 48_000.0).sin()) as f32;
+                n += 1;
+            }
+            node.consume(&block, 48);
+        };
+        while next_poll < start + seconds * 1_000_000_000 {
+            let t = next_block.min(next_poll);
+            if let Some(resume) = stalled_until(t) {
+                next_poll = poll(&mut core, resume.max(next_poll), &mut sent);
+                while next_block <= resume {
+                    write_block(&mut node);
+                    next_block += 1_000_000;
+                }
+                continue;
+            }
+            if next_block <= next_poll {
+                write_block(&mut node);
+                next_block += 1_000_000;
+            } else {
+                next_poll = poll(&mut core, next_poll, &mut sent);
+            }
+        }
+        assert!(stats.resyncs.load(Ordering::Relaxed) >= 5);
+        assert_eq!(stats.bridge.underruns.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.bridge.resyncs.load(Ordering::Relaxed), 0);
+        (1..seconds / 2)
+            .map(|k| {
+                let from = start + k * period + 100_000_000;
+                let to = from + period - 200_000_000;
+                let tone: Vec<f32> = sent
+                    .iter()
+                    .filter(|(at, _)| (from..to).contains(at))
+                    .flat_map(|(_, s)| s.iter().copied())
+                    .collect();
+                let fit = fit_sine(&tone, SampleRate::HZ_48000).unwrap();
+                (fit.frequency_hz / 1000.0 - 1.0) * 1e6
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whole_host_stalls_leave_the_pitch_alone() {
+        for packet_time in [PacketTime::Ms1, PacketTime::Ms4] {
+            let pitch = pitch_between_whole_host_stalls(packet_time, 30_000_000);
+            assert!(
+                pitch.iter().all(|ppm| ppm.abs() < 20.0),
+                "{packet_time:?}: pitch error (ppm) between stalls {pitch:.0?}"
+            );
         }
     }
 
