@@ -264,6 +264,8 @@ fn check_oversized_tcp(server: SocketAddr) {
                 // A FORMERR to the garbage body may come first.
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                // A read cut short by a signal (or a stop and continue) is read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break false,
             }
         };

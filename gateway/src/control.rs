@@ -141,6 +141,20 @@ fn call_info<'a>(
     }
 }
 
+impl From<crate::node_service::NodeError> for ControlError {
+    fn from(e: crate::node_service::NodeError) -> ControlError {
+        use crate::node_service::NodeError;
+        match e {
+            NodeError::Invalid { field, message } => ControlError::Unprocessable { message, field },
+            NodeError::Exists(message) => ControlError::Conflict { message },
+            NodeError::NotFound(message) => ControlError::NotFound { message },
+            NodeError::EngineBusy { .. } | NodeError::Unavailable(_) => ControlError::Unavailable {
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
 impl From<crate::node_service::BuildError> for ControlError {
     fn from(e: crate::node_service::BuildError) -> ControlError {
         use crate::node_service::BuildError;
@@ -290,7 +304,7 @@ impl Control for GatewayControl {
     }
 
     fn delete_node(&self, node: &NodeRef) -> Result<(), ControlError> {
-        self.gateway.delete_node(node)
+        Ok(self.gateway.delete_node(node)?)
     }
 
     fn patches(&self) -> Vec<PatchInfo> {

@@ -7,8 +7,8 @@
 //! in `GET /v1/nodes/{id}`, publishes its [`metrics`](NodeService::publish_metrics) on
 //! `/metrics`, and calls [`stop`](NodeService::stop) when the node is removed or the
 //! gateway shuts down, so sockets close and goodbyes (SAP deletions, say) are sent. A
-//! kind that cannot build a node says why with a [`BuildError`]; the API turns it into
-//! its own error at the boundary.
+//! kind that cannot build a node says why with a [`BuildError`], the gateway with a
+//! [`NodeError`]; the API turns them into its own error at the boundary.
 
 use std::sync::Arc;
 
@@ -56,6 +56,63 @@ pub enum BuildError {
         /// Why.
         message: String,
     },
+}
+
+/// Why a node could not be created or removed: what the gateway says, in its own terms;
+/// the API maps each case to its status at the boundary.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NodeError {
+    /// A setting (or the name) is wrong.
+    #[error("{message}")]
+    Invalid {
+        /// The configuration field at fault, if one is.
+        field: Option<String>,
+        /// Why.
+        message: String,
+    },
+    /// A node of that name exists (or what it would serve is served already).
+    #[error("{0}")]
+    Exists(String),
+    /// There is no such node.
+    #[error("{0}")]
+    NotFound(String),
+    /// The media engine is busier than `engine.max_load_percent` allows.
+    #[error(
+        "the media engine is busy ({load_percent:.0} % of real time, more than \
+         engine.max_load_percent = {limit_percent} %); try again later"
+    )]
+    EngineBusy {
+        /// Its recent load, in percent of real time.
+        load_percent: f64,
+        /// The configured limit.
+        limit_percent: u32,
+    },
+    /// The node cannot be made (or removed) right now: the engine is full, or a thread,
+    /// socket or the database it needs is not there.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl NodeError {
+    /// A wrong setting in `field`.
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> NodeError {
+        NodeError::Invalid {
+            field: Some(field.to_owned()),
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<BuildError> for NodeError {
+    fn from(e: BuildError) -> NodeError {
+        match e {
+            BuildError::Invalid { field, message } => NodeError::Invalid {
+                field: Some(field),
+                message,
+            },
+            BuildError::Unavailable { message } => NodeError::Unavailable(message),
+        }
+    }
 }
 
 impl BuildError {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use api::control::{CallState, ControlError, Event, NodeConfig, PatchInfo};
+use api::control::{CallState, Event, NodeConfig, PatchInfo};
 use api::model::{NodeKind, NodeRef, PortRef, RecordChannels, Route, RouteAction, select_route};
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -31,7 +31,7 @@ use crate::engine::player::{
 };
 use crate::engine::recorder::{DiskWriter, RecorderStats};
 use crate::engine::{BUS_RATE, Engine, EngineStats, Retired, db_to_gain};
-use crate::node_service::NodeService;
+use crate::node_service::{NodeError, NodeService};
 use crate::patchbay::{NodeSpec, PatchEntry, PatchRole, Patchbay, PatchbayError};
 use crate::threads::{OwnedThread, Priority};
 
@@ -560,30 +560,27 @@ impl Gateway {
 
     /// Refuses new work for the engine while it is busier than
     /// `engine.max_load_percent` of real time.
-    pub fn check_engine_load(&self) -> Result<(), ControlError> {
+    pub fn check_engine_load(&self) -> Result<(), NodeError> {
         let load = self.engine_load();
         let limit = f64::from(self.config.engine.max_load_percent) / 100.0;
         if load > limit {
-            return Err(ControlError::Unavailable {
-                message: format!(
-                    "the media engine is busy ({:.0} % of real time, more than engine.max_load_percent = {} %); try again later",
-                    load * 100.0,
-                    self.config.engine.max_load_percent
-                ),
+            return Err(NodeError::EngineBusy {
+                load_percent: load * 100.0,
+                limit_percent: self.config.engine.max_load_percent,
             });
         }
         Ok(())
     }
 
     /// Refuses a new node when the engine is too busy or runs `engine.max_nodes` already.
-    fn check_node_capacity(&self) -> Result<(), ControlError> {
+    fn check_node_capacity(&self) -> Result<(), NodeError> {
         self.check_engine_load()?;
         let topology = lock(&self.topology);
         let limit = topology.patchbay.capacity().max_nodes;
         if topology.patchbay.nodes_besides_calls() >= limit {
-            return Err(ControlError::Unavailable {
-                message: PatchbayError::TooManyNodes { limit }.to_string(),
-            });
+            return Err(NodeError::Unavailable(
+                PatchbayError::TooManyNodes { limit }.to_string(),
+            ));
         }
         Ok(())
     }
@@ -1009,12 +1006,9 @@ impl Gateway {
     /// The `dns` node broadcasting `domain`, created with the default settings (and
     /// not stored) if none does yet. Blocking: a new broadcast reserves its sequence
     /// numbers in the database.
-    pub fn broadcast_node(&self, domain: &str) -> Result<NodeRef, ControlError> {
+    pub fn broadcast_node(&self, domain: &str) -> Result<NodeRef, NodeError> {
         let root =
-            codecs::aodns::ZoneRoot::parse(domain).map_err(|e| ControlError::Unprocessable {
-                message: e.to_string(),
-                field: Some("domain".into()),
-            })?;
+            codecs::aodns::ZoneRoot::parse(domain).map_err(|e| NodeError::invalid("domain", e))?;
         let existing = || {
             lock(&self.topology)
                 .configured
@@ -1040,10 +1034,7 @@ impl Gateway {
             "kind": "dns",
             "domain": root.as_str().trim_end_matches('.'),
         }))
-        .map_err(|e| ControlError::Unprocessable {
-            message: e.to_string(),
-            field: Some("domain".into()),
-        })?;
+        .map_err(|e| NodeError::invalid("domain", e))?;
         match self.create_configured_node(&name, &config, false) {
             Ok(node) => Ok(node),
             // Another call created it meanwhile.
@@ -1647,21 +1638,13 @@ impl Gateway {
         name: &str,
         config: &NodeConfig,
         persistent: bool,
-    ) -> Result<NodeRef, ControlError> {
-        let node = NodeRef::new(config.kind(), name).map_err(|e| ControlError::Unprocessable {
-            message: e.to_string(),
-            field: Some("name".into()),
-        })?;
+    ) -> Result<NodeRef, NodeError> {
+        let node = NodeRef::new(config.kind(), name).map_err(|e| NodeError::invalid("name", e))?;
         if lock(&self.topology).patchbay.node(&node).is_some() {
-            return Err(ControlError::Conflict {
-                message: format!("{node} exists already"),
-            });
+            return Err(NodeError::Exists(format!("{node} exists already")));
         }
         self.check_node_capacity()?;
-        let unprocessable = |field: &str, e: &dyn std::fmt::Display| ControlError::Unprocessable {
-            message: e.to_string(),
-            field: Some(field.to_owned()),
-        };
+        let unprocessable = |field: &str, e: &dyn std::fmt::Display| NodeError::invalid(field, e);
         match config {
             NodeConfig::Player {
                 file,
@@ -1706,9 +1689,7 @@ impl Gateway {
                 let built = crate::jam::build_node(&node, config, self.block, self.events.clone())?;
                 let service = Arc::clone(&built.service);
                 self.add_service_node(built.spec, Box::new(built.node), built.service)
-                    .map_err(|e| ControlError::Conflict {
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| NodeError::Exists(e.to_string()))?;
                 tracing::info!(node = %node, addr = ?service.local_addr(), "jam room ready");
             }
             NodeConfig::Dns { .. } => {
@@ -1780,9 +1761,9 @@ impl Gateway {
     }
 
     /// Removes a node that is not a call, with its patches.
-    pub fn delete_node(&self, node: &NodeRef) -> Result<(), ControlError> {
+    pub fn delete_node(&self, node: &NodeRef) -> Result<(), NodeError> {
         if node.kind() == NodeKind::Call {
-            return Err(ControlError::Unprocessable {
+            return Err(NodeError::Invalid {
                 message: "a call ends with a hangup, not by removing its node".into(),
                 field: None,
             });
@@ -1790,12 +1771,8 @@ impl Gateway {
         let removed = {
             let mut topology = lock(&self.topology);
             let removed = topology.patchbay.remove_node(node).map_err(|e| match e {
-                PatchbayError::UnknownNode { .. } => ControlError::NotFound {
-                    message: e.to_string(),
-                },
-                other => ControlError::Unavailable {
-                    message: other.to_string(),
-                },
+                PatchbayError::UnknownNode { .. } => NodeError::NotFound(e.to_string()),
+                other => NodeError::Unavailable(other.to_string()),
             })?;
             topology.configured.remove(node);
             let service = topology.services.remove(node);
@@ -1952,17 +1929,15 @@ impl Gateway {
     }
 }
 
-/// How the API reports a broadcast that could not start.
-fn broadcast_error(error: crate::dns::BroadcastError) -> ControlError {
+/// Why a broadcast could not start, as a node error.
+fn broadcast_error(error: crate::dns::BroadcastError) -> NodeError {
     use crate::dns::BroadcastError as B;
     match error {
-        B::Zone(crate::dns::zone::ZoneError::Exists { .. }) => ControlError::Conflict {
-            message: error.to_string(),
-        },
-        B::Server(_) | B::Sequence { .. } | B::Thread(_) => ControlError::Unavailable {
-            message: error.to_string(),
-        },
-        other => ControlError::Unprocessable {
+        B::Zone(crate::dns::zone::ZoneError::Exists { .. }) => NodeError::Exists(error.to_string()),
+        B::Server(_) | B::Sequence { .. } | B::Thread(_) => {
+            NodeError::Unavailable(error.to_string())
+        }
+        other => NodeError::Invalid {
             message: other.to_string(),
             field: None,
         },
@@ -2113,8 +2088,8 @@ mod tests {
         }
         let busy = gateway.create_configured_node("first", &conference, false);
         match busy {
-            Err(ControlError::Unavailable { message }) => {
-                assert!(message.contains("engine.max_load_percent"), "{message}")
+            Err(e @ NodeError::EngineBusy { .. }) => {
+                assert!(e.to_string().contains("engine.max_load_percent"), "{e}")
             }
             other => panic!("a busy engine took a node: {other:?}"),
         }
@@ -2128,7 +2103,7 @@ mod tests {
             .create_configured_node("second", &conference, false)
             .unwrap();
         match gateway.create_configured_node("third", &conference, false) {
-            Err(ControlError::Unavailable { message }) => {
+            Err(NodeError::Unavailable(message)) => {
                 assert!(message.contains("engine.max_nodes"), "{message}")
             }
             other => panic!("a third node was taken beyond max_nodes = 2: {other:?}"),
