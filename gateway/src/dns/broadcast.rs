@@ -44,7 +44,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use api::control::{DnsSilence, DnsTtl, NodeConfig};
@@ -66,6 +65,7 @@ use super::server::{DnsServer, DnsServerError};
 use super::zone::{PackRecords, Zone, ZoneError, ZoneSnapshot, Zones, dns_name, sequence_record};
 use crate::engine::{BUS_RATE, Node};
 use crate::node_service::{MetricFamilies, MetricKind, NodeService};
+use crate::threads::{OwnedThread, Priority};
 
 /// How long a pack stays served after it leaves the `sequence` list: the `sequence`
 /// TTL plus the reference client's 4 s reuse and some slack.
@@ -338,14 +338,19 @@ pub fn start(
     };
     let control = Arc::new(EncoderControl::default());
     let thread = {
-        let control = Arc::clone(&control);
-        std::thread::Builder::new()
-            .name(format!("aodns-{}", node.name()))
-            .spawn(move || encoder.run(&control))
-            .map_err(|e| {
-                zones.remove(&zone);
-                BroadcastError::Thread(e)
-            })?
+        let (control, wake) = (Arc::clone(&control), Arc::clone(&control));
+        // The encoder ends on its own commands; an owner that drops it unstopped ends it
+        // now, grace period or not.
+        OwnedThread::spawn(
+            format!("aodns-{}", node.name()),
+            Priority::Normal,
+            move |_| encoder.run(&control),
+        )
+        .map_err(|e| {
+            zones.remove(&zone);
+            BroadcastError::Thread(e)
+        })?
+        .with_wake(move || wake.set(Command::Stop))
     };
     tracing::info!(node = %node, domain = %settings.root, dns = %dns_addr, window = settings.window, taken_over, "AoDNS broadcast started");
     let service = Arc::new(BroadcastService {
@@ -783,7 +788,7 @@ pub struct BroadcastService {
     server: Arc<DnsServer>,
     stats: Arc<BroadcastStats>,
     control: Arc<EncoderControl>,
-    thread: Mutex<Option<JoinHandle<Option<Handover>>>>,
+    thread: Mutex<Option<OwnedThread<Option<Handover>>>>,
 }
 
 impl BroadcastService {
@@ -956,7 +961,7 @@ impl NodeService for BroadcastService {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(thread) = thread {
-            thread.thread().unpark();
+            thread.unpark();
             self.server.add_retiring(RetiringBroadcast {
                 root: self.settings.root.clone(),
                 control: Arc::clone(&self.control),

@@ -6,13 +6,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use codecs::aodns::ZoneRoot;
 
 use super::ledger::SequenceLedger;
 use super::zone::{PackRecords, Zone, Zones};
+use crate::threads::{Joined, OwnedThread};
 
 /// What the owner of a broadcast asks of its encoder thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +60,7 @@ pub(crate) struct Handover {
 pub struct RetiringBroadcast {
     pub(crate) root: ZoneRoot,
     pub(crate) control: Arc<EncoderControl>,
-    pub(crate) thread: JoinHandle<Option<Handover>>,
+    pub(crate) thread: OwnedThread<Option<Handover>>,
     /// Removed here if the encoder thread panicked instead of removing it.
     pub(crate) zone: Arc<Zone>,
     pub(crate) zones: Arc<Zones>,
@@ -88,28 +88,21 @@ impl RetiringBroadcast {
     /// Ends the grace period now, removing the zone; waits for the encoder thread.
     pub fn stop(self) {
         self.control.set(Command::Stop);
-        self.thread.thread().unpark();
-        if self.thread.join().is_err() {
-            tracing::error!(domain = %self.root, "AoDNS encoder thread panicked");
+        self.thread.unpark();
+        if let Joined::Panicked(_) = self.thread.join() {
+            // The thread did not get to remove the zone (the panic is logged by the join).
             self.zones.remove(&self.zone);
         }
-    }
-
-    /// Asks the encoder thread to end now, without waiting for it.
-    pub fn end_without_waiting(self) {
-        self.control.set(Command::Stop);
-        self.thread.thread().unpark();
     }
 
     /// The zone and state for a new broadcast of the same domain; `None` if the grace
     /// period ended first (the zone is gone).
     pub(crate) fn take_over(self) -> Option<Handover> {
         self.control.set(Command::HandOver);
-        self.thread.thread().unpark();
+        self.thread.unpark();
         match self.thread.join() {
-            Ok(handover) => handover,
-            Err(_) => {
-                tracing::error!(domain = %self.root, "AoDNS encoder thread panicked");
+            Joined::Finished(handover) => handover,
+            Joined::Panicked(_) | Joined::AlreadyJoined => {
                 self.zones.remove(&self.zone);
                 None
             }

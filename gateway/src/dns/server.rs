@@ -339,7 +339,7 @@ impl Drop for DnsServer {
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
         {
-            broadcast.end_without_waiting();
+            broadcast.stop();
         }
     }
 }
