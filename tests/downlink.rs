@@ -84,8 +84,9 @@ async fn unpatched_callers_get_continuous_paced_silence_at_their_own_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lobby_callers_hear_hold_music_and_routed_callers_hear_their_prompt() {
     let prompt = data("prompt-8k.wav");
+    // The prompt is compared sample for sample: margins against the host's stalls.
     let config = format!(
-        r#"
+        r#"{buffers}
 [lobby]
 hold_music = "{hold}"
 
@@ -97,6 +98,7 @@ name = "welcome"
 match = {{ uuid_prefix = "aaaa" }}
 actions = [{{ action = "play", file = "prompt-8k.wav" }}]
 "#,
+        buffers = common::STALL_PROOF_CALL_BUFFERS,
         hold = data("hold-music-48k.wav").display(),
         media = prompt.parent().unwrap().display()
     );
