@@ -182,18 +182,11 @@ async fn a_route_registered_before_the_call_is_applied_when_it_connects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_follows_a_call_from_start_to_end() {
     let gateway = GatewayProcess::start("");
-    let token = gateway.token("board", "read");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut stream = http
-        .get(format!(
-            "{}/v1/events?types=call_started,talk_start,talk_stop,dtmf,call_ended,levels",
-            gateway.api_url()
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status().as_u16(), 200);
+    let mut stream = common::open_events(
+        &gateway,
+        "call_started,talk_start,talk_stop,dtmf,call_ended,levels",
+    )
+    .await;
     assert!(
         stream.headers()["content-type"]
             .to_str()

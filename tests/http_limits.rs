@@ -233,18 +233,7 @@ async fn wait_event(response: &mut reqwest::Response, kind: &str, limit: Duratio
 async fn the_event_stream_outlives_the_idle_timeout_and_ends_at_shutdown() {
     const TIMEOUT: Duration = Duration::from_millis(1000);
     let mut gateway = GatewayProcess::start("[api]\nheader_timeout_ms = 1000\n");
-    let token = gateway.token("board", "read");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut events = http
-        .get(format!(
-            "{}/v1/events?types=call_started",
-            gateway.api_url()
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(events.status().as_u16(), 200);
+    let mut events = common::open_events(&gateway, "call_started").await;
 
     // A kept-alive connection that idles after its response is closed at the timeout...
     let mut kept_alive = TcpStream::connect(gateway.api_addr).await.unwrap();

@@ -226,18 +226,9 @@ actions = [{{ action = "conference", name = "room" }}]
         );
     let dir = recordings.to_str().unwrap();
     let gateway = GatewayProcess::start_with_args(&config, &["--recordings-dir", dir]);
-    let token = gateway.token("board", "read");
+    let mut stream = common::open_events(&gateway, "recording_failed,recording_finished").await;
+    let token = gateway.token("status-reader", "read");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut stream = http
-        .get(format!(
-            "{}/v1/events?types=recording_failed,recording_finished",
-            gateway.api_url()
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status().as_u16(), 200);
 
     let talker = uuid_with_prefix("a1");
     let listener = uuid_with_prefix("beef");

@@ -588,6 +588,20 @@ impl StalledFile {
     }
 }
 
+/// Opens `GET /v1/events?types={types}` with a read token; the stream is answered 200.
+pub async fn open_events(gateway: &GatewayProcess, types: &str) -> reqwest::Response {
+    let token = gateway.token("board", "read");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let stream = http
+        .get(format!("{}/v1/events?types={types}", gateway.api_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    stream
+}
+
 /// Reads server-sent events until `until` returns true or the time is up.
 pub async fn read_events(
     response: &mut reqwest::Response,

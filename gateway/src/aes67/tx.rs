@@ -187,12 +187,11 @@ impl TxCore {
         let delay_ns = now_ns - due_ns;
         if delay_ns > RESYNC_NS {
             // Stalled (or the clock jumped ahead): skip what nobody would play any more.
-            // When the whole host stalled, the engine was held up too and writes the
-            // blocks it owes after this: the first packet of the new schedule drops
-            // them, or the bridge would carry them as latency and the drift controller
-            // would bend the pitch for seconds to squeeze it out.
+            // The backlog is dropped at the first packet of the new schedule, not now:
+            // when the whole host stalled, the engine was held up too and writes the
+            // blocks it owes only after this, and kept, they would be latency that the
+            // drift controller bends the pitch for seconds to squeeze out.
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-            self.reader.drop_to_target();
             self.drop_backlog = true;
             return TxPoll::WaitUntil(self.start(now_media));
         }
