@@ -211,7 +211,7 @@ for line in open(sys.argv[1]):
         reason = m.group(1) if m else "?"
         reasons[reason] = reasons.get(reason, 0) + 1
 print(f"=== gateway: calls ended {ended}; downlink underruns {underruns}; "
-      f"uplink gaps beyond each call's final one {gaps - ended}")
+      f"uplink gaps {gaps}")
 for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
     print(f"    {count} ended: {reason}")
 PY

@@ -255,7 +255,9 @@ async fn the_event_stream_follows_a_call_from_start_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_calls_leave_records_and_metrics_count_them() {
-    let gateway = GatewayProcess::start("");
+    // Stall-proof buffers: a paced caller then has no uplink gap at all, and the hangup
+    // at its end is not one either.
+    let gateway = GatewayProcess::start(common::STALL_PROOF_CALL_BUFFERS);
     let api = Client::new(&gateway, gateway.token("billing", "read"));
     let id = uuid();
     let report = FakeCall::new(gateway.addr, id)
@@ -279,6 +281,7 @@ async fn finished_calls_leave_records_and_metrics_count_them() {
     assert_eq!(record["ended_by"], "caller");
     assert_eq!(record["caller_rate_hz"], 8000);
     assert_eq!(record["frames_in"], report.frames_sent);
+    assert_eq!(record["uplink_gaps"], 0, "{record}");
     let duration = record["duration_ms"].as_u64().unwrap();
     assert!((1_900..3_000).contains(&duration), "duration {duration} ms");
 
@@ -290,6 +293,7 @@ async fn finished_calls_leave_records_and_metrics_count_them() {
         value("telepatch_frames_in_total"),
         report.frames_sent as f64
     );
+    assert_eq!(value("telepatch_uplink_gaps_total"), 0.0);
     assert!(value("telepatch_engine_blocks_total") > 1000.0);
     assert!(metrics.contains("telepatch_engine_block_seconds_bucket{le=\"+Inf\"}"));
     assert!(

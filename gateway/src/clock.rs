@@ -20,7 +20,7 @@ use codecs::ptp::ClockIdentity;
 use serde::{Deserialize, Serialize};
 
 use crate::ptp::{FollowClock, FollowError, FollowSettings};
-use crate::scrape::MetricKind;
+use crate::metric_families::MetricKind;
 
 pub use crate::media_clock::MediaClock;
 
@@ -702,7 +702,7 @@ mod tests {
         assert_eq!(json["source"], "clock_realtime_plus_offset");
         assert_eq!(json["tai_utc_offset_s"], 37);
 
-        let out = crate::scrape::render_published(|| handle.publish_metrics());
+        let out = crate::metric_families::render_published(|| handle.publish_metrics());
         for line in [
             "telepatch_clock_info{mode=\"system\",state=\"host_clock\",\
              grandmaster=\"00-1D-C1-FF-FE-12-34-56\",domain=\"0\"} 1",
@@ -741,7 +741,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let out = crate::scrape::render_published(|| publish_clock_metrics(&status));
+        let out = crate::metric_families::render_published(|| publish_clock_metrics(&status));
         for line in [
             "telepatch_clock_info{mode=\"follow\",state=\"locked\",\
              grandmaster=\"02-2E-49-FF-FE-C5-BE-8C\",domain=\"0\"} 1",

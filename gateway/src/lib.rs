@@ -5,7 +5,8 @@
 //! - [`patchbay`]: the control side's validated model of the topology;
 //! - [`service`]: calls, routes, lobby and conferences tied together in [`Gateway`];
 //! - [`net`]: the tokio drivers (AudioSocket listener and sessions);
-//! - [`node_service`]: the I/O side of nodes that talk to the network;
+//! - [`kinds`]: the node-kind seam: one builder per kind, registered at start-up;
+//! - [`node_service`]: the control half every node kind gives the gateway;
 //! - [`jam`]: RTJam jam rooms, joined or hosted (engine node, socket thread, service);
 //! - [`dns`]: AoDNS broadcasts (`dns` nodes) and their authoritative DNS server;
 //! - [`media_clock`]: the trait AES67 flows get PTP time from;
@@ -13,6 +14,7 @@
 //! - [`aes67`]: AES67 transmit and receive flows, their SDP and SAP;
 //! - [`ptp`]: the built-in PTPv2 follower behind the clock's `follow` mode;
 //! - [`scrape`]: `/metrics`, the counters published through the `metrics` crate;
+//! - [`metric_families`]: per-node metric samples, labelled with their node;
 //! - [`config`]: configuration loading and validation;
 //! - [`threads`]: owned, named threads (real-time priority, stop, one join);
 //! - [`app`]: start-up and graceful shutdown of the whole service.
@@ -26,7 +28,9 @@ pub mod control;
 pub mod dns;
 pub mod engine;
 pub mod jam;
+pub mod kinds;
 pub mod media_clock;
+pub mod metric_families;
 pub mod net;
 pub mod node_service;
 pub mod patchbay;

@@ -1,20 +1,20 @@
-//! Nodes whose work reaches beyond the engine: AES67 flows, jam rooms and DNS
-//! broadcasts run network I/O (sockets, timers, servers) beside their engine node.
+//! The control half of a node: what every node kind (see [`crate::kinds`]) gives the
+//! gateway beside its engine [`Node`](crate::engine::Node).
 //!
-//! Such a kind registers a [`NodeService`] next to its engine [`Node`](crate::engine::Node)
-//! through [`Gateway::add_service_node`](crate::Gateway::add_service_node). The gateway
-//! keeps the service for as long as the node lives, shows its [`status`](NodeService::status)
-//! in `GET /v1/nodes/{id}`, publishes its [`metrics`](NodeService::publish_metrics) on
-//! `/metrics`, and calls [`stop`](NodeService::stop) when the node is removed or the
-//! gateway shuts down, so sockets close and goodbyes (SAP deletions, say) are sent. A
-//! kind that cannot build a node says why with a [`BuildError`], the gateway with a
-//! [`NodeError`]; the API turns them into its own error at the boundary.
+//! The gateway keeps the service for as long as the node lives, shows its
+//! [`status`](NodeService::status) in `GET /v1/nodes/{id}`, publishes its
+//! [`metrics`](NodeService::publish_metrics) on `/metrics`, tells it which of its ports
+//! are patched, seats callers by its [`seating`](NodeService::seating), and calls
+//! [`stop`](NodeService::stop) when the node is removed or the gateway shuts down, so
+//! sockets close and goodbyes (SAP deletions, say) are sent. A kind that cannot build a
+//! node says why with a [`BuildError`], the gateway with a [`NodeError`]; the API turns
+//! them into its own error at the boundary.
 
 use std::sync::Arc;
 
 use api::model::NodeRef;
 
-pub use crate::scrape::{MetricFamilies, MetricKind};
+pub use crate::metric_families::{MetricFamilies, MetricKind};
 
 /// The I/O side of a node. See the module documentation.
 pub trait NodeService: Send + Sync {
@@ -32,10 +32,31 @@ pub trait NodeService: Send + Sync {
     /// seats a jammer only while its ports are in use.
     fn ports_patched(&self, _ports: &[String]) {}
 
+    /// How callers take seats in this node, if they do (conferences, jam rooms).
+    fn seating(&self) -> Option<Seating> {
+        None
+    }
+
     /// The service as `Any`, for kind-specific control (a jam room's mix).
     fn into_any(self: Arc<Self>) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         None
     }
+}
+
+/// How callers take seats in a node (a conference, a jam room): seat *k* is the ports
+/// `<prefix><k>` for each of `prefixes`, one seat for each input `in<k>`; a caller's
+/// voice goes to `in<k>` and `out<k>` comes back to its ear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seating {
+    /// The port prefixes that make up a seat; a seat is free only when nothing is patched
+    /// to any of them (a jingle or an AES67 return patched there is a member too).
+    pub prefixes: &'static [&'static str],
+    /// A seated call keeps its seat until it hangs up, even if its seat's patches are
+    /// removed meanwhile (a conference's membership); otherwise the seat is free as soon
+    /// as nothing is patched to it (a jam room).
+    pub held_until_hangup: bool,
+    /// The node was made for the callers who joined it and goes when the last leaves.
+    pub removed_when_empty: bool,
 }
 
 /// Why a node kind could not build a node from its configuration.

@@ -24,18 +24,17 @@ use crate::config::{Config, DuplicatePolicy};
 use crate::engine::call::{
     CallBuffering, CallNode, CallStats, Downlink, Uplink, call_media, ports,
 };
-use crate::engine::conference::ConferenceNode;
 use crate::engine::driver::EngineThread;
-use crate::engine::player::{
-    Clip, ClipCache, ClipError, PlayerNode, PlayerState, load_clip, load_clip_from, open_beneath,
-};
-use crate::engine::recorder::{DiskWriter, RecorderStats};
-use crate::engine::{BUS_RATE, Engine, EngineStats, Retired, db_to_gain};
+use crate::engine::player::{Clip, ClipError};
+use crate::engine::{BUS_RATE, Engine, EngineStats, Retired};
+use crate::kinds::player::{PlayerSettings, player_node};
+use crate::kinds::{BuiltNode, ClipLibrary, KindRegistry, NodeResources, Recordings};
 use crate::node_service::{NodeError, NodeService};
 use crate::patchbay::{NodeSpec, PatchEntry, PatchRole, Patchbay, PatchbayError};
 use crate::threads::{OwnedThread, Priority};
 
 pub use crate::config::HOLD_PLAYER;
+pub use crate::kinds::player::ClipSource;
 
 fn state_from_u8(value: u8) -> CallState {
     match value {
@@ -225,23 +224,52 @@ pub struct Totals {
     pub api_accept_errors: u64,
 }
 
-/// Topology guarded by one mutex: the patchbay and conference membership.
+/// Topology guarded by one mutex: the patchbay, every node's control half and who
+/// holds which seat.
 struct Topology {
     patchbay: Patchbay,
-    /// Conference name -> member slots (the call in each, if any) and whether the
-    /// conference was created on demand (and so is removed when it empties).
-    conferences: HashMap<String, ConferenceMembers>,
-    recorder_stats: HashMap<NodeRef, (PathBuf, Arc<RecorderStats>)>,
-    player_states: HashMap<NodeRef, (PathBuf, Arc<PlayerState>)>,
     /// Nodes created through the API: their configuration and whether it is stored.
     configured: HashMap<NodeRef, (NodeConfig, bool)>,
-    /// The I/O side of nodes that have one (flows, rooms, broadcasts).
+    /// The control half of every node that is not a call.
     services: HashMap<NodeRef, Arc<dyn NodeService>>,
+    /// Seat k-1 -> the call holding it, for nodes whose seats are held until hangup
+    /// (see [`Seating`](crate::kinds::Seating)).
+    seat_holders: HashMap<NodeRef, Vec<Option<NodeRef>>>,
 }
 
-struct ConferenceMembers {
-    members: Vec<Option<NodeRef>>,
-    on_demand: bool,
+impl Topology {
+    /// Adds a built node and its control half. If the patchbay refuses the node, the
+    /// service is stopped and the error returned.
+    fn install(&mut self, built: BuiltNode) -> Result<(), PatchbayError> {
+        let BuiltNode {
+            spec,
+            engine,
+            service,
+        } = built;
+        let node = spec.node.clone();
+        match self.patchbay.add_node(spec, engine) {
+            Ok(()) => {
+                self.services.insert(node, service);
+                Ok(())
+            }
+            Err(e) => {
+                service.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes `node` with its patches and its service, which is returned to be stopped
+    /// outside the lock.
+    fn uninstall(
+        &mut self,
+        node: &NodeRef,
+    ) -> Result<(Vec<PatchEntry>, Option<Arc<dyn NodeService>>), PatchbayError> {
+        let patches = self.patchbay.remove_node(node)?;
+        self.configured.remove(node);
+        self.seat_holders.remove(node);
+        Ok((patches, self.services.remove(node)))
+    }
 }
 
 /// Why a node could not be added or an action of a route (or a seat request) could not
@@ -302,23 +330,16 @@ pub enum ActionError {
     },
 }
 
-/// Where a player's file comes from, which decides how it is opened.
-#[derive(Debug, Clone, Copy)]
-pub enum ClipSource<'a> {
-    /// A file of the operator's configuration (hold music, start-up players), opened as
-    /// given.
-    Operator(&'a Path),
-    /// A file named by a route or an API client: a relative path inside `media.dir`,
-    /// opened without following links (see [`open_beneath`]).
-    Media(&'a Path),
-}
-
 /// The gateway. See the module documentation.
 pub struct Gateway {
     config: Config,
     block: usize,
     topology: Mutex<Topology>,
     calls: Mutex<HashMap<Uuid, Arc<CallHandle>>>,
+    /// Builders of every node kind.
+    kinds: KindRegistry,
+    /// What node kinds build with (clips, recordings, DNS, AES67, the media clock).
+    resources: NodeResources,
     /// Routes tried when a call connects: the configuration file's, then the database's.
     routes: RwLock<Vec<Route>>,
     cdrs: Mutex<Option<api::store::CdrQueue>>,
@@ -328,10 +349,6 @@ pub struct Gateway {
     vad_calls: Mutex<HashMap<u64, Arc<CallHandle>>>,
     /// Patches each live call has had, for its record.
     call_patch_log: Mutex<HashMap<Uuid, Vec<String>>>,
-    clips: Mutex<ClipCache>,
-    disk: Mutex<Option<DiskWriter>>,
-    /// Recordings refused or stopped by a failing disk, since start.
-    recording_failures: Arc<std::sync::atomic::AtomicU64>,
     engine_thread: Mutex<Option<EngineThread>>,
     /// Drops what the engine retires; joined after the engine.
     reaper: OwnedThread,
@@ -344,14 +361,6 @@ pub struct Gateway {
     /// The first stage of shutdown (a child of `root`): calls hang up, the listener and
     /// the control plane's tickers stop.
     shutdown: CancellationToken,
-    /// PTP time for AES67 flows.
-    media_clock: Arc<dyn crate::clock::MediaClock>,
-    /// The DNS server of AoDNS broadcasts (started with the first one).
-    dns: Arc<crate::dns::DnsServer>,
-    /// Where broadcasts reserve their sequence numbers (the database, once open).
-    sequence_store: std::sync::OnceLock<Arc<dyn crate::dns::SequenceStore>>,
-    /// AES67 flows' threads, SDP and SAP.
-    aes67: crate::aes67::Aes67Hub,
     /// The configured clock behind `media_clock` (status, metrics, stop).
     clock: crate::clock::ClockHandle,
 }
@@ -395,8 +404,8 @@ impl Gateway {
             EngineThread::spawn(engine, block_duration, config.engine.realtime_priority)?;
         let (events, _) = broadcast::channel(4096);
         let root = CancellationToken::new();
-        let disk = DiskWriter::start(&config.recordings.dir)?;
-        let recording_failures = disk.failures();
+        let recordings =
+            Recordings::start(&config.recordings.dir, config.recordings.format, block)?;
         let gateway = Arc::new(Gateway {
             block,
             topology: Mutex::new(Topology {
@@ -408,42 +417,46 @@ impl Gateway {
                     },
                     command_tx,
                 ),
-                conferences: HashMap::new(),
-                recorder_stats: HashMap::new(),
-                player_states: HashMap::new(),
                 configured: HashMap::new(),
                 services: HashMap::new(),
+                seat_holders: HashMap::new(),
             }),
             calls: Mutex::new(HashMap::new()),
+            kinds: KindRegistry::standard(),
+            resources: NodeResources {
+                block,
+                events: events.clone(),
+                clips: ClipLibrary::new(
+                    config.media.dir.clone(),
+                    config.engine.clip_cache_mb.saturating_mul(1024 * 1024),
+                ),
+                recordings,
+                dns: Arc::new(crate::dns::DnsServer::new(
+                    config.dns.clone(),
+                    root.child_token(),
+                )),
+                sequence_store: std::sync::OnceLock::new(),
+                aes67: crate::aes67::Aes67Hub::start(
+                    &config.aes67,
+                    config.engine.realtime_priority,
+                    block,
+                ),
+                media_clock: clock.media_clock(),
+                conference_members: config.engine.conference_members,
+            },
             routes: RwLock::new(config.routes.clone()),
             cdrs: Mutex::new(None),
             call_patch_log: Mutex::new(HashMap::new()),
             totals: Mutex::new(Totals::default()),
             vad: std::sync::OnceLock::new(),
             vad_calls: Mutex::new(HashMap::new()),
-            clips: Mutex::new(ClipCache::new(
-                config.engine.clip_cache_mb.saturating_mul(1024 * 1024),
-            )),
-            disk: Mutex::new(Some(disk)),
-            recording_failures,
             engine_thread: Mutex::new(Some(engine_thread)),
             reaper,
             engine_stats,
             metrics: crate::scrape::GatewayMetrics::new(),
             events,
             shutdown: root.child_token(),
-            dns: Arc::new(crate::dns::DnsServer::new(
-                config.dns.clone(),
-                root.child_token(),
-            )),
             root,
-            sequence_store: std::sync::OnceLock::new(),
-            aes67: crate::aes67::Aes67Hub::start(
-                &config.aes67,
-                config.engine.realtime_priority,
-                block,
-            ),
-            media_clock: clock.media_clock(),
             clock,
             config,
         });
@@ -490,23 +503,23 @@ impl Gateway {
 
     /// The media clock AES67 flows stamp and pace with.
     pub fn media_clock(&self) -> Arc<dyn crate::clock::MediaClock> {
-        Arc::clone(&self.media_clock)
+        Arc::clone(&self.resources.media_clock)
     }
 
     /// The DNS server of AoDNS broadcasts.
     pub fn dns(&self) -> &Arc<crate::dns::DnsServer> {
-        &self.dns
+        &self.resources.dns
     }
 
     /// Sets where AoDNS broadcasts reserve their sequence numbers (once, before any
     /// broadcast is created; without it numbering starts at 0 on every start).
     pub fn set_sequence_store(&self, store: Arc<dyn crate::dns::SequenceStore>) {
-        let _ = self.sequence_store.set(store);
+        let _ = self.resources.sequence_store.set(store);
     }
 
     /// AES67 flows' SDP, the SAP directory and their threads.
     pub fn aes67(&self) -> &crate::aes67::Aes67Hub {
-        &self.aes67
+        &self.resources.aes67
     }
 
     /// The configured clock (`GET /v1/clock`, metrics).
@@ -538,7 +551,7 @@ impl Gateway {
 
     /// Recordings refused or stopped by a failing disk since start.
     pub fn recording_failures(&self) -> u64 {
-        self.recording_failures.load(Ordering::Relaxed)
+        self.resources.recordings.failures()
     }
 
     /// The registry behind `/metrics`.
@@ -593,28 +606,10 @@ impl Gateway {
         let _ = self.events.send(event);
     }
 
-    /// A decoded clip, from the cache or the file (blocking I/O on first use, outside
-    /// the cache's lock). Refused when it would not fit in `engine.clip_cache_mb`.
+    /// A decoded clip, from the cache or the file (blocking I/O on first use). Refused
+    /// when it would not fit in `engine.clip_cache_mb`.
     pub fn clip(&self, source: ClipSource<'_>) -> Result<Clip, ClipError> {
-        let key = match source {
-            ClipSource::Operator(path) => path.to_path_buf(),
-            ClipSource::Media(relative) => self.config.media.dir.join(relative),
-        };
-        let free = {
-            let mut clips = lock(&self.clips);
-            if let Some(clip) = clips.get(&key) {
-                return Ok(clip);
-            }
-            clips.free_bytes()
-        };
-        let clip = match source {
-            ClipSource::Operator(path) => load_clip(path, free)?,
-            ClipSource::Media(relative) => {
-                let file = open_beneath(&self.config.media.dir, relative)?;
-                load_clip_from(file, &relative.display().to_string(), free)?
-            }
-        };
-        lock(&self.clips).insert(&key, clip)
+        self.resources.clips.clip(source)
     }
 
     /// Creates a standing player node `player:<name>`.
@@ -626,25 +621,18 @@ impl Gateway {
         gain_db: f32,
     ) -> Result<(), ActionError> {
         let clip = self.clip(source)?;
-        let file = match source {
-            ClipSource::Operator(path) | ClipSource::Media(path) => path,
-        };
         let node = NodeRef::new(NodeKind::Player, name)?;
-        let state = Arc::new(PlayerState::default());
-        let player = PlayerNode::new(clip, looped, db_to_gain(gain_db), Arc::clone(&state));
-        let mut topology = lock(&self.topology);
-        topology.patchbay.add_node(
-            NodeSpec {
-                node: node.clone(),
-                outputs: vec!["out".into()],
-                inputs: vec![],
-                owner: None,
+        let built = player_node(
+            node,
+            PlayerSettings {
+                clip,
+                file: source.path().to_path_buf(),
+                looped,
+                gain_db,
             },
-            Box::new(player),
-        )?;
-        topology
-            .player_states
-            .insert(node, (file.to_path_buf(), state));
+            None,
+        );
+        lock(&self.topology).install(built)?;
         Ok(())
     }
 
@@ -825,12 +813,15 @@ impl Gateway {
                 let stereo = *channels == RecordChannels::Both;
                 let recorder =
                     NodeRef::new(NodeKind::Recorder, &format!("rec-{}-{index}", handle.id))?;
-                let (mut topology, path) = self.add_recorder(
+                let (built, path) = self.resources.recordings.open(
                     &recorder,
                     &relative,
                     if stereo { 2 } else { 1 },
                     Some(call.clone()),
+                    &self.events,
                 )?;
+                let mut topology = lock(&self.topology);
+                topology.install(built)?;
                 let first = if stereo { "in1" } else { "in" };
                 let voice = topology.patchbay.connect(
                     call.port("voice"),
@@ -879,21 +870,18 @@ impl Gateway {
                 };
                 let player =
                     NodeRef::new(NodeKind::Player, &format!("play-{}-{index}", handle.id))?;
-                let state = Arc::new(PlayerState::default());
-                let node = PlayerNode::new(clip, *looped, db_to_gain(*gain_db), Arc::clone(&state));
-                let mut topology = lock(&self.topology);
-                topology.patchbay.add_node(
-                    NodeSpec {
-                        node: player.clone(),
-                        outputs: vec!["out".into()],
-                        inputs: vec![],
-                        owner: Some(call.clone()),
+                let built = player_node(
+                    player.clone(),
+                    PlayerSettings {
+                        clip,
+                        file: PathBuf::from(file),
+                        looped: *looped,
+                        gain_db: *gain_db,
                     },
-                    Box::new(node),
-                )?;
-                topology
-                    .player_states
-                    .insert(player.clone(), (PathBuf::from(file), state));
+                    Some(call.clone()),
+                );
+                let mut topology = lock(&self.topology);
+                topology.install(built)?;
                 let patch = topology.patchbay.connect(
                     player.port("out"),
                     call.port("ear"),
@@ -1051,181 +1039,77 @@ impl Gateway {
         PathBuf::from(expanded)
     }
 
-    /// Tells `/v1/events` when the recording of `node` fails (once) and when it ends.
-    fn watch_recording(
-        &self,
-        node: &NodeRef,
-        path: &Path,
-        failed: tokio::sync::oneshot::Receiver<String>,
-        done: tokio::sync::oneshot::Receiver<crate::engine::recorder::RecordingSummary>,
-    ) {
-        let events = self.events.clone();
-        let node = node.clone();
-        let path = path.display().to_string();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                // Closed without a value when the recording ends well.
-                if let Ok(error) = failed.await {
-                    let _ = events.send(Event::RecordingFailed { node, path, error });
-                }
-                if let Ok(summary) = done.await {
-                    let _ = events.send(Event::RecordingFinished {
-                        path: summary.path.display().to_string(),
-                        frames: summary.frames,
-                        error: summary.error,
-                    });
-                }
-            });
-        }
-    }
-
-    /// Creates a recording at `relative` inside the recordings directory (a numbered
-    /// variant if the name is taken; never through a symbolic link) and adds its node
-    /// (input `in`, or `in1..inN`). Returns the topology still locked, so the caller can
-    /// patch it at once, and the path the file was created at.
-    fn add_recorder(
-        &self,
-        node: &NodeRef,
-        relative: &Path,
-        channels: u16,
-        owner: Option<NodeRef>,
-    ) -> Result<(MutexGuard<'_, Topology>, PathBuf), ActionError> {
-        let opened = {
-            let disk = lock(&self.disk);
-            let disk = disk
-                .as_ref()
-                .ok_or(crate::engine::recorder::RecorderError::WriterStopped)?;
-            disk.open(
-                relative,
-                channels,
-                self.config.recordings.format,
-                self.block,
-            )
-        };
-        let crate::engine::recorder::OpenedRecording {
-            node: recorder,
-            stats,
-            path,
-            failed,
-            done,
-        } = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                if e.is_disk_failure() {
-                    tracing::error!(%node, path = %relative.display(), error = %e, "recording refused: the disk failed");
-                    self.emit(Event::RecordingFailed {
-                        node: node.clone(),
-                        path: self
-                            .config
-                            .recordings
-                            .dir
-                            .join(relative)
-                            .display()
-                            .to_string(),
-                        error: e.to_string(),
-                    });
-                }
-                return Err(e.into());
-            }
-        };
-        if path.strip_prefix(&self.config.recordings.dir).ok() != Some(relative) {
-            tracing::info!(asked = %relative.display(), path = %path.display(), "recording name was taken; using a numbered variant");
-        }
-        let inputs = if channels == 1 {
-            vec!["in".to_owned()]
-        } else {
-            (1..=channels).map(|k| format!("in{k}")).collect()
-        };
-        let mut topology = lock(&self.topology);
-        topology.patchbay.add_node(
-            NodeSpec {
-                node: node.clone(),
-                outputs: vec![],
-                inputs,
-                owner,
-            },
-            Box::new(recorder),
-        )?;
-        topology
-            .recorder_stats
-            .insert(node.clone(), (path.clone(), stats));
-        self.watch_recording(node, &path, failed, done);
-        Ok((topology, path))
-    }
-
-    /// Puts `call` into conference `name`, creating it on demand.
+    /// Puts `call` into conference `name`, creating it on demand (with
+    /// `engine.conference_members` seats; it goes when its last caller hangs up).
     pub fn join_conference(&self, call: &NodeRef, name: &str) -> Result<(), ActionError> {
         let conference = NodeRef::new(NodeKind::Conference, name)?;
-        let capacity = self.config.engine.conference_members;
-        let mut topology = lock(&self.topology);
-        if !topology.conferences.contains_key(name) {
-            let outputs = (1..=capacity).map(|k| format!("out{k}")).collect();
-            let inputs = (1..=capacity).map(|k| format!("in{k}")).collect();
-            topology.patchbay.add_node(
-                NodeSpec {
-                    node: conference.clone(),
-                    outputs,
-                    inputs,
-                    owner: None,
-                },
-                Box::new(ConferenceNode::new(capacity, self.block)),
-            )?;
-            topology.conferences.insert(
-                name.to_owned(),
-                ConferenceMembers {
-                    members: vec![None; capacity],
-                    on_demand: true,
-                },
-            );
+        {
+            let mut topology = lock(&self.topology);
+            if topology.patchbay.node(&conference).is_none() {
+                topology.install(crate::kinds::conference::conference_node(
+                    conference.clone(),
+                    self.resources.conference_members,
+                    true,
+                    self.block,
+                ))?;
+            }
         }
-        let patched = patched_ports(&topology.patchbay, &conference);
-        let members = topology
-            .conferences
-            .get(name)
-            .ok_or_else(|| ActionError::NodeGone {
-                node: conference.clone(),
-            })?;
-        // A seat held by a call that is still being seated counts as taken too.
-        let held: Vec<bool> = members.members.iter().map(Option::is_some).collect();
-        let k = free_seat(&patched, held.len(), &["in", "out"], |k| held[k - 1]).ok_or(
-            ActionError::Full {
-                node: conference.clone(),
-                seats: held.len(),
-            },
-        )?;
-        let (voice, ear) = seat(&mut topology.patchbay, call, &conference, k)?;
-        if let Some(members) = topology.conferences.get_mut(name) {
-            members.members[k - 1] = Some(call.clone());
-        }
-        drop(topology);
-        self.seated(call, voice, ear);
+        let k = self.take_seat(call, &conference, || ActionError::NodeGone {
+            node: conference.clone(),
+        })?;
         tracing::info!(conference = name, seat = k, "joined conference");
         Ok(())
     }
 
-    /// Seats `call` in jam room `jam:<room>`: the first seat with nothing patched to it
-    /// gets the caller's voice on `in<k>` and feeds `out<k>` to the ear. The patches are
-    /// the call's, so the seat frees itself when the call ends.
+    /// Seats `call` in jam room `jam:<room>` (which must exist).
     pub fn join_jam(&self, call: &NodeRef, room: &str) -> Result<(), ActionError> {
         let jam = NodeRef::new(NodeKind::Jam, room)?;
-        let mut topology = lock(&self.topology);
-        let seats = topology
-            .patchbay
-            .node(&jam)
-            .map(|entry| entry.inputs.iter().filter(|p| p.starts_with("in")).count())
-            .ok_or_else(|| ActionError::NoJamRoom { room: jam.clone() })?;
-        let patched = patched_ports(&topology.patchbay, &jam);
-        let k = free_seat(&patched, seats, &["in", "out", "aux"], |_| false).ok_or(
-            ActionError::Full {
-                node: jam.clone(),
-                seats,
-            },
-        )?;
-        let (voice, ear) = seat(&mut topology.patchbay, call, &jam, k)?;
-        drop(topology);
-        self.seated(call, voice, ear);
+        let k = self.take_seat(call, &jam, || ActionError::NoJamRoom { room: jam.clone() })?;
         tracing::info!(jam = room, seat = k, "joined jam room");
         Ok(())
+    }
+
+    /// The one seat allocator of every node that seats callers (see [`Seating`](crate::kinds::Seating)): the
+    /// first free seat k of `node` gets the caller's voice on `in<k>` and feeds `out<k>`
+    /// to its ear. The patches are the call's, so they go when it ends. Returns k.
+    fn take_seat(
+        &self,
+        call: &NodeRef,
+        node: &NodeRef,
+        missing: impl FnOnce() -> ActionError,
+    ) -> Result<usize, ActionError> {
+        let mut guard = lock(&self.topology);
+        let topology = &mut *guard;
+        let seating = topology
+            .services
+            .get(node)
+            .and_then(|service| service.seating());
+        let (Some(seating), Some(entry)) = (seating, topology.patchbay.node(node)) else {
+            return Err(missing());
+        };
+        let seats = seat_count(&entry.inputs);
+        let patched = patched_ports(&topology.patchbay, node);
+        let holders = topology.seat_holders.get(node);
+        // A seat held by a call that is still being seated counts as taken too.
+        let held = |k: usize| {
+            seating.held_until_hangup
+                && holders.is_some_and(|h| h.get(k - 1).is_some_and(Option::is_some))
+        };
+        let k = free_seat(&patched, seats, seating.prefixes, held).ok_or(ActionError::Full {
+            node: node.clone(),
+            seats,
+        })?;
+        let (voice, ear) = seat(&mut topology.patchbay, call, node, k)?;
+        if seating.held_until_hangup {
+            let holders = topology.seat_holders.entry(node.clone()).or_default();
+            if holders.len() < seats {
+                holders.resize(seats, None);
+            }
+            holders[k - 1] = Some(call.clone());
+        }
+        drop(guard);
+        self.seated(call, voice, ear);
+        Ok(k)
     }
 
     /// Announces a call's new seat patches and takes it out of the lobby.
@@ -1404,20 +1288,21 @@ impl Gateway {
         });
     }
 
-    /// Takes the call's node and everything it owns out of the patchbay.
+    /// Takes the call's node and everything it owns out of the patchbay, frees its
+    /// seats, and removes the nodes made for callers that it leaves empty.
     fn release_call(&self, handle: &CallHandle) {
         lock(&self.calls).retain(|_, c| !std::ptr::eq(Arc::as_ptr(c), handle));
         let call = &handle.node;
         let mut removed = Vec::new();
-        let mut emptied = Vec::new();
+        let mut stopped = Vec::new();
         {
-            let mut topology = lock(&self.topology);
+            let mut guard = lock(&self.topology);
+            let topology = &mut *guard;
             match topology.patchbay.remove_owned(call) {
                 Ok((patches, nodes)) => {
                     removed.extend(patches);
                     for node in nodes {
-                        topology.recorder_stats.remove(&node);
-                        topology.player_states.remove(&node);
+                        stopped.extend(topology.services.remove(&node));
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot release the call's nodes"),
@@ -1427,24 +1312,31 @@ impl Gateway {
                 Err(PatchbayError::UnknownNode { .. }) => {}
                 Err(e) => tracing::error!(error = %e, "cannot remove the call node"),
             }
-            for (name, conference) in topology.conferences.iter_mut() {
-                for member in conference.members.iter_mut() {
-                    if member.as_ref() == Some(call) {
-                        *member = None;
+            let mut emptied = Vec::new();
+            for (node, holders) in topology.seat_holders.iter_mut() {
+                for holder in holders.iter_mut() {
+                    if holder.as_ref() == Some(call) {
+                        *holder = None;
                     }
                 }
-                if conference.on_demand && conference.members.iter().all(Option::is_none) {
-                    emptied.push(name.clone());
+                let removable = topology
+                    .services
+                    .get(node)
+                    .and_then(|service| service.seating())
+                    .is_some_and(|seating| seating.removed_when_empty);
+                if removable && holders.iter().all(Option::is_none) {
+                    emptied.push(node.clone());
                 }
             }
-            for name in &emptied {
-                topology.conferences.remove(name);
-                if let Ok(node) = NodeRef::new(NodeKind::Conference, name)
-                    && let Ok(patches) = topology.patchbay.remove_node(&node)
-                {
+            for node in &emptied {
+                if let Ok((patches, service)) = topology.uninstall(node) {
                     removed.extend(patches);
+                    stopped.extend(service);
                 }
             }
+        }
+        for service in stopped {
+            service.stop();
         }
         let affected: Vec<NodeRef> = affected_calls(&removed)
             .into_iter()
@@ -1631,8 +1523,7 @@ impl Gateway {
         }
     }
 
-    /// Creates a node from an API configuration: a player, recorder, conference, AES67
-    /// flow, jam room or AoDNS broadcast.
+    /// Creates a node from an API configuration, with the builder of its kind.
     pub fn create_configured_node(
         &self,
         name: &str,
@@ -1644,80 +1535,10 @@ impl Gateway {
             return Err(NodeError::Exists(format!("{node} exists already")));
         }
         self.check_node_capacity()?;
-        let unprocessable = |field: &str, e: &dyn std::fmt::Display| NodeError::invalid(field, e);
-        match config {
-            NodeConfig::Player {
-                file,
-                looped,
-                gain_db,
-            } => {
-                self.add_player(name, ClipSource::Media(Path::new(file)), *looped, *gain_db)
-                    .map_err(|e| unprocessable("file", &e))?;
-            }
-            NodeConfig::Recorder { path, channels } => {
-                drop(
-                    self.add_recorder(&node, Path::new(path), *channels, None)
-                        .map_err(|e| unprocessable("path", &e))?,
-                );
-            }
-            NodeConfig::Conference { members } => {
-                let members = usize::from(*members);
-                let outputs = (1..=members).map(|k| format!("out{k}")).collect();
-                let inputs = (1..=members).map(|k| format!("in{k}")).collect();
-                let mut topology = lock(&self.topology);
-                topology
-                    .patchbay
-                    .add_node(
-                        NodeSpec {
-                            node: node.clone(),
-                            outputs,
-                            inputs,
-                            owner: None,
-                        },
-                        Box::new(ConferenceNode::new(members, self.block)),
-                    )
-                    .map_err(|e| unprocessable("name", &e))?;
-                topology.conferences.insert(
-                    name.to_owned(),
-                    ConferenceMembers {
-                        members: vec![None; members],
-                        on_demand: false,
-                    },
-                );
-            }
-            NodeConfig::Jam { .. } => {
-                let built = crate::jam::build_node(&node, config, self.block, self.events.clone())?;
-                let service = Arc::clone(&built.service);
-                self.add_service_node(built.spec, Box::new(built.node), built.service)
-                    .map_err(|e| NodeError::Exists(e.to_string()))?;
-                tracing::info!(node = %node, addr = ?service.local_addr(), "jam room ready");
-            }
-            NodeConfig::Dns { .. } => {
-                let settings = crate::dns::BroadcastSettings::from_config(config)
-                    .map_err(|(field, why)| unprocessable(field, &why))?;
-                let inputs = settings.inputs();
-                let store = self.sequence_store.get().cloned();
-                let (engine_node, service) =
-                    crate::dns::broadcast::start(&node, settings, &self.dns, store)
-                        .map_err(broadcast_error)?;
-                self.add_service_node(
-                    NodeSpec {
-                        node: node.clone(),
-                        outputs: vec![],
-                        inputs,
-                        owner: None,
-                    },
-                    engine_node,
-                    service,
-                )
-                .map_err(|e| unprocessable("name", &e))?;
-            }
-            NodeConfig::Aes67Tx { .. } | NodeConfig::Aes67Rx { .. } => {
-                let flow = self.aes67.build(&node, config, self.media_clock())?;
-                self.add_service_node(flow.spec, flow.node, flow.service)
-                    .map_err(|e| unprocessable("name", &e))?;
-            }
-        }
+        let built = self.kinds.build(&node, config, &self.resources)?;
+        lock(&self.topology)
+            .install(built)
+            .map_err(|e| NodeError::invalid("name", e))?;
         lock(&self.topology)
             .configured
             .insert(node.clone(), (config.clone(), persistent));
@@ -1725,27 +1546,10 @@ impl Gateway {
         Ok(node)
     }
 
-    /// Adds an engine node together with its I/O side (see [`crate::node_service`]).
-    /// If the engine refuses the node, the service is stopped and the error returned.
-    pub fn add_service_node(
-        &self,
-        spec: NodeSpec,
-        node: Box<dyn crate::engine::Node>,
-        service: Arc<dyn NodeService>,
-    ) -> Result<(), PatchbayError> {
-        let name = spec.node.clone();
-        let mut topology = lock(&self.topology);
-        match topology.patchbay.add_node(spec, node) {
-            Ok(()) => {
-                topology.services.insert(name, service);
-                Ok(())
-            }
-            Err(e) => {
-                drop(topology);
-                service.stop();
-                Err(e)
-            }
-        }
+    /// Adds a node built outside the kind registry (see [`crate::kinds`]). If the engine
+    /// refuses the node, its service is stopped and the error returned.
+    pub fn add_built_node(&self, built: BuiltNode) -> Result<(), PatchbayError> {
+        lock(&self.topology).install(built)
     }
 
     /// Every node service, for metrics.
@@ -1768,22 +1572,13 @@ impl Gateway {
                 field: None,
             });
         }
-        let removed = {
-            let mut topology = lock(&self.topology);
-            let removed = topology.patchbay.remove_node(node).map_err(|e| match e {
-                PatchbayError::UnknownNode { .. } => NodeError::NotFound(e.to_string()),
-                other => NodeError::Unavailable(other.to_string()),
-            })?;
-            topology.configured.remove(node);
-            let service = topology.services.remove(node);
-            topology.recorder_stats.remove(node);
-            topology.player_states.remove(node);
-            if node.kind() == NodeKind::Conference {
-                topology.conferences.remove(node.name());
-            }
-            (removed, service)
-        };
-        let (removed, service) = removed;
+        let (removed, service) =
+            lock(&self.topology)
+                .uninstall(node)
+                .map_err(|e| match e {
+                    PatchbayError::UnknownNode { .. } => NodeError::NotFound(e.to_string()),
+                    other => NodeError::Unavailable(other.to_string()),
+                })?;
         if let Some(service) = service {
             service.stop();
         }
@@ -1812,44 +1607,35 @@ impl Gateway {
         lock(&self.topology).configured.get(node).cloned()
     }
 
-    /// Kind-specific status of a node, for the API.
+    /// Kind-specific status of a node, for the API; for a node whose seats are held
+    /// until hangup, also the calls holding them (`members`).
     pub fn node_status(&self, node: &NodeRef) -> Option<serde_json::Value> {
-        let service = lock(&self.topology).services.get(node).cloned();
-        if let Some(service) = service {
-            return Some(service.status());
+        let (service, holders) = {
+            let topology = lock(&self.topology);
+            let service = topology.services.get(node).cloned()?;
+            let holders = service
+                .seating()
+                .is_some_and(|seating| seating.held_until_hangup)
+                .then(|| {
+                    topology
+                        .seat_holders
+                        .get(node)
+                        .map(|holders| {
+                            holders
+                                .iter()
+                                .flatten()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default()
+                });
+            (service, holders)
+        };
+        let mut status = service.status();
+        if let (Some(holders), Some(object)) = (holders, status.as_object_mut()) {
+            object.insert("members".into(), serde_json::json!(holders));
         }
-        let topology = lock(&self.topology);
-        if let Some((path, stats)) = topology.recorder_stats.get(node) {
-            let error = stats.error.get();
-            return Some(serde_json::json!({
-                "path": path.display().to_string(),
-                "state": if error.is_some() { "failed" } else { "recording" },
-                "error": error,
-                "frames_written": stats.frames_written.load(Ordering::Relaxed),
-                "frames_dropped": stats.frames_dropped.load(Ordering::Relaxed),
-            }));
-        }
-        if let Some((path, state)) = topology.player_states.get(node) {
-            return Some(serde_json::json!({
-                "file": path.display().to_string(),
-                "finished": state.finished.load(Ordering::Relaxed),
-                "loops": state.loops.load(Ordering::Relaxed),
-            }));
-        }
-        if node.kind() == NodeKind::Conference
-            && let Some(conference) = topology.conferences.get(node.name())
-        {
-            let members: Vec<String> = conference
-                .members
-                .iter()
-                .flatten()
-                .map(ToString::to_string)
-                .collect();
-            return Some(
-                serde_json::json!({ "members": members, "capacity": conference.members.len() }),
-            );
-        }
-        None
+        Some(status)
     }
 
     /// Marks a patch as stored in the database.
@@ -1912,8 +1698,8 @@ impl Gateway {
         for (_, service) in services {
             service.stop();
         }
-        self.dns.stop();
-        self.aes67.shutdown();
+        self.resources.dns.stop();
+        self.resources.aes67.shutdown();
         if let Some(vad) = self.vad.get() {
             vad.stop();
         }
@@ -1921,26 +1707,9 @@ impl Gateway {
             engine.stop();
         }
         let _ = self.reaper.join();
-        if let Some(disk) = lock(&self.disk).take() {
-            disk.shutdown();
-        }
+        self.resources.recordings.shutdown();
         self.clock.stop();
         self.root.cancel();
-    }
-}
-
-/// Why a broadcast could not start, as a node error.
-fn broadcast_error(error: crate::dns::BroadcastError) -> NodeError {
-    use crate::dns::BroadcastError as B;
-    match error {
-        B::Zone(crate::dns::zone::ZoneError::Exists { .. }) => NodeError::Exists(error.to_string()),
-        B::Server(_) | B::Sequence { .. } | B::Thread(_) => {
-            NodeError::Unavailable(error.to_string())
-        }
-        other => NodeError::Invalid {
-            message: other.to_string(),
-            field: None,
-        },
     }
 }
 
@@ -1965,6 +1734,17 @@ fn call_record(handle: &CallHandle, patches: Vec<String>) -> api::store::CdrReco
         patches,
         peer: Some(handle.peer),
     }
+}
+
+/// Seats of a node: one for each input `in<k>`.
+fn seat_count(inputs: &[String]) -> usize {
+    inputs
+        .iter()
+        .filter(|port| {
+            port.strip_prefix("in")
+                .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count()
 }
 
 /// The ports of `node` that anything is patched to.
@@ -2114,6 +1894,106 @@ mod tests {
         gateway
             .create_configured_node("third", &conference, false)
             .unwrap();
+        gateway.begin_shutdown();
+        gateway.finish();
+    }
+
+    fn test_gateway(recordings: &Path) -> Arc<Gateway> {
+        let mut config = Config::default();
+        config.engine.realtime_priority = false;
+        config.engine.lock_memory = false;
+        config.engine.conference_members = 2;
+        config.recordings.dir = recordings.to_path_buf();
+        Gateway::start(config).unwrap()
+    }
+
+    fn admit(gateway: &Gateway) -> AdmittedCall {
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        gateway.admit_call(Uuid::new_v4(), peer).unwrap()
+    }
+
+    fn members(gateway: &Gateway, node: &NodeRef) -> Option<Vec<String>> {
+        let status = gateway.node_status(node)?;
+        Some(
+            status["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_str().unwrap().to_owned())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn an_on_demand_conference_seats_callers_and_goes_with_the_last_one() {
+        let recordings = tempfile::tempdir().unwrap();
+        let gateway = test_gateway(recordings.path());
+        let (a, b, c) = (admit(&gateway), admit(&gateway), admit(&gateway));
+        let room = NodeRef::new(NodeKind::Conference, "room").unwrap();
+        gateway.join_conference(&a.handle.node, "room").unwrap();
+        gateway.join_conference(&b.handle.node, "room").unwrap();
+        match gateway.join_conference(&c.handle.node, "room") {
+            Err(ActionError::Full { seats: 2, .. }) => {}
+            other => panic!("a third caller got a seat of two: {other:?}"),
+        }
+        assert_eq!(
+            members(&gateway, &room).unwrap(),
+            [a.handle.node.to_string(), b.handle.node.to_string()]
+        );
+        assert_eq!(gateway.node_status(&room).unwrap()["capacity"], 2);
+        // Seat k: the caller's voice into in<k>, out<k> back to its ear.
+        let (_, patches) = gateway.topology_snapshot();
+        let seat_patches: Vec<(String, String)> = patches
+            .iter()
+            .filter(|p| p.source.node() == &room || p.sink.node() == &room)
+            .map(|p| (p.source.to_string(), p.sink.to_string()))
+            .collect();
+        for (k, call) in [(1, &a), (2, &b)] {
+            let call = &call.handle.node;
+            assert!(seat_patches.contains(&(format!("{call}.voice"), format!("{room}.in{k}"))));
+            assert!(seat_patches.contains(&(format!("{room}.out{k}"), format!("{call}.ear"))));
+        }
+        // The first caller leaves: its seat is free again, and the third takes it.
+        gateway.end_call(&a.handle, EndReason::Caller);
+        assert_eq!(
+            members(&gateway, &room).unwrap(),
+            [b.handle.node.to_string()]
+        );
+        gateway.join_conference(&c.handle.node, "room").unwrap();
+        gateway.end_call(&b.handle, EndReason::Caller);
+        assert!(gateway.node_status(&room).is_some(), "one caller is still in it");
+        gateway.end_call(&c.handle, EndReason::Caller);
+        assert!(
+            gateway.node_status(&room).is_none(),
+            "the on-demand conference outlived its last caller"
+        );
+        gateway.begin_shutdown();
+        gateway.finish();
+    }
+
+    #[test]
+    fn a_standing_conference_stays_when_it_empties_and_jam_seats_need_a_room() {
+        let recordings = tempfile::tempdir().unwrap();
+        let gateway = test_gateway(recordings.path());
+        let stage = gateway
+            .create_configured_node("stage", &NodeConfig::Conference { members: 3 }, false)
+            .unwrap();
+        let a = admit(&gateway);
+        gateway.join_conference(&a.handle.node, "stage").unwrap();
+        assert_eq!(
+            members(&gateway, &stage).unwrap(),
+            [a.handle.node.to_string()]
+        );
+        gateway.end_call(&a.handle, EndReason::Caller);
+        assert_eq!(members(&gateway, &stage).unwrap(), Vec::<String>::new());
+        assert_eq!(gateway.node_status(&stage).unwrap()["capacity"], 3);
+
+        let b = admit(&gateway);
+        match gateway.join_jam(&b.handle.node, "nowhere") {
+            Err(ActionError::NoJamRoom { .. }) => {}
+            other => panic!("seated in a room that does not exist: {other:?}"),
+        }
+        gateway.end_call(&b.handle, EndReason::Caller);
         gateway.begin_shutdown();
         gateway.finish();
     }

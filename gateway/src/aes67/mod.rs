@@ -530,7 +530,7 @@ impl SapSubscriber for RxFlow {
 }
 
 /// A flow's engine node, ports and service, ready for
-/// [`Gateway::add_service_node`](crate::Gateway::add_service_node).
+/// the [`crate::kinds`] seam.
 pub struct BuiltFlow {
     /// The node and its ports.
     pub spec: NodeSpec,

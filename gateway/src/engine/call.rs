@@ -66,6 +66,9 @@ pub struct CallStats {
     pub downlink_underruns: AtomicU64,
     /// Bus samples the engine could not queue because the downlink ring was full.
     pub downlink_overflow_samples: AtomicU64,
+    /// The caller's stream has ended (hangup, end of stream, or the gateway ending the
+    /// call): the uplink ring running dry after this is the call's end, not a gap.
+    pub uplink_ended: AtomicBool,
     /// Bus samples the uplink pushed with its last frame (the node's prebuffer uses it).
     pub uplink_frame_samples: AtomicU32,
     /// Whether the call node is playing the uplink (false while it prebuffers); the
@@ -342,6 +345,12 @@ impl Uplink {
         }
     }
 
+    /// Says that nothing more will be pushed (the caller's stream ended), so the engine
+    /// does not count the ring running dry as an uplink gap.
+    pub fn mark_ended(&self) {
+        self.stats.uplink_ended.store(true, Ordering::Relaxed);
+    }
+
     /// Bus samples waiting in the ring for the engine.
     pub fn queued(&self) -> usize {
         self.capacity - self.ring.slots()
@@ -415,7 +424,10 @@ impl Node for CallNode {
             if taken < block {
                 self.playing = false;
                 self.stats.uplink_playing.store(false, Ordering::Relaxed);
-                CallStats::add(&self.stats.uplink_gaps, 1);
+                // Read after the ring ran dry: the session sets it after its last push.
+                if !self.stats.uplink_ended.load(Ordering::Relaxed) {
+                    CallStats::add(&self.stats.uplink_gaps, 1);
+                }
             }
         }
         voice[taken..].fill(0.0);
@@ -627,6 +639,40 @@ mod tests {
             10 * 960
         );
         assert_eq!(stats.frames_in.load(Ordering::Relaxed), 22);
+    }
+
+    /// A caller sending 20 ms frames for 2 s, on virtual time, then going quiet for 1 s;
+    /// `hang_up` says whether it hung up (the session flushes and marks the end) or just
+    /// stopped sending. Returns the uplink gaps the engine counted.
+    fn uplink_gaps_when_the_caller_stops(hang_up: bool) -> u64 {
+        let stats = Arc::new(CallStats::default());
+        let (mut uplink, node, _downlink) = call_media(
+            SampleRate::HZ_8000,
+            20,
+            CallBuffering::default(),
+            Arc::clone(&stats),
+        )
+        .expect("call media");
+        let mut node = node.with_block(48);
+        let frame = [0.25f32; 160];
+        let mut outputs = [0.0f32; 96];
+        for ms in 0..3_000 {
+            if ms < 2_000 && ms % 20 == 0 {
+                uplink.push_samples(&frame);
+            }
+            if ms == 2_000 && hang_up {
+                uplink.flush_tail();
+                uplink.mark_ended();
+            }
+            node.produce(&mut outputs, 48);
+        }
+        stats.uplink_gaps.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_hangup_is_not_an_uplink_gap_but_a_silent_caller_is() {
+        assert_eq!(uplink_gaps_when_the_caller_stops(true), 0);
+        assert_eq!(uplink_gaps_when_the_caller_stops(false), 1);
     }
 
     /// Runs an engine feeding `ear` with a 1 kHz tone every 1 ms block and a writer

@@ -86,7 +86,7 @@ pub struct JamService {
     clock: Arc<dyn JamClock>,
 }
 
-/// A built jam node, ready for [`crate::Gateway::add_service_node`].
+/// A built jam node, ready for the [`crate::kinds`] seam.
 pub struct Built {
     /// Ports and name.
     pub spec: NodeSpec,
@@ -779,6 +779,16 @@ impl NodeService for JamService {
             let active = ports.iter().any(|p| names.contains(p));
             seat.active.store(active, Ordering::Relaxed);
         }
+    }
+
+    fn seating(&self) -> Option<crate::node_service::Seating> {
+        // A seat is the jammer's only while something is patched to it: the caller's
+        // patches end with the call, and an operator may move a seat by hand.
+        Some(crate::node_service::Seating {
+            prefixes: &["in", "out", "aux"],
+            held_until_hangup: false,
+            removed_when_empty: false,
+        })
     }
 
     fn into_any(self: Arc<Self>) -> Option<Arc<dyn Any + Send + Sync>> {

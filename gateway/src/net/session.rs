@@ -194,6 +194,10 @@ pub async fn run(
         if reason == EndReason::Caller {
             // Let the engine play out what the caller said last (recordings keep it).
             uplink.flush_tail();
+        }
+        // From here the ring running dry is the call's end, not a gap.
+        uplink.mark_ended();
+        if reason == EndReason::Caller {
             let drain_deadline = Instant::now() + TAIL_DRAIN_LIMIT;
             while uplink.queued() > 0 && Instant::now() < drain_deadline {
                 tokio::time::sleep(Duration::from_millis(5)).await;
