@@ -25,7 +25,7 @@ gateway=$!
 sleep 1
 rss_idle=$(ps -o rss= -p "$gateway")
 ./target/release/examples/loadgen --connect 127.0.0.1:19500 --calls "$calls" \
-    --duration "$seconds" --stagger-ms 5 >"$work/loadgen.log" 2>&1 &
+    --duration "$seconds" --stagger-ms 5 --gateway-pid "$gateway" >"$work/loadgen.log" 2>&1 &
 loadgen=$!
 sleep $((seconds / 2 + calls * 5 / 1000 + 1))
 rss_loaded=$(ps -o rss= -p "$gateway")
@@ -48,4 +48,4 @@ for line in open(sys.argv[1]):
 print(f"calls ended {ended}; downlink underruns {underruns}; "
       f"uplink gaps {gaps} (worst call {worst})")
 PY
-grep -E "frames sent|inter-arrival" "$work/loadgen.log"
+grep -E "^calls |frames sent|inter-arrival|CPU:" "$work/loadgen.log"

@@ -245,10 +245,14 @@ async fn senders_2000_ppm_slow_and_fast_are_heard_without_gaps_for_20_s() {
         assert_eq!(status["resyncs"], 0, "{status}");
         assert_eq!(status["concealed_frames"], 0, "{status}");
         assert_eq!(status["latency_ms"], 20.0, "{status}");
+        // Both are estimates over the last seconds of arrival and fill: a few ppm off on
+        // a quiet machine, up to ~200 ppm when other work delays the gateway's threads
+        // (seen: 2096 measured, -2203 steered, with benchmarks running beside). A flow
+        // that did not track would be 2000 ppm off; the audio checks above are exact.
         let measured = status["sender_ppm"].as_f64().unwrap();
-        assert!((measured - ppm).abs() < 100.0, "{status}");
+        assert!((measured - ppm).abs() < 300.0, "{status}");
         let correction = status["bridge"]["correction_ppm"].as_f64().unwrap();
-        assert!((correction + ppm).abs() < 200.0, "{status}");
+        assert!((correction + ppm).abs() < 400.0, "{status}");
         assert_eq!(status["bridge"]["underruns"], 0, "{status}");
         assert_eq!(status["bridge"]["resyncs"], 0, "{status}");
     }

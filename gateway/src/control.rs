@@ -76,20 +76,6 @@ impl GatewayControl {
         Ok(())
     }
 
-    /// Applies `config` to a running jam node if only live settings changed; `None` if
-    /// it is not a jam node or needs a rebuild.
-    fn reconfigure_jam(&self, node: &NodeRef, config: &NodeConfig) -> Option<()> {
-        let service = self.jam_service(node).ok()?;
-        let spec = config.jam_fields()?.spec(node.name()).ok()?;
-        if !service.reconfigure(&spec) {
-            return None;
-        }
-        let persistent = self.gateway.node_config(node).is_some_and(|(_, p)| p);
-        self.gateway
-            .set_node_config(node, config.clone(), persistent);
-        Some(())
-    }
-
     /// Wraps `gateway`.
     pub fn new(gateway: Arc<Gateway>) -> GatewayControl {
         GatewayControl { gateway }
@@ -373,7 +359,14 @@ impl Control for GatewayControl {
         node: &NodeRef,
         config: &NodeConfig,
     ) -> Option<Result<NodeInfo, ControlError>> {
-        self.reconfigure_jam(node, config)?;
+        // Whatever the kind: its service says whether the change applies live.
+        let service = self.gateway.node_service(node)?;
+        if !service.reconfigure(node, config) {
+            return None;
+        }
+        let persistent = self.gateway.node_config(node).is_some_and(|(_, p)| p);
+        self.gateway
+            .set_node_config(node, config.clone(), persistent);
         Some(self.node(node).ok_or(ControlError::NotFound {
             message: format!("{node} vanished"),
         }))

@@ -32,6 +32,12 @@ pub trait NodeService: Send + Sync {
     /// seats a jammer only while its ports are in use.
     fn ports_patched(&self, _ports: &[String]) {}
 
+    /// Applies a new configuration of this node's kind live, if only settings that can
+    /// change while running changed; false if the node must be rebuilt (the default).
+    fn reconfigure(&self, _node: &NodeRef, _config: &api::control::NodeConfig) -> bool {
+        false
+    }
+
     /// How callers take seats in this node, if they do (conferences, jam rooms).
     fn seating(&self) -> Option<Seating> {
         None

@@ -9,6 +9,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use api::control::NodeConfig;
 use api::jam::{JamChannel2, JamMixEntry, JamMixSetting, JamMode, JamSpec};
 use api::model::NodeRef;
 use codecs::jam::{AllowList, RoomConfig, RoomCore, Tempo};
@@ -358,7 +359,7 @@ impl JamService {
 
     /// Applies `spec` live if only live settings changed (tempo, member cap, allow-list,
     /// silence policy, mix); false if the node must be rebuilt.
-    pub fn reconfigure(&self, new: &JamSpec) -> bool {
+    pub fn reconfigure_spec(&self, new: &JamSpec) -> bool {
         let mut spec = lock(&self.spec);
         let structural = |s: &JamSpec| {
             (
@@ -779,6 +780,13 @@ impl NodeService for JamService {
             let active = ports.iter().any(|p| names.contains(p));
             seat.active.store(active, Ordering::Relaxed);
         }
+    }
+
+    fn reconfigure(&self, node: &NodeRef, config: &NodeConfig) -> bool {
+        config
+            .jam_fields()
+            .and_then(|fields| fields.spec(node.name()).ok())
+            .is_some_and(|spec| self.reconfigure_spec(&spec))
     }
 
     fn seating(&self) -> Option<crate::node_service::Seating> {
