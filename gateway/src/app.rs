@@ -239,7 +239,11 @@ async fn serve(
     gateway.set_cdr_queue(cdr_queue.clone());
     control_handle.spawn(cdr_refresher(Arc::clone(&gateway), cdr_queue));
 
-    let control: Arc<dyn Control> = Arc::new(GatewayControl::new(Arc::clone(&gateway)));
+    let metrics = Arc::new(crate::scrape::GatewayMetrics::new());
+    let control: Arc<dyn Control> = Arc::new(GatewayControl::new(
+        Arc::clone(&gateway),
+        Arc::clone(&metrics),
+    ));
     let http_stop = gateway.child_token();
     let state = api::http::AppState::new(
         control,
@@ -265,9 +269,10 @@ async fn serve(
 
     control_handle.spawn(level_ticker(Arc::clone(&gateway), levels_interval));
     control_handle.spawn(engine_watch(Arc::clone(&gateway)));
-    control_handle.spawn(crate::scrape::feed_block_times_every_second(Arc::clone(
-        &gateway,
-    )));
+    control_handle.spawn(crate::scrape::feed_block_times_every_second(
+        Arc::clone(&gateway),
+        metrics,
+    ));
 
     let tcp = TcpListener::from_std(listeners.audiosocket)?;
     let audiosocket_addr = tcp.local_addr()?;

@@ -130,7 +130,10 @@ impl GatewayMetrics {
 }
 
 /// Feeds the engine histogram once a second until the gateway shuts down.
-pub async fn feed_block_times_every_second(gateway: std::sync::Arc<Gateway>) {
+pub async fn feed_block_times_every_second(
+    gateway: std::sync::Arc<Gateway>,
+    metrics: std::sync::Arc<GatewayMetrics>,
+) {
     let shutdown = gateway.shutdown_token();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -139,9 +142,7 @@ pub async fn feed_block_times_every_second(gateway: std::sync::Arc<Gateway>) {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        gateway
-            .metrics()
-            .feed_block_times(&gateway.engine_stats().snapshot());
+        metrics.feed_block_times(&gateway.engine_stats().snapshot());
     }
 }
 

@@ -353,8 +353,6 @@ pub struct Gateway {
     /// Drops what the engine retires; joined after the engine.
     reaper: OwnedThread,
     engine_stats: Arc<EngineStats>,
-    /// The registry `/metrics` renders the counters through.
-    metrics: crate::scrape::GatewayMetrics,
     events: broadcast::Sender<Event>,
     /// The root of the cancellation tree: cancelled last, it ends whatever is left.
     root: CancellationToken,
@@ -453,7 +451,6 @@ impl Gateway {
             engine_thread: Mutex::new(Some(engine_thread)),
             reaper,
             engine_stats,
-            metrics: crate::scrape::GatewayMetrics::new(),
             events,
             shutdown: root.child_token(),
             root,
@@ -552,11 +549,6 @@ impl Gateway {
     /// Recordings refused or stopped by a failing disk since start.
     pub fn recording_failures(&self) -> u64 {
         self.resources.recordings.failures()
-    }
-
-    /// The registry behind `/metrics`.
-    pub fn metrics(&self) -> &crate::scrape::GatewayMetrics {
-        &self.metrics
     }
 
     /// Engine counters.
