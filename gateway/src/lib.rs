@@ -39,4 +39,7 @@ pub mod scrape;
 pub mod service;
 pub mod threads;
 
+#[cfg(test)]
+mod topology_tests;
+
 pub use service::Gateway;

@@ -26,8 +26,8 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 use crate::Gateway;
-use crate::metric_families::MetricFamilies;
 use crate::engine::stats::{BLOCK_TIME_BUCKETS_US, EngineSnapshot};
+use crate::metric_families::MetricFamilies;
 
 /// Name of the engine block-time histogram.
 pub const BLOCK_SECONDS: &str = "telepatch_engine_block_seconds";
@@ -457,5 +457,4 @@ mod tests {
         let sum: f64 = samples.iter().map(|(v, n)| v * *n as f64).sum();
         assert!((sum - 0.0065).abs() < 1e-15, "{sum}");
     }
-
 }

@@ -374,6 +374,28 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Gateway {
     /// Starts the engine and disk threads and creates the configured players.
     pub fn start(config: Config) -> anyhow::Result<Arc<Gateway>> {
+        let realtime = config.engine.realtime_priority;
+        let (gateway, engine) = Gateway::assemble(config)?;
+        let block_duration =
+            Duration::from_nanos(gateway.block as u64 * 1_000_000_000 / u64::from(BUS_RATE.hz()));
+        let engine_thread = EngineThread::spawn(engine, block_duration, realtime)?;
+        *lock(&gateway.engine_thread) = Some(engine_thread);
+        gateway.add_configured_players()?;
+        Ok(gateway)
+    }
+
+    /// Like [`Gateway::start`], but hands the engine to the caller instead of running it
+    /// on its thread: tests step it block by block, on virtual time. Drop the engine
+    /// before [`Gateway::finish`] (its reaper ends with the engine).
+    #[cfg(test)]
+    pub(crate) fn start_stepped(config: Config) -> anyhow::Result<(Arc<Gateway>, Engine)> {
+        let (gateway, engine) = Gateway::assemble(config)?;
+        gateway.add_configured_players()?;
+        Ok((gateway, engine))
+    }
+
+    /// Builds the gateway around a new engine, which is returned to be driven.
+    fn assemble(config: Config) -> anyhow::Result<(Arc<Gateway>, Engine)> {
         let block = config.engine.block_samples;
         // First, so a follower that cannot open its sockets fails start-up cleanly.
         let clock = crate::clock::ClockHandle::start(&config.clock)?;
@@ -396,10 +418,6 @@ impl Gateway {
             retired_tx,
         );
         let engine_stats = engine.stats();
-        let block_duration =
-            Duration::from_nanos(block as u64 * 1_000_000_000 / u64::from(BUS_RATE.hz()));
-        let engine_thread =
-            EngineThread::spawn(engine, block_duration, config.engine.realtime_priority)?;
         let (events, _) = broadcast::channel(4096);
         let root = CancellationToken::new();
         let recordings =
@@ -448,7 +466,7 @@ impl Gateway {
             totals: Mutex::new(Totals::default()),
             vad: std::sync::OnceLock::new(),
             vad_calls: Mutex::new(HashMap::new()),
-            engine_thread: Mutex::new(Some(engine_thread)),
+            engine_thread: Mutex::new(None),
             reaper,
             engine_stats,
             events,
@@ -478,19 +496,24 @@ impl Gateway {
             )?;
             let _ = gateway.vad.set(hub);
         }
-        if let Some(hold) = gateway.config.lobby.hold_music.clone() {
-            let gain = gateway.config.lobby.hold_gain_db;
-            gateway.add_player(HOLD_PLAYER, ClipSource::Operator(&hold), true, gain)?;
+        Ok((gateway, engine))
+    }
+
+    /// Creates the hold-music player and the configuration's standing players.
+    fn add_configured_players(&self) -> Result<(), ActionError> {
+        if let Some(hold) = self.config.lobby.hold_music.clone() {
+            let gain = self.config.lobby.hold_gain_db;
+            self.add_player(HOLD_PLAYER, ClipSource::Operator(&hold), true, gain)?;
         }
-        for player in gateway.config.players.clone() {
-            gateway.add_player(
+        for player in self.config.players.clone() {
+            self.add_player(
                 &player.name,
                 ClipSource::Operator(&player.file),
                 player.looped,
                 player.gain_db,
             )?;
         }
-        Ok(gateway)
+        Ok(())
     }
 
     /// The configuration the gateway runs with.
@@ -1564,13 +1587,10 @@ impl Gateway {
                 field: None,
             });
         }
-        let (removed, service) =
-            lock(&self.topology)
-                .uninstall(node)
-                .map_err(|e| match e {
-                    PatchbayError::UnknownNode { .. } => NodeError::NotFound(e.to_string()),
-                    other => NodeError::Unavailable(other.to_string()),
-                })?;
+        let (removed, service) = lock(&self.topology).uninstall(node).map_err(|e| match e {
+            PatchbayError::UnknownNode { .. } => NodeError::NotFound(e.to_string()),
+            other => NodeError::Unavailable(other.to_string()),
+        })?;
         if let Some(service) = service {
             service.stop();
         }
@@ -1835,6 +1855,21 @@ fn format_utc(time: SystemTime) -> String {
         .to_string()
 }
 
+/// What the topology tests (`crate::topology_tests`) reach inside the gateway for.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// Patches `source` to `sink` as a monitor (which, like a recording, leaves a call
+    /// in the lobby).
+    pub(crate) fn connect_monitor(gateway: &Gateway, source: PortRef, sink: PortRef) {
+        lock(&gateway.topology)
+            .patchbay
+            .connect(source, sink, 0.0, PatchRole::Monitor, None)
+            .unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1953,7 +1988,10 @@ mod tests {
         );
         gateway.join_conference(&c.handle.node, "room").unwrap();
         gateway.end_call(&b.handle, EndReason::Caller);
-        assert!(gateway.node_status(&room).is_some(), "one caller is still in it");
+        assert!(
+            gateway.node_status(&room).is_some(),
+            "one caller is still in it"
+        );
         gateway.end_call(&c.handle, EndReason::Caller);
         assert!(
             gateway.node_status(&room).is_none(),
