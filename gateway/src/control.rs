@@ -19,7 +19,8 @@ use uuid::Uuid;
 use crate::engine::stats::LevelMeter;
 use crate::jam::JamService;
 use crate::patchbay::PatchbayError;
-use crate::service::{CallHandle, Gateway, patch_info};
+use crate::service::{CallHandle, Gateway};
+use crate::switchboard::patch_info;
 
 /// [`Control`] over a running [`Gateway`].
 pub struct GatewayControl {

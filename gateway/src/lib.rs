@@ -3,7 +3,9 @@
 //! - [`engine`]: the sans-IO patchbay (nodes, ports, patches, 48 kHz blocks) and the
 //!   paced thread that drives it;
 //! - [`patchbay`]: the control side's validated model of the topology;
-//! - [`service`]: calls, routes, lobby and conferences tied together in [`Gateway`];
+//! - [`service`]: calls, routes and the node kinds tied together in [`Gateway`], the
+//!   driver of the [`switchboard`];
+//! - [`switchboard`]: the sans-IO topology rules: lobby, patches, seats, clean-up;
 //! - [`net`]: the tokio drivers (AudioSocket listener and sessions);
 //! - [`kinds`]: the node-kind seam: one builder per kind, registered at start-up;
 //! - [`node_service`]: the control half every node kind gives the gateway;
@@ -37,6 +39,7 @@ pub mod patchbay;
 pub mod ptp;
 pub mod scrape;
 pub mod service;
+pub mod switchboard;
 pub mod threads;
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use api::control::{CallState, Event, NodeConfig, PatchInfo};
+use api::control::{CallState, Event, NodeConfig};
 use api::model::{NodeKind, NodeRef, PortRef, RecordChannels, Route, RouteAction, select_route};
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -31,6 +31,7 @@ use crate::kinds::player::{PlayerSettings, player_node};
 use crate::kinds::{BuiltNode, ClipLibrary, KindRegistry, NodeResources, Recordings};
 use crate::node_service::{NodeError, NodeService};
 use crate::patchbay::{NodeSpec, PatchEntry, PatchRole, Patchbay, PatchbayError};
+use crate::switchboard::{Effect, SeatError, Switchboard, affected_calls};
 use crate::threads::{OwnedThread, Priority};
 
 pub use crate::config::HOLD_PLAYER;
@@ -224,54 +225,6 @@ pub struct Totals {
     pub api_accept_errors: u64,
 }
 
-/// Topology guarded by one mutex: the patchbay, every node's control half and who
-/// holds which seat.
-struct Topology {
-    patchbay: Patchbay,
-    /// Nodes created through the API: their configuration and whether it is stored.
-    configured: HashMap<NodeRef, (NodeConfig, bool)>,
-    /// The control half of every node that is not a call.
-    services: HashMap<NodeRef, Arc<dyn NodeService>>,
-    /// Seat k-1 -> the call holding it, for nodes whose seats are held until hangup
-    /// (see [`Seating`](crate::kinds::Seating)).
-    seat_holders: HashMap<NodeRef, Vec<Option<NodeRef>>>,
-}
-
-impl Topology {
-    /// Adds a built node and its control half. If the patchbay refuses the node, the
-    /// service is stopped and the error returned.
-    fn install(&mut self, built: BuiltNode) -> Result<(), PatchbayError> {
-        let BuiltNode {
-            spec,
-            engine,
-            service,
-        } = built;
-        let node = spec.node.clone();
-        match self.patchbay.add_node(spec, engine) {
-            Ok(()) => {
-                self.services.insert(node, service);
-                Ok(())
-            }
-            Err(e) => {
-                service.stop();
-                Err(e)
-            }
-        }
-    }
-
-    /// Removes `node` with its patches and its service, which is returned to be stopped
-    /// outside the lock.
-    fn uninstall(
-        &mut self,
-        node: &NodeRef,
-    ) -> Result<(Vec<PatchEntry>, Option<Arc<dyn NodeService>>), PatchbayError> {
-        let patches = self.patchbay.remove_node(node)?;
-        self.configured.remove(node);
-        self.seat_holders.remove(node);
-        Ok((patches, self.services.remove(node)))
-    }
-}
-
 /// Why a node could not be added or an action of a route (or a seat request) could not
 /// be applied to a call.
 #[derive(Debug, thiserror::Error)]
@@ -334,7 +287,9 @@ pub enum ActionError {
 pub struct Gateway {
     config: Config,
     block: usize,
-    topology: Mutex<Topology>,
+    /// The topology and its rules (sans-IO); what it decides is carried out by
+    /// [`Gateway::settle`] after the lock is released.
+    switchboard: Mutex<Switchboard>,
     calls: Mutex<HashMap<Uuid, Arc<CallHandle>>>,
     /// Builders of every node kind.
     kinds: KindRegistry,
@@ -424,8 +379,8 @@ impl Gateway {
             Recordings::start(&config.recordings.dir, config.recordings.format, block)?;
         let gateway = Arc::new(Gateway {
             block,
-            topology: Mutex::new(Topology {
-                patchbay: Patchbay::with_capacity(
+            switchboard: Mutex::new(Switchboard::new(
+                Patchbay::with_capacity(
                     block,
                     crate::patchbay::Capacity {
                         max_nodes: config.engine.max_nodes,
@@ -433,10 +388,8 @@ impl Gateway {
                     },
                     command_tx,
                 ),
-                configured: HashMap::new(),
-                services: HashMap::new(),
-                seat_holders: HashMap::new(),
-            }),
+                NodeRef::new(NodeKind::Player, HOLD_PLAYER).ok(),
+            )),
             calls: Mutex::new(HashMap::new()),
             kinds: KindRegistry::standard(),
             resources: NodeResources {
@@ -603,9 +556,9 @@ impl Gateway {
     /// Refuses a new node when the engine is too busy or runs `engine.max_nodes` already.
     fn check_node_capacity(&self) -> Result<(), NodeError> {
         self.check_engine_load()?;
-        let topology = lock(&self.topology);
-        let limit = topology.patchbay.capacity().max_nodes;
-        if topology.patchbay.nodes_besides_calls() >= limit {
+        let board = lock(&self.switchboard);
+        let limit = board.patchbay().capacity().max_nodes;
+        if board.patchbay().nodes_besides_calls() >= limit {
             return Err(NodeError::Unavailable(
                 PatchbayError::TooManyNodes { limit }.to_string(),
             ));
@@ -619,6 +572,37 @@ impl Gateway {
         }
         // No subscribers is fine.
         let _ = self.events.send(event);
+    }
+
+    /// Releases the switchboard and carries out what it decided, in order: publishes
+    /// its events, moves call handles to their new state, stops removed services.
+    fn settle(&self, mut board: MutexGuard<'_, Switchboard>) {
+        let effects = board.take_effects();
+        drop(board);
+        if effects.is_empty() {
+            return;
+        }
+        let calls = lock(&self.calls).clone();
+        for effect in effects {
+            match effect {
+                Effect::Event(event) => self.emit(event),
+                Effect::CallState(node, state) => {
+                    if let Some(handle) = Uuid::parse_str(node.name())
+                        .ok()
+                        .and_then(|id| calls.get(&id))
+                        && handle.state() != CallState::Ending
+                        && handle.state() != state
+                    {
+                        handle.set_state(state);
+                        self.emit(Event::CallState {
+                            call: handle.id,
+                            state,
+                        });
+                    }
+                }
+                Effect::Stop(service) => service.stop(),
+            }
+        }
     }
 
     /// A decoded clip, from the cache or the file (blocking I/O on first use). Refused
@@ -647,7 +631,10 @@ impl Gateway {
             },
             None,
         );
-        lock(&self.topology).install(built)?;
+        let mut board = lock(&self.switchboard);
+        let installed = board.install(built);
+        self.settle(board);
+        installed?;
         Ok(())
     }
 
@@ -685,7 +672,7 @@ impl Gateway {
         .map_err(|e| AdmitError::Media(e.to_string()))?;
         let node: CallNode = node.with_block(self.block);
 
-        lock(&self.topology).patchbay.add_node(
+        lock(&self.switchboard).add_call(
             NodeSpec {
                 node: node_ref.clone(),
                 outputs: ports::OUTPUTS.iter().map(|s| s.to_string()).collect(),
@@ -835,32 +822,30 @@ impl Gateway {
                     Some(call.clone()),
                     &self.events,
                 )?;
-                let mut topology = lock(&self.topology);
-                topology.install(built)?;
-                let first = if stereo { "in1" } else { "in" };
-                let voice = topology.patchbay.connect(
-                    call.port("voice"),
-                    recorder.port(first),
-                    0.0,
-                    PatchRole::Monitor,
-                    Some(call.clone()),
-                )?;
-                self.emit(Event::PatchCreated {
-                    patch: patch_info(&voice),
-                });
-                if stereo {
-                    let heard = topology.patchbay.connect(
-                        call.port("heard"),
-                        recorder.port("in2"),
+                let mut board = lock(&self.switchboard);
+                let patched = (|| {
+                    board.install(built)?;
+                    let first = if stereo { "in1" } else { "in" };
+                    board.connect(
+                        call.port("voice"),
+                        recorder.port(first),
                         0.0,
                         PatchRole::Monitor,
                         Some(call.clone()),
                     )?;
-                    self.emit(Event::PatchCreated {
-                        patch: patch_info(&heard),
-                    });
-                }
-                drop(topology);
+                    if stereo {
+                        board.connect(
+                            call.port("heard"),
+                            recorder.port("in2"),
+                            0.0,
+                            PatchRole::Monitor,
+                            Some(call.clone()),
+                        )?;
+                    }
+                    Ok::<_, PatchbayError>(())
+                })();
+                self.settle(board);
+                patched?;
                 tracing::info!(path = %path.display(), "recording started");
             }
             RouteAction::Play {
@@ -895,30 +880,29 @@ impl Gateway {
                     },
                     Some(call.clone()),
                 );
-                let mut topology = lock(&self.topology);
-                topology.install(built)?;
-                let patch = topology.patchbay.connect(
-                    player.port("out"),
-                    call.port("ear"),
-                    0.0,
-                    PatchRole::Normal,
-                    Some(call.clone()),
-                )?;
-                drop(topology);
-                self.emit(Event::PatchCreated {
-                    patch: patch_info(&patch),
+                let mut board = lock(&self.switchboard);
+                let patched = board.install(built).and_then(|()| {
+                    board.connect(
+                        player.port("out"),
+                        call.port("ear"),
+                        0.0,
+                        PatchRole::Normal,
+                        Some(call.clone()),
+                    )
                 });
+                self.settle(board);
+                patched?;
             }
             RouteAction::Patch {
                 voice_to,
                 ear_from,
                 gain_db,
             } => {
-                let mut topology = lock(&self.topology);
+                let mut board = lock(&self.switchboard);
                 let mut made = Vec::new();
                 let mut failures = Vec::new();
                 for sink in voice_to {
-                    match topology.patchbay.connect(
+                    match board.connect(
                         call.port("voice"),
                         sink.clone(),
                         *gain_db,
@@ -930,7 +914,7 @@ impl Gateway {
                     }
                 }
                 for source in ear_from {
-                    match topology.patchbay.connect(
+                    match board.connect(
                         source.clone(),
                         call.port("ear"),
                         *gain_db,
@@ -941,14 +925,8 @@ impl Gateway {
                         Err(e) => failures.push(e.to_string()),
                     }
                 }
-                let affected = affected_calls(&made);
-                drop(topology);
-                for patch in made {
-                    self.emit(Event::PatchCreated {
-                        patch: patch_info(&patch),
-                    });
-                }
-                self.refresh_lobby(&affected);
+                board.refresh_lobby(&affected_calls(&made));
+                self.settle(board);
                 if !failures.is_empty() {
                     return Err(ActionError::Patches(failures.join("; ")));
                 }
@@ -975,31 +953,28 @@ impl Gateway {
                         });
                     }
                 };
-                let mut topology = lock(&self.topology);
-                let inputs = topology
-                    .patchbay
+                let mut board = lock(&self.switchboard);
+                let inputs = board
+                    .patchbay()
                     .node(&broadcast)
                     .map(|entry| entry.inputs.clone())
                     .ok_or_else(|| ActionError::NodeGone {
                         node: broadcast.clone(),
                     })?;
-                let mut made = Vec::new();
-                for input in inputs {
-                    made.push(topology.patchbay.connect(
-                        call.port("voice"),
-                        broadcast.port(&input),
-                        *gain_db,
-                        PatchRole::Normal,
-                        Some(call.clone()),
-                    )?);
-                }
-                drop(topology);
-                for patch in made {
-                    self.emit(Event::PatchCreated {
-                        patch: patch_info(&patch),
-                    });
-                }
-                self.refresh_lobby(std::slice::from_ref(call));
+                let patched = inputs.iter().try_for_each(|input| {
+                    board
+                        .connect(
+                            call.port("voice"),
+                            broadcast.port(input),
+                            *gain_db,
+                            PatchRole::Normal,
+                            Some(call.clone()),
+                        )
+                        .map(drop)
+                });
+                board.refresh_lobby(std::slice::from_ref(call));
+                self.settle(board);
+                patched?;
                 tracing::info!(%broadcast, domain, "caller on air over DNS");
             }
         }
@@ -1013,14 +988,10 @@ impl Gateway {
         let root =
             codecs::aodns::ZoneRoot::parse(domain).map_err(|e| NodeError::invalid("domain", e))?;
         let existing = || {
-            lock(&self.topology)
-                .configured
-                .iter()
-                .find(|(_, (config, _))| {
-                    matches!(config, NodeConfig::Dns { domain, .. }
-                        if codecs::aodns::ZoneRoot::parse(domain).is_ok_and(|r| r == root))
-                })
-                .map(|(node, _)| node.clone())
+            lock(&self.switchboard).find_configured(|config| {
+                matches!(config, NodeConfig::Dns { domain, .. }
+                    if codecs::aodns::ZoneRoot::parse(domain).is_ok_and(|r| r == root))
+            })
         };
         if let Some(node) = existing() {
             return Ok(node);
@@ -1059,15 +1030,19 @@ impl Gateway {
     pub fn join_conference(&self, call: &NodeRef, name: &str) -> Result<(), ActionError> {
         let conference = NodeRef::new(NodeKind::Conference, name)?;
         {
-            let mut topology = lock(&self.topology);
-            if topology.patchbay.node(&conference).is_none() {
-                topology.install(crate::kinds::conference::conference_node(
+            let mut board = lock(&self.switchboard);
+            let created = if board.patchbay().node(&conference).is_none() {
+                board.install(crate::kinds::conference::conference_node(
                     conference.clone(),
                     self.resources.conference_members,
                     true,
                     self.block,
-                ))?;
-            }
+                ))
+            } else {
+                Ok(())
+            };
+            self.settle(board);
+            created?;
         }
         let k = self.take_seat(call, &conference, || ActionError::NodeGone {
             node: conference.clone(),
@@ -1084,147 +1059,31 @@ impl Gateway {
         Ok(())
     }
 
-    /// The one seat allocator of every node that seats callers (see [`Seating`](crate::kinds::Seating)): the
-    /// first free seat k of `node` gets the caller's voice on `in<k>` and feeds `out<k>`
-    /// to its ear. The patches are the call's, so they go when it ends. Returns k.
+    /// Seats `call` in `node` with the switchboard's seat allocator; `missing` is the
+    /// error when the node does not exist or seats no callers. Returns the seat.
     fn take_seat(
         &self,
         call: &NodeRef,
         node: &NodeRef,
         missing: impl FnOnce() -> ActionError,
     ) -> Result<usize, ActionError> {
-        let mut guard = lock(&self.topology);
-        let topology = &mut *guard;
-        let seating = topology
-            .services
-            .get(node)
-            .and_then(|service| service.seating());
-        let (Some(seating), Some(entry)) = (seating, topology.patchbay.node(node)) else {
-            return Err(missing());
-        };
-        let seats = seat_count(&entry.inputs);
-        let patched = patched_ports(&topology.patchbay, node);
-        let holders = topology.seat_holders.get(node);
-        // A seat held by a call that is still being seated counts as taken too.
-        let held = |k: usize| {
-            seating.held_until_hangup
-                && holders.is_some_and(|h| h.get(k - 1).is_some_and(Option::is_some))
-        };
-        let k = free_seat(&patched, seats, seating.prefixes, held).ok_or(ActionError::Full {
-            node: node.clone(),
-            seats,
-        })?;
-        let (voice, ear) = seat(&mut topology.patchbay, call, node, k)?;
-        if seating.held_until_hangup {
-            let holders = topology.seat_holders.entry(node.clone()).or_default();
-            if holders.len() < seats {
-                holders.resize(seats, None);
-            }
-            holders[k - 1] = Some(call.clone());
-        }
-        drop(guard);
-        self.seated(call, voice, ear);
-        Ok(k)
-    }
-
-    /// Announces a call's new seat patches and takes it out of the lobby.
-    fn seated(&self, call: &NodeRef, voice: PatchEntry, ear: PatchEntry) {
-        self.emit(Event::PatchCreated {
-            patch: patch_info(&voice),
-        });
-        self.emit(Event::PatchCreated {
-            patch: patch_info(&ear),
-        });
-        self.refresh_lobby(std::slice::from_ref(call));
-    }
-
-    /// Tells every node service which of its ports are patched (a jam seat is in its
-    /// room only while something is patched to it). Called after every patch change.
-    fn sync_service_ports(&self) {
-        let topology = lock(&self.topology);
-        for (node, service) in &topology.services {
-            let ports: Vec<String> = patched_ports(&topology.patchbay, node)
-                .into_iter()
-                .collect();
-            service.ports_patched(&ports);
+        let mut board = lock(&self.switchboard);
+        let seated = board.take_seat(call, node);
+        self.settle(board);
+        match seated {
+            Ok(k) => Ok(k),
+            Err(SeatError::NotSeating { .. }) => Err(missing()),
+            Err(SeatError::Full { node, seats }) => Err(ActionError::Full { node, seats }),
+            Err(SeatError::Patchbay(e)) => Err(e.into()),
         }
     }
 
     /// Brings each call's lobby patch in line with its other patches: a call with no
     /// deliberate patch hears the hold music; one with any loses it.
     pub fn refresh_lobby(&self, calls: &[NodeRef]) {
-        let hold = NodeRef::new(NodeKind::Player, HOLD_PLAYER).ok();
-        let mut changes = Vec::new();
-        {
-            let mut topology = lock(&self.topology);
-            let has_hold = hold
-                .as_ref()
-                .is_some_and(|h| topology.patchbay.node(h).is_some());
-            for call in calls {
-                if call.kind() != NodeKind::Call || topology.patchbay.node(call).is_none() {
-                    continue;
-                }
-                let deliberate = topology
-                    .patchbay
-                    .patches_of(call)
-                    .any(|p| p.role == PatchRole::Normal);
-                let lobby_patch = topology
-                    .patchbay
-                    .patches_of(call)
-                    .find(|p| p.role == PatchRole::Lobby)
-                    .map(|p| p.id);
-                match (deliberate, lobby_patch, &hold) {
-                    (true, Some(id), _) => {
-                        if topology.patchbay.disconnect(id).is_ok() {
-                            changes.push((
-                                call.clone(),
-                                CallState::Patched,
-                                Some(Event::PatchRemoved { id }),
-                            ));
-                        }
-                    }
-                    (true, None, _) => changes.push((call.clone(), CallState::Patched, None)),
-                    (false, None, Some(hold)) if has_hold => {
-                        match topology.patchbay.connect(
-                            hold.port("out"),
-                            call.port("ear"),
-                            0.0,
-                            PatchRole::Lobby,
-                            Some(call.clone()),
-                        ) {
-                            Ok(patch) => changes.push((
-                                call.clone(),
-                                CallState::Lobby,
-                                Some(Event::PatchCreated {
-                                    patch: patch_info(&patch),
-                                }),
-                            )),
-                            Err(e) => tracing::warn!(error = %e, "cannot patch hold music"),
-                        }
-                    }
-                    (false, _, _) => changes.push((call.clone(), CallState::Lobby, None)),
-                }
-            }
-        }
-        let calls = lock(&self.calls).clone();
-        for (node, state, event) in changes {
-            if let Some(event) = event {
-                self.emit(event);
-            }
-            if let Some(handle) = Uuid::parse_str(node.name())
-                .ok()
-                .and_then(|id| calls.get(&id))
-                && handle.state() != CallState::Ending
-                && handle.state() != state
-            {
-                handle.set_state(state);
-                self.emit(Event::CallState {
-                    call: handle.id,
-                    state,
-                });
-            }
-        }
-        self.sync_service_ports();
+        let mut board = lock(&self.switchboard);
+        board.refresh_lobby(calls);
+        self.settle(board);
     }
 
     /// Records a DTMF digit from a call.
@@ -1307,69 +1166,14 @@ impl Gateway {
     /// seats, and removes the nodes made for callers that it leaves empty.
     fn release_call(&self, handle: &CallHandle) {
         lock(&self.calls).retain(|_, c| !std::ptr::eq(Arc::as_ptr(c), handle));
-        let call = &handle.node;
-        let mut removed = Vec::new();
-        let mut stopped = Vec::new();
-        {
-            let mut guard = lock(&self.topology);
-            let topology = &mut *guard;
-            match topology.patchbay.remove_owned(call) {
-                Ok((patches, nodes)) => {
-                    removed.extend(patches);
-                    for node in nodes {
-                        stopped.extend(topology.services.remove(&node));
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "cannot release the call's nodes"),
-            }
-            match topology.patchbay.remove_node(call) {
-                Ok(patches) => removed.extend(patches),
-                Err(PatchbayError::UnknownNode { .. }) => {}
-                Err(e) => tracing::error!(error = %e, "cannot remove the call node"),
-            }
-            let mut emptied = Vec::new();
-            for (node, holders) in topology.seat_holders.iter_mut() {
-                for holder in holders.iter_mut() {
-                    if holder.as_ref() == Some(call) {
-                        *holder = None;
-                    }
-                }
-                let removable = topology
-                    .services
-                    .get(node)
-                    .and_then(|service| service.seating())
-                    .is_some_and(|seating| seating.removed_when_empty);
-                if removable && holders.iter().all(Option::is_none) {
-                    emptied.push(node.clone());
-                }
-            }
-            for node in &emptied {
-                if let Ok((patches, service)) = topology.uninstall(node) {
-                    removed.extend(patches);
-                    stopped.extend(service);
-                }
-            }
-        }
-        for service in stopped {
-            service.stop();
-        }
-        let affected: Vec<NodeRef> = affected_calls(&removed)
-            .into_iter()
-            .filter(|c| c != call)
-            .collect();
-        for patch in &removed {
-            self.emit(Event::PatchRemoved { id: patch.id });
-        }
-        self.refresh_lobby(&affected);
+        let mut board = lock(&self.switchboard);
+        board.release_call(&handle.node);
+        self.settle(board);
     }
 
     /// Ports of every node and the patches between them (for the API and tests).
     pub fn topology_snapshot(&self) -> (Vec<crate::patchbay::NodeEntry>, Vec<PatchEntry>) {
-        let topology = lock(&self.topology);
-        (
-            topology.patchbay.nodes().into_iter().cloned().collect(),
-            topology.patchbay.patches().cloned().collect(),
-        )
+        lock(&self.switchboard).snapshot()
     }
 
     /// Connects two ports on behalf of an operator (lobby rules apply).
@@ -1379,26 +1183,24 @@ impl Gateway {
         sink: PortRef,
         gain_db: f32,
     ) -> Result<PatchEntry, PatchbayError> {
-        let patch = lock(&self.topology).patchbay.connect(
-            source,
-            sink,
-            gain_db,
-            PatchRole::Normal,
-            None,
-        )?;
-        self.emit(Event::PatchCreated {
-            patch: patch_info(&patch),
-        });
-        self.refresh_lobby(&affected_calls(std::slice::from_ref(&patch)));
-        Ok(patch)
+        let mut board = lock(&self.switchboard);
+        let patch = board.connect(source, sink, gain_db, PatchRole::Normal, None);
+        if let Ok(patch) = &patch {
+            board.refresh_lobby(&affected_calls(std::slice::from_ref(patch)));
+        }
+        self.settle(board);
+        patch
     }
 
     /// Removes a patch on behalf of an operator.
     pub fn disconnect(&self, id: u64) -> Result<PatchEntry, PatchbayError> {
-        let patch = lock(&self.topology).patchbay.disconnect(id)?;
-        self.emit(Event::PatchRemoved { id });
-        self.refresh_lobby(&affected_calls(std::slice::from_ref(&patch)));
-        Ok(patch)
+        let mut board = lock(&self.switchboard);
+        let patch = board.disconnect(id);
+        if let Ok(patch) = &patch {
+            board.refresh_lobby(&affected_calls(std::slice::from_ref(patch)));
+        }
+        self.settle(board);
+        patch
     }
 
     /// Live calls and the totals of ended ones, read together so that every call is
@@ -1546,17 +1348,18 @@ impl Gateway {
         persistent: bool,
     ) -> Result<NodeRef, NodeError> {
         let node = NodeRef::new(config.kind(), name).map_err(|e| NodeError::invalid("name", e))?;
-        if lock(&self.topology).patchbay.node(&node).is_some() {
+        if lock(&self.switchboard).patchbay().node(&node).is_some() {
             return Err(NodeError::Exists(format!("{node} exists already")));
         }
         self.check_node_capacity()?;
         let built = self.kinds.build(&node, config, &self.resources)?;
-        lock(&self.topology)
-            .install(built)
-            .map_err(|e| NodeError::invalid("name", e))?;
-        lock(&self.topology)
-            .configured
-            .insert(node.clone(), (config.clone(), persistent));
+        let mut board = lock(&self.switchboard);
+        let installed = board.install(built);
+        if installed.is_ok() {
+            board.set_configured(&node, config.clone(), persistent);
+        }
+        self.settle(board);
+        installed.map_err(|e| NodeError::invalid("name", e))?;
         self.emit(Event::NodeCreated { node: node.clone() });
         Ok(node)
     }
@@ -1564,19 +1367,15 @@ impl Gateway {
     /// Adds a node built outside the kind registry (see [`crate::kinds`]). If the engine
     /// refuses the node, its service is stopped and the error returned.
     pub fn add_built_node(&self, built: BuiltNode) -> Result<(), PatchbayError> {
-        lock(&self.topology).install(built)
+        let mut board = lock(&self.switchboard);
+        let installed = board.install(built);
+        self.settle(board);
+        installed
     }
 
     /// Every node service, for metrics.
     pub fn node_services(&self) -> Vec<(NodeRef, Arc<dyn NodeService>)> {
-        let topology = lock(&self.topology);
-        let mut services: Vec<_> = topology
-            .services
-            .iter()
-            .map(|(node, service)| (node.clone(), Arc::clone(service)))
-            .collect();
-        services.sort_by(|a, b| a.0.cmp(&b.0));
-        services
+        lock(&self.switchboard).services()
     }
 
     /// Removes a node that is not a call, with its patches.
@@ -1587,65 +1386,41 @@ impl Gateway {
                 field: None,
             });
         }
-        let (removed, service) = lock(&self.topology).uninstall(node).map_err(|e| match e {
+        let mut board = lock(&self.switchboard);
+        let removed = board.remove_node(node);
+        self.settle(board);
+        removed.map_err(|e| match e {
             PatchbayError::UnknownNode { .. } => NodeError::NotFound(e.to_string()),
             other => NodeError::Unavailable(other.to_string()),
-        })?;
-        if let Some(service) = service {
-            service.stop();
-        }
-        for patch in &removed {
-            self.emit(Event::PatchRemoved { id: patch.id });
-        }
-        self.emit(Event::NodeRemoved { node: node.clone() });
-        self.refresh_lobby(&affected_calls(&removed));
-        Ok(())
+        })
     }
 
     /// The I/O side of a node, if it has one.
     pub fn node_service(&self, node: &NodeRef) -> Option<Arc<dyn NodeService>> {
-        lock(&self.topology).services.get(node).cloned()
+        lock(&self.switchboard).service(node)
     }
 
     /// Records a node's configuration after a live change (the node keeps running).
     pub fn set_node_config(&self, node: &NodeRef, config: NodeConfig, persistent: bool) {
-        lock(&self.topology)
-            .configured
-            .insert(node.clone(), (config, persistent));
+        lock(&self.switchboard).set_configured(node, config, persistent);
     }
 
     /// A node's API configuration and whether it is stored, if it has one.
     pub fn node_config(&self, node: &NodeRef) -> Option<(NodeConfig, bool)> {
-        lock(&self.topology).configured.get(node).cloned()
+        lock(&self.switchboard).configured(node).cloned()
     }
 
     /// Kind-specific status of a node, for the API; for a node whose seats are held
     /// until hangup, also the calls holding them (`members`).
     pub fn node_status(&self, node: &NodeRef) -> Option<serde_json::Value> {
         let (service, holders) = {
-            let topology = lock(&self.topology);
-            let service = topology.services.get(node).cloned()?;
-            let holders = service
-                .seating()
-                .is_some_and(|seating| seating.held_until_hangup)
-                .then(|| {
-                    topology
-                        .seat_holders
-                        .get(node)
-                        .map(|holders| {
-                            holders
-                                .iter()
-                                .flatten()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                        })
-                        .unwrap_or_default()
-                });
-            (service, holders)
+            let board = lock(&self.switchboard);
+            (board.service(node)?, board.seat_holders(node))
         };
         let mut status = service.status();
         if let (Some(holders), Some(object)) = (holders, status.as_object_mut()) {
-            object.insert("members".into(), serde_json::json!(holders));
+            let members: Vec<String> = holders.iter().map(ToString::to_string).collect();
+            object.insert("members".into(), serde_json::json!(members));
         }
         Some(status)
     }
@@ -1656,12 +1431,12 @@ impl Gateway {
         id: u64,
         persistent: bool,
     ) -> Result<PatchEntry, PatchbayError> {
-        lock(&self.topology).patchbay.set_persistent(id, persistent)
+        lock(&self.switchboard).set_patch_persistent(id, persistent)
     }
 
     /// Changes a patch's gain.
     pub fn set_patch_gain(&self, id: u64, gain_db: f32) -> Result<PatchEntry, PatchbayError> {
-        lock(&self.topology).patchbay.set_gain(id, gain_db)
+        lock(&self.switchboard).set_patch_gain(id, gain_db)
     }
 
     /// Records voice activity of a call; emits talk start/stop on a change.
@@ -1706,8 +1481,8 @@ impl Gateway {
     /// 5. the disk writer (every recording finalized);
     /// 6. the media clock (the PTP follower), which the AES67 threads read until 2.
     pub fn finish(&self) {
-        let services: Vec<_> = lock(&self.topology).services.drain().collect();
-        for (_, service) in services {
+        let services = lock(&self.switchboard).drain_services();
+        for service in services {
             service.stop();
         }
         self.resources.dns.stop();
@@ -1748,105 +1523,6 @@ fn call_record(handle: &CallHandle, patches: Vec<String>) -> api::store::CdrReco
     }
 }
 
-/// Seats of a node: one for each input `in<k>`.
-fn seat_count(inputs: &[String]) -> usize {
-    inputs
-        .iter()
-        .filter(|port| {
-            port.strip_prefix("in")
-                .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .count()
-}
-
-/// The ports of `node` that anything is patched to.
-fn patched_ports(patchbay: &Patchbay, node: &NodeRef) -> std::collections::HashSet<String> {
-    patchbay
-        .patches_of(node)
-        .flat_map(|p| [&p.source, &p.sink])
-        .filter(|port| port.node() == node)
-        .map(|port| port.port().to_owned())
-        .collect()
-}
-
-/// The first free seat (1-based) of `seats`, the one seat algorithm of conferences and
-/// jam rooms: a seat is free when `held(k)` says no call holds it and nothing is patched
-/// to any of its ports (`<prefix><k>` for each prefix), since a jingle or an AES67
-/// return patched there is a member too.
-fn free_seat(
-    patched: &std::collections::HashSet<String>,
-    seats: usize,
-    prefixes: &[&str],
-    held: impl Fn(usize) -> bool,
-) -> Option<usize> {
-    (1..=seats).find(|&k| {
-        !held(k)
-            && prefixes
-                .iter()
-                .all(|prefix| !patched.contains(&format!("{prefix}{k}")))
-    })
-}
-
-/// Patches `call` into seat `k` of `node`: its voice to `in<k>`, `out<k>` to its ear,
-/// both owned by the call (so the seat frees itself when the call ends). Neither patch
-/// is left behind if the other is refused.
-fn seat(
-    patchbay: &mut Patchbay,
-    call: &NodeRef,
-    node: &NodeRef,
-    k: usize,
-) -> Result<(PatchEntry, PatchEntry), ActionError> {
-    let voice = patchbay.connect(
-        call.port("voice"),
-        node.port(&format!("in{k}")),
-        0.0,
-        PatchRole::Normal,
-        Some(call.clone()),
-    )?;
-    match patchbay.connect(
-        node.port(&format!("out{k}")),
-        call.port("ear"),
-        0.0,
-        PatchRole::Normal,
-        Some(call.clone()),
-    ) {
-        Ok(ear) => Ok((voice, ear)),
-        Err(e) => {
-            let _ = patchbay.disconnect(voice.id);
-            Err(e.into())
-        }
-    }
-}
-
-/// The API's view of a patch.
-pub fn patch_info(patch: &PatchEntry) -> PatchInfo {
-    PatchInfo {
-        id: patch.id,
-        source: patch.source.clone(),
-        sink: patch.sink.clone(),
-        gain_db: patch.gain_db,
-        role: match patch.role {
-            PatchRole::Normal => api::control::PatchRole::Normal,
-            PatchRole::Lobby => api::control::PatchRole::Lobby,
-            PatchRole::Monitor => api::control::PatchRole::Monitor,
-        },
-        owner: patch.owner.clone(),
-        persistent: patch.persistent,
-    }
-}
-
-fn affected_calls(patches: &[PatchEntry]) -> Vec<NodeRef> {
-    let mut calls: Vec<NodeRef> = patches
-        .iter()
-        .flat_map(|p| [p.source.node(), p.sink.node()])
-        .filter(|n| n.kind() == NodeKind::Call)
-        .cloned()
-        .collect();
-    calls.sort();
-    calls.dedup();
-    calls
-}
-
 /// `YYYYmmddTHHMMSSZ` for a wall-clock time (recording names); times before 1970 read
 /// as 1970-01-01.
 fn format_utc(time: SystemTime) -> String {
@@ -1863,10 +1539,11 @@ pub(crate) mod tests_support {
     /// Patches `source` to `sink` as a monitor (which, like a recording, leaves a call
     /// in the lobby).
     pub(crate) fn connect_monitor(gateway: &Gateway, source: PortRef, sink: PortRef) {
-        lock(&gateway.topology)
-            .patchbay
+        let mut board = lock(&gateway.switchboard);
+        board
             .connect(source, sink, 0.0, PatchRole::Monitor, None)
             .unwrap();
+        gateway.settle(board);
     }
 }
 
@@ -2026,26 +1703,6 @@ mod tests {
         gateway.end_call(&b.handle, EndReason::Caller);
         gateway.begin_shutdown();
         gateway.finish();
-    }
-
-    #[test]
-    fn a_seat_is_free_when_no_call_holds_it_and_nothing_is_patched_to_it() {
-        let patched: std::collections::HashSet<String> = ["in1", "out2", "aux3"]
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
-        // Seats 1 and 2 have patched ports; seat 3 only its aux, which conferences lack.
-        assert_eq!(free_seat(&patched, 4, &["in", "out"], |_| false), Some(3));
-        assert_eq!(
-            free_seat(&patched, 4, &["in", "out", "aux"], |_| false),
-            Some(4)
-        );
-        assert_eq!(free_seat(&patched, 4, &["in", "out"], |k| k == 3), Some(4));
-        assert_eq!(
-            free_seat(&patched, 3, &["in", "out", "aux"], |_| false),
-            None
-        );
-        assert_eq!(free_seat(&patched, 0, &["in"], |_| false), None);
     }
 
     #[test]
