@@ -225,6 +225,24 @@ pub struct Totals {
     pub api_accept_errors: u64,
 }
 
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The media clock (a PTP follower's sockets, say) could not start.
+    #[error(transparent)]
+    Clock(#[from] crate::clock::ClockError),
+    /// One of the gateway's threads could not be started.
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    /// The recordings directory or its disk thread could not be set up.
+    #[error("cannot set up recordings: {0}")]
+    Recordings(std::io::Error),
+    /// A configured player (the hold music, say) could not be created.
+    #[error("cannot create a configured player: {0}")]
+    Player(ActionError),
+}
+
 /// Why a node could not be added or an action of a route (or a seat request) could not
 /// be applied to a call.
 #[derive(Debug, thiserror::Error)]
@@ -328,14 +346,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Gateway {
     /// Starts the engine and disk threads and creates the configured players.
-    pub fn start(config: Config) -> anyhow::Result<Arc<Gateway>> {
+    pub fn start(config: Config) -> Result<Arc<Gateway>, StartError> {
         let realtime = config.engine.realtime_priority;
         let (gateway, engine) = Gateway::assemble(config)?;
         let block_duration =
             Duration::from_nanos(gateway.block as u64 * 1_000_000_000 / u64::from(BUS_RATE.hz()));
-        let engine_thread = EngineThread::spawn(engine, block_duration, realtime)?;
+        let engine_thread = EngineThread::spawn(engine, block_duration, realtime)
+            .map_err(|e| StartError::Thread("engine", e))?;
         *lock(&gateway.engine_thread) = Some(engine_thread);
-        gateway.add_configured_players()?;
+        gateway
+            .add_configured_players()
+            .map_err(StartError::Player)?;
         Ok(gateway)
     }
 
@@ -343,14 +364,16 @@ impl Gateway {
     /// on its thread: tests step it block by block, on virtual time. Drop the engine
     /// before [`Gateway::finish`] (its reaper ends with the engine).
     #[cfg(test)]
-    pub(crate) fn start_stepped(config: Config) -> anyhow::Result<(Arc<Gateway>, Engine)> {
+    pub(crate) fn start_stepped(config: Config) -> Result<(Arc<Gateway>, Engine), StartError> {
         let (gateway, engine) = Gateway::assemble(config)?;
-        gateway.add_configured_players()?;
+        gateway
+            .add_configured_players()
+            .map_err(StartError::Player)?;
         Ok((gateway, engine))
     }
 
     /// Builds the gateway around a new engine, which is returned to be driven.
-    fn assemble(config: Config) -> anyhow::Result<(Arc<Gateway>, Engine)> {
+    fn assemble(config: Config) -> Result<(Arc<Gateway>, Engine), StartError> {
         let block = config.engine.block_samples;
         // First, so a follower that cannot open its sockets fails start-up cleanly.
         let clock = crate::clock::ClockHandle::start(&config.clock)?;
@@ -365,7 +388,8 @@ impl Gateway {
                 move |_stop| {
                     for _ in retired_rx {}
                 },
-            )?;
+            )
+            .map_err(|e| StartError::Thread("reaper", e))?;
         let engine = Engine::new(
             block,
             config.audiosocket.max_calls * 3 + 64,
@@ -375,8 +399,8 @@ impl Gateway {
         let engine_stats = engine.stats();
         let (events, _) = broadcast::channel(4096);
         let root = CancellationToken::new();
-        let recordings =
-            Recordings::start(&config.recordings.dir, config.recordings.format, block)?;
+        let recordings = Recordings::start(&config.recordings.dir, config.recordings.format, block)
+            .map_err(StartError::Recordings)?;
         let gateway = Arc::new(Gateway {
             block,
             switchboard: Mutex::new(Switchboard::new(
@@ -446,7 +470,8 @@ impl Gateway {
                         }
                     }
                 }),
-            )?;
+            )
+            .map_err(|e| StartError::Thread("voice activity", e))?;
             let _ = gateway.vad.set(hub);
         }
         Ok((gateway, engine))
