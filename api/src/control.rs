@@ -506,17 +506,17 @@ impl NodeConfig {
 
     /// Stores `setting` in a jam configuration, replacing the jammer's previous one.
     /// Fails (with why) for other kinds or when the configuration holds the most settings.
-    pub fn set_jam_mix(&mut self, setting: crate::jam::JamMixSetting) -> Result<(), String> {
+    pub fn set_jam_mix(
+        &mut self,
+        setting: crate::jam::JamMixSetting,
+    ) -> Result<(), crate::jam::MixError> {
         let NodeConfig::Jam { mix, .. } = self else {
-            return Err("only jam nodes have a mix".into());
+            return Err(crate::jam::MixError::NotJam);
         };
         if let Some(existing) = mix.iter_mut().find(|s| s.client_id == setting.client_id) {
             *existing = setting;
         } else if mix.len() >= crate::jam::MAX_MIX_SETTINGS {
-            return Err(format!(
-                "at most {} jammers can have settings",
-                crate::jam::MAX_MIX_SETTINGS
-            ));
+            return Err(crate::jam::MixError::TooManySettings);
         } else {
             mix.push(setting);
         }

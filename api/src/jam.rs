@@ -29,6 +29,21 @@ pub const DEFAULT_MAX_PACKET_RATE: u32 = 500;
 pub const MAX_PACKET_RATE: u32 = 100_000;
 /// Most per-jammer mix settings one node keeps.
 pub const MAX_MIX_SETTINGS: usize = 64;
+/// Why a jammer's mix setting could not be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MixError {
+    /// The node is not a jam room.
+    #[error("only jam nodes have a mix")]
+    NotJam,
+    /// The node keeps settings for [`MAX_MIX_SETTINGS`] jammers already.
+    #[error("at most {MAX_MIX_SETTINGS} jammers can have settings")]
+    TooManySettings,
+    /// The room's live mix table has no slot left.
+    #[error("the mix table is full")]
+    TableFull,
+}
+
 /// Highest gain of a jammer in the mix, dB (rtjam clamps its linear gain to ×8).
 pub const MAX_MIX_GAIN_DB: f32 = 18.0;
 /// Lowest gain of a jammer in the mix, dB (below is as good as muted).

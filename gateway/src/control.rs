@@ -52,8 +52,8 @@ impl GatewayControl {
         setting: api::jam::JamMixSetting,
     ) -> Result<(), ControlError> {
         let service = self.jam_service(node)?;
-        let unprocessable = |message: String| ControlError::Unprocessable {
-            message,
+        let unprocessable = |e: api::jam::MixError| ControlError::Unprocessable {
+            message: e.to_string(),
             field: Some("client_id".into()),
         };
         let (mut config, persistent) =

@@ -78,7 +78,7 @@ pub async fn set_jam_mix(
     let (mut config, persistent) = current(&state, &node)?;
     config
         .set_jam_mix(setting)
-        .map_err(|why| ApiError::unprocessable(why, Some("client_id".into())))?;
+        .map_err(|why| ApiError::unprocessable(why.to_string(), Some("client_id".into())))?;
     if persistent {
         let stored = serde_json::to_value(&config).map_err(ApiError::internal)?;
         state.store.update_node_config(&node, &stored).await?;

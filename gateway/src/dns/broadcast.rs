@@ -183,7 +183,7 @@ pub enum BroadcastError {
         /// The zone.
         domain: String,
         /// Why.
-        reason: String,
+        reason: super::ledger::SequenceError,
     },
     /// The Opus encoder refused the settings.
     #[error(transparent)]

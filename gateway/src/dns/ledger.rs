@@ -22,11 +22,34 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// Numbers reserved at once: about 3 minutes of speech (0.75 s packs), 20 of silence.
 pub const BLOCK: u64 = 256;
 
+/// Why numbers could not be reserved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SequenceError {
+    /// The numbers asked for do not fit the database's integers.
+    #[error("sequence numbers beyond the database's range")]
+    OutOfRange,
+    /// The database refused the reservation.
+    #[error("the database refused the reservation: {0}")]
+    Store(String),
+    /// The database did not answer in time.
+    #[error("the database did not answer within {} s", RESERVE_TIMEOUT.as_secs())]
+    TimedOut,
+    /// The control plane's runtime did not run the reservation.
+    #[error("the control plane did not answer")]
+    ControlPlaneGone,
+}
+
 /// Where reservations are stored (the gateway's database; see `app.rs`).
 pub trait SequenceStore: Send + Sync + 'static {
     /// Reserves `count` numbers for `domain`, at or above `at_least`; returns the
     /// first. Blocking (called from a thread that may block).
-    fn reserve_blocking(&self, domain: &str, at_least: u64, count: u64) -> Result<u64, String>;
+    fn reserve_blocking(
+        &self,
+        domain: &str,
+        at_least: u64,
+        count: u64,
+    ) -> Result<u64, SequenceError>;
 
     /// The same in the background; `done` receives the result.
     fn reserve_in_background(
@@ -34,7 +57,7 @@ pub trait SequenceStore: Send + Sync + 'static {
         domain: String,
         at_least: u64,
         count: u64,
-        done: Box<dyn FnOnce(Result<u64, String>) + Send>,
+        done: Box<dyn FnOnce(Result<u64, SequenceError>) + Send>,
     );
 }
 
@@ -61,22 +84,24 @@ async fn reserve(
     domain: String,
     at_least: u64,
     count: u64,
-) -> Result<u64, String> {
-    let at_least = i64::try_from(at_least).map_err(|e| e.to_string())?;
-    let count = i64::try_from(count).map_err(|e| e.to_string())?;
+) -> Result<u64, SequenceError> {
+    let at_least = i64::try_from(at_least).map_err(|_| SequenceError::OutOfRange)?;
+    let count = i64::try_from(count).map_err(|_| SequenceError::OutOfRange)?;
     let reservation = store.reserve_dns_sequences(&domain, at_least, count);
     match tokio::time::timeout(RESERVE_TIMEOUT, reservation).await {
-        Ok(Ok(start)) => u64::try_from(start).map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "the database did not answer within {} s",
-            RESERVE_TIMEOUT.as_secs()
-        )),
+        Ok(Ok(start)) => u64::try_from(start).map_err(|_| SequenceError::OutOfRange),
+        Ok(Err(e)) => Err(SequenceError::Store(e.to_string())),
+        Err(_) => Err(SequenceError::TimedOut),
     }
 }
 
 impl SequenceStore for StoreSequences {
-    fn reserve_blocking(&self, domain: &str, at_least: u64, count: u64) -> Result<u64, String> {
+    fn reserve_blocking(
+        &self,
+        domain: &str,
+        at_least: u64,
+        count: u64,
+    ) -> Result<u64, SequenceError> {
         let work = reserve(Arc::clone(&self.store), domain.to_owned(), at_least, count);
         // Run on the control plane's runtime and wait from this (blocking) thread.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -84,7 +109,7 @@ impl SequenceStore for StoreSequences {
             let _ = tx.send(work.await);
         });
         rx.recv_timeout(RESERVE_TIMEOUT + std::time::Duration::from_secs(1))
-            .unwrap_or_else(|_| Err("the control plane did not answer".into()))
+            .unwrap_or(Err(SequenceError::ControlPlaneGone))
     }
 
     fn reserve_in_background(
@@ -92,7 +117,7 @@ impl SequenceStore for StoreSequences {
         domain: String,
         at_least: u64,
         count: u64,
-        done: Box<dyn FnOnce(Result<u64, String>) + Send>,
+        done: Box<dyn FnOnce(Result<u64, SequenceError>) + Send>,
     ) {
         let work = reserve(Arc::clone(&self.store), domain, at_least, count);
         self.runtime.spawn(async move { done(work.await) });
@@ -106,7 +131,7 @@ struct Pending {
     /// The next block, once reserved: `start..end`.
     next_block: Option<(u64, u64)>,
     /// The last failure, for the status.
-    last_error: Option<String>,
+    last_error: Option<SequenceError>,
 }
 
 /// Hands out a broadcast's numbers. See the module documentation.
@@ -134,7 +159,10 @@ impl std::fmt::Debug for SequenceLedger {
 impl SequenceLedger {
     /// Reserves the first block for `domain` (blocking). Without a store, numbering
     /// starts at 0, as the reference does.
-    pub fn open(domain: &str, store: Option<Arc<dyn SequenceStore>>) -> Result<Self, String> {
+    pub fn open(
+        domain: &str,
+        store: Option<Arc<dyn SequenceStore>>,
+    ) -> Result<Self, SequenceError> {
         let (next, limit) = match &store {
             Some(store) => {
                 let start = store.reserve_blocking(domain, 0, BLOCK)?;
@@ -234,7 +262,7 @@ impl SequenceLedger {
     }
 
     /// The last reservation failure, if the latest attempt failed.
-    pub fn last_error(&self) -> Option<String> {
+    pub fn last_error(&self) -> Option<SequenceError> {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -258,11 +286,16 @@ mod tests {
     }
 
     impl SequenceStore for MemoryStore {
-        fn reserve_blocking(&self, domain: &str, at_least: u64, count: u64) -> Result<u64, String> {
+        fn reserve_blocking(
+            &self,
+            domain: &str,
+            at_least: u64,
+            count: u64,
+        ) -> Result<u64, SequenceError> {
             self.calls
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if self.down.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err("database down".into());
+                return Err(SequenceError::Store("database down".into()));
             }
             let mut next = self.next.lock().unwrap();
             let slot = next.entry(domain.to_owned()).or_insert(0);
@@ -276,7 +309,7 @@ mod tests {
             domain: String,
             at_least: u64,
             count: u64,
-            done: Box<dyn FnOnce(Result<u64, String>) + Send>,
+            done: Box<dyn FnOnce(Result<u64, SequenceError>) + Send>,
         ) {
             done(self.reserve_blocking(&domain, at_least, count));
         }

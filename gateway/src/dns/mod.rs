@@ -27,5 +27,5 @@ pub mod server;
 pub mod zone;
 
 pub use broadcast::{BroadcastError, BroadcastService, BroadcastSettings};
-pub use ledger::{SequenceStore, StoreSequences};
+pub use ledger::{SequenceError, SequenceStore, StoreSequences};
 pub use server::{DnsServer, DnsServerError};

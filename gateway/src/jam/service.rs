@@ -328,7 +328,7 @@ impl JamService {
     }
 
     /// Stores and applies one jammer's setting (validated by the caller).
-    pub fn set_mix(&self, setting: JamMixSetting) -> Result<(), String> {
+    pub fn set_mix(&self, setting: JamMixSetting) -> Result<(), api::jam::MixError> {
         let mut spec = lock(&self.spec);
         if let Some(existing) = spec
             .mix
@@ -337,17 +337,14 @@ impl JamService {
         {
             *existing = setting;
         } else if spec.mix.len() >= api::jam::MAX_MIX_SETTINGS {
-            return Err(format!(
-                "at most {} jammers can have settings",
-                api::jam::MAX_MIX_SETTINGS
-            ));
+            return Err(api::jam::MixError::TooManySettings);
         } else {
             spec.mix.push(setting);
         }
         if self.shared.mix.set(&setting) {
             Ok(())
         } else {
-            Err("the mix table is full".into())
+            Err(api::jam::MixError::TableFull)
         }
     }
 
