@@ -23,6 +23,13 @@ use rubato::{
 
 use crate::rate::SampleRate;
 
+mod fir;
+mod fractional;
+mod polyphase;
+
+use fractional::FractionalDelayStage;
+use polyphase::PolyphaseStage;
+
 /// Largest ratio correction accepted by [`StreamResampler::set_ratio_ppm`], in ppm (1 %).
 /// Real clock drift is tens of ppm; the headroom lets a control loop catch up quickly.
 pub const MAX_RATIO_PPM: f64 = 10_000.0;
@@ -129,30 +136,157 @@ pub enum ResampleError {
 /// A streaming mono resampler with a steerable ratio (see the module docs).
 #[derive(Debug)]
 pub struct StreamResampler {
-    inner: Async<f32>,
+    engine: Engine,
     input_rate: SampleRate,
     output_rate: SampleRate,
     /// Output rate / input rate.
     nominal_ratio: f64,
     ppm: f64,
-    /// Most input samples rubato takes per call.
+    /// Most input samples handed to the engine at once: 20 ms, the AudioSocket frame.
     chunk: usize,
+}
+
+/// How a [`StreamResampler`] converts.
+#[derive(Debug)]
+enum Engine {
+    /// Rates in a small integer ratio, [`Quality::Voice`]: shared polyphase tables plus a
+    /// fractional-delay drift stage.
+    Fixed(FixedRatio),
+    /// Any other pair, or [`Quality::High`]: rubato's asynchronous sinc.
+    Rubato(Box<RubatoEngine>),
+}
+
+/// Polyphase conversion by a fixed small-integer ratio with the drift correction on the
+/// higher-rate side: after the polyphase stage when converting up, before it when
+/// converting down (the signal there is the most oversampled, so the shortest kernel
+/// does), alone for equal rates.
+#[derive(Debug)]
+struct FixedRatio {
+    polyphase: Option<PolyphaseStage>,
+    drift: FractionalDelayStage,
+    /// Polyphase conversion factor `up / down` (1 without a polyphase stage).
+    polyphase_ratio: f64,
+    /// The drift stage runs on the input side (converting down).
+    drift_first: bool,
+}
+
+impl FixedRatio {
+    /// The engine for `input -> output`, if their ratio reduces to small integers.
+    fn new(input: SampleRate, output: SampleRate, chunk: usize) -> Option<FixedRatio> {
+        let (from, to) = (input.hz(), output.hz());
+        let common = gcd(from, to);
+        let (up, down) = ((to / common) as usize, (from / common) as usize);
+        let band = fractional::Band::of(from.min(to), from.max(to));
+        let delay_table = fractional::table(band);
+        if up == down {
+            return Some(FixedRatio {
+                polyphase: None,
+                drift: FractionalDelayStage::new(delay_table, chunk),
+                polyphase_ratio: 1.0,
+                drift_first: false,
+            });
+        }
+        let table = polyphase::table(up, down)?;
+        let polyphase_ratio = up as f64 / down as f64;
+        let drift_first = down > up;
+        let (polyphase, drift) = if drift_first {
+            let drift_out = FractionalDelayStage::max_output(chunk);
+            (
+                PolyphaseStage::new(table, drift_out),
+                FractionalDelayStage::new(delay_table, chunk),
+            )
+        } else {
+            let polyphase = PolyphaseStage::new(table, chunk);
+            let polyphase_out = polyphase.max_output(chunk);
+            (
+                polyphase,
+                FractionalDelayStage::new(delay_table, polyphase_out),
+            )
+        };
+        Some(FixedRatio {
+            polyphase: Some(polyphase),
+            drift,
+            polyphase_ratio,
+            drift_first,
+        })
+    }
+
+    /// Most outputs from `input` samples (at most one chunk) in one call.
+    fn max_output(&self, input: usize) -> usize {
+        match &self.polyphase {
+            None => FractionalDelayStage::max_output(input),
+            Some(p) if self.drift_first => p.max_output(FractionalDelayStage::max_output(input)),
+            Some(p) => FractionalDelayStage::max_output(p.max_output(input)),
+        }
+    }
+
+    /// Converts at most one chunk of input.
+    fn process_chunk(&mut self, input: &[f32], output: &mut [f32]) -> usize {
+        match &mut self.polyphase {
+            None => {
+                self.drift.push(input);
+                self.drift.run(output)
+            }
+            Some(polyphase) if self.drift_first => {
+                self.drift.push(input);
+                let produced = self.drift.run(polyphase.spare());
+                polyphase.commit(produced);
+                polyphase.run(output)
+            }
+            Some(polyphase) => {
+                polyphase.push(input);
+                let produced = polyphase.run(self.drift.spare());
+                self.drift.commit(produced);
+                self.drift.run(output)
+            }
+        }
+    }
+
+    /// Delay in output samples at a ratio correction of `ppm`.
+    fn latency(&self, ppm: f64) -> f64 {
+        let steer = 1.0 + ppm * 1e-6;
+        let drift = self.drift.delay_input() * steer;
+        match &self.polyphase {
+            None => drift,
+            Some(p) if self.drift_first => drift * self.polyphase_ratio + p.delay_output(),
+            Some(p) => (p.delay_output() + drift) * steer,
+        }
+    }
+
+    fn reset(&mut self) {
+        if let Some(p) = &mut self.polyphase {
+            p.reset();
+        }
+        self.drift.reset();
+    }
+
+    /// Heap bytes this engine owns (its tables are shared).
+    #[cfg(test)]
+    fn owned_bytes(&self) -> usize {
+        self.polyphase
+            .as_ref()
+            .map_or(0, PolyphaseStage::owned_bytes)
+            + self.drift.owned_bytes()
+    }
+}
+
+/// rubato's asynchronous sinc, fed one chunk at a time.
+#[derive(Debug)]
+struct RubatoEngine {
+    inner: Async<f32>,
     /// Chunk size rubato is currently set to (changed only for a short tail).
     current_chunk: usize,
-    /// Filter delay in input samples (see [`StreamResampler::latency`]).
+    /// Filter delay in input samples.
     delay_input: f64,
 }
 
-impl StreamResampler {
-    /// Builds a resampler from `input` to `output` (any pair of supported rates).
-    ///
-    /// Allocates all buffers and the sinc table (about 20 KiB for 8 → 48 kHz and 30 KiB for
-    /// 48 → 8 kHz with [`Quality::Voice`]; 0.3 to 0.6 ms of CPU).
-    pub fn new(
+impl RubatoEngine {
+    fn new(
         input: SampleRate,
         output: SampleRate,
         quality: Quality,
-    ) -> Result<Self, ResampleError> {
+        chunk: usize,
+    ) -> Result<RubatoEngine, ResampleError> {
         let spec = quality.spec();
         let ratio = f64::from(output.hz()) / f64::from(input.hz());
         let (lo, hi) = (input.hz().min(output.hz()), input.hz().max(output.hz()));
@@ -175,7 +309,6 @@ impl StreamResampler {
             .f_cutoff(cutoff)
             .oversampling_factor(oversampling)
             .interpolation(spec.interpolation);
-        let chunk = input.samples_in_ms(CHUNK_MS);
         let inner = Async::<f32>::new_sinc(
             ratio,
             MAX_RELATIVE_RATIO,
@@ -195,15 +328,83 @@ impl StreamResampler {
         // `make_sincs` table order). Against the ideal j/r that is a constant lag of
         // L/2 - 1/r - 1/oversampling input samples.
         let delay_input = sinc_len as f64 / 2.0 - 1.0 / ratio - 1.0 / oversampling as f64;
-        Ok(StreamResampler {
+        Ok(RubatoEngine {
             inner,
-            input_rate: input,
-            output_rate: output,
-            nominal_ratio: ratio,
-            ppm: 0.0,
-            chunk,
             current_chunk: chunk,
             delay_input,
+        })
+    }
+
+    /// Converts at most one chunk of input.
+    fn process_chunk(&mut self, input: &[f32], output: &mut [f32]) -> usize {
+        let n = input.len();
+        self.set_chunk(n);
+        let out_space = output.len();
+        let (Ok(in_buf), Ok(mut out_buf)) = (
+            InterleavedSlice::new(input, 1, n),
+            InterleavedSlice::new_mut(output, 1, out_space),
+        ) else {
+            // A mono adapter fits any slice of its own length: cannot happen.
+            return 0;
+        };
+        // rubato fails only on mis-sized buffers: the input slice is at most the chunk and
+        // the caller guarantees the output room (output_frames_max bounds every chunk).
+        // Should it ever fail, the chunk is dropped rather than the call.
+        match self.inner.process_into_buffer(&in_buf, &mut out_buf, None) {
+            Ok((_, produced)) => produced,
+            Err(e) if cfg!(debug_assertions) => panic!("rubato rejected a chunk: {e}"),
+            Err(_) => 0,
+        }
+    }
+
+    /// Sets rubato's input chunk size, only when it changes.
+    fn set_chunk(&mut self, n: usize) {
+        if n != self.current_chunk {
+            // Cannot fail: 1 <= n <= the chunk size rubato was built with.
+            if self.inner.set_chunk_size(n).is_ok() {
+                self.current_chunk = n;
+            }
+        }
+    }
+}
+
+/// Greatest common divisor.
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+impl StreamResampler {
+    /// Builds a resampler from `input` to `output` (any pair of supported rates).
+    ///
+    /// [`Quality::Voice`] between rates in a ratio of small integers (8, 12, 16, 24, 32,
+    /// 48, 96, 192 kHz against 48 kHz, and the like) allocates only the stream's history
+    /// (2 to 10 KiB); the filter tables are designed once per process and shared by every
+    /// resampler. Other pairs and [`Quality::High`] allocate rubato's buffers and sinc
+    /// table (about 20 to 30 KiB, 0.3 to 0.6 ms of CPU).
+    pub fn new(
+        input: SampleRate,
+        output: SampleRate,
+        quality: Quality,
+    ) -> Result<Self, ResampleError> {
+        let chunk = input.samples_in_ms(CHUNK_MS);
+        let fixed = match quality {
+            Quality::Voice => FixedRatio::new(input, output, chunk),
+            Quality::High => None,
+        };
+        let engine = match fixed {
+            Some(fixed) => Engine::Fixed(fixed),
+            None => Engine::Rubato(Box::new(RubatoEngine::new(input, output, quality, chunk)?)),
+        };
+        Ok(StreamResampler {
+            engine,
+            input_rate: input,
+            output_rate: output,
+            nominal_ratio: f64::from(output.hz()) / f64::from(input.hz()),
+            ppm: 0.0,
+            chunk,
         })
     }
 
@@ -218,19 +419,25 @@ impl StreamResampler {
     }
 
     /// Size `output` must have for [`process`](Self::process) to accept `input_len` input
-    /// samples, whatever the ratio steering. Slightly generous (one 20 ms chunk's worth of
-    /// slack per started chunk); 0 for 0.
+    /// samples, whatever the ratio steering. Slightly generous (a few samples of slack per
+    /// started 20 ms chunk); 0 for 0.
     pub fn max_output_len(&self, input_len: usize) -> usize {
-        input_len.div_ceil(self.chunk) * self.inner.output_frames_max()
+        let chunks = input_len.div_ceil(self.chunk);
+        match &self.engine {
+            Engine::Fixed(fixed) => chunks * fixed.max_output(self.chunk),
+            Engine::Rubato(rubato) => chunks * rubato.inner.output_frames_max(),
+        }
     }
 
     /// Resamples all of `input` into `output`, returning how many samples were written.
     ///
     /// Consumes every input sample whatever the length (0 included); output appears as
     /// soon as the filter has seen enough input, so the first [`latency`](Self::latency)
-    /// output samples of a stream are the filter's start-up, and about two input samples'
-    /// worth of output waits for the next call (rubato's look-ahead). Splitting the input
-    /// differently gives the same samples (the split may move by one). Never allocates.
+    /// output samples of a stream are the filter's start-up. Between rates in a small
+    /// integer ratio ([`Quality::Voice`]) every output whose input has arrived is written;
+    /// otherwise about two input samples' worth of output waits for the next call
+    /// (rubato's look-ahead). Splitting the input differently gives the same samples (the
+    /// split may move by one). Never allocates.
     ///
     /// # Panics
     /// If `output` is shorter than [`max_output_len`](Self::max_output_len)`(input.len())`,
@@ -243,48 +450,43 @@ impl StreamResampler {
             input.len(),
             self.max_output_len(input.len())
         );
-        let mut consumed = 0;
         let mut written = 0;
-        while consumed < input.len() {
-            let n = (input.len() - consumed).min(self.chunk);
-            self.set_chunk(n);
-            let out_space = output.len() - written;
-            let (Ok(in_buf), Ok(mut out_buf)) = (
-                InterleavedSlice::new(&input[consumed..consumed + n], 1, n),
-                InterleavedSlice::new_mut(&mut output[written..], 1, out_space),
-            ) else {
-                // A mono adapter fits any slice of its own length: cannot happen.
-                break;
+        for piece in input.chunks(self.chunk) {
+            let out = &mut output[written..];
+            written += match &mut self.engine {
+                Engine::Fixed(fixed) => fixed.process_chunk(piece, out),
+                Engine::Rubato(rubato) => rubato.process_chunk(piece, out),
             };
-            // rubato fails only on mis-sized buffers: the input slice is exactly the chunk
-            // and the assert above guarantees the output room (output_frames_max bounds
-            // every chunk). Should it ever fail, the chunk is dropped rather than the call.
-            match self.inner.process_into_buffer(&in_buf, &mut out_buf, None) {
-                Ok((_, produced)) => written += produced,
-                Err(e) if cfg!(debug_assertions) => panic!("rubato rejected a chunk: {e}"),
-                Err(_) => {}
-            }
-            consumed += n;
         }
         written
     }
 
     /// Steers the conversion ratio to `ppm` parts per million above nominal (positive:
-    /// more output per input), clamped to ±[`MAX_RATIO_PPM`]. The change is ramped over
-    /// the next chunk processed. NaN is ignored. Never allocates.
+    /// more output per input), clamped to ±[`MAX_RATIO_PPM`]. Between rates in a small
+    /// integer ratio ([`Quality::Voice`]) the new ratio applies from the next output
+    /// sample; otherwise it is ramped over the next chunk processed. NaN is ignored. Never
+    /// allocates.
     pub fn set_ratio_ppm(&mut self, ppm: f64) {
         if ppm.is_nan() {
             return;
         }
         let ppm = ppm.clamp(-MAX_RATIO_PPM, MAX_RATIO_PPM);
-        // Within MAX_RELATIVE_RATIO by construction of the clamp, so rubato accepts it;
-        // on the impossible error the previous ratio simply stays.
-        if self
-            .inner
-            .set_resample_ratio_relative(1.0 + ppm * 1e-6, true)
-            .is_ok()
-        {
-            self.ppm = ppm;
+        match &mut self.engine {
+            Engine::Fixed(fixed) => {
+                fixed.drift.set_ratio_ppm(ppm);
+                self.ppm = ppm;
+            }
+            Engine::Rubato(rubato) => {
+                // Within MAX_RELATIVE_RATIO by construction of the clamp, so rubato accepts
+                // it; on the impossible error the previous ratio simply stays.
+                if rubato
+                    .inner
+                    .set_resample_ratio_relative(1.0 + ppm * 1e-6, true)
+                    .is_ok()
+                {
+                    self.ppm = ppm;
+                }
+            }
         }
     }
 
@@ -295,28 +497,34 @@ impl StreamResampler {
 
     /// Delay through the resampler in output samples: an input event at input sample `k`
     /// shows up at output sample `k·ratio + latency()` (fractional, at the current ratio).
-    /// This is the filter's group delay; nothing waits in a queue. In wall-clock terms add
-    /// the ~2 input samples [`process`](Self::process) holds back (0.25 ms at 8 kHz).
+    /// This is the filters' group delay; nothing waits in a queue. In wall-clock terms add
+    /// what [`process`](Self::process) holds back: nothing between rates in a small
+    /// integer ratio ([`Quality::Voice`]), otherwise ~2 input samples (0.25 ms at 8 kHz).
     pub fn latency(&self) -> f64 {
-        self.delay_input * self.nominal_ratio * (1.0 + self.ppm * 1e-6)
+        match &self.engine {
+            Engine::Fixed(fixed) => fixed.latency(self.ppm),
+            Engine::Rubato(rubato) => {
+                rubato.delay_input * self.nominal_ratio * (1.0 + self.ppm * 1e-6)
+            }
+        }
     }
 
     /// Clears the filter history and the ratio correction, as if newly built. Never
     /// allocates, so a resampler can be reused for the next call.
     pub fn reset(&mut self) {
-        self.inner.reset();
-        self.ppm = 0.0;
-        self.current_chunk = self.chunk;
-    }
-
-    /// Sets rubato's input chunk size, only when it changes.
-    fn set_chunk(&mut self, n: usize) {
-        if n != self.current_chunk {
-            // Cannot fail: 1 <= n <= the chunk size rubato was built with.
-            if self.inner.set_chunk_size(n).is_ok() {
-                self.current_chunk = n;
+        match &mut self.engine {
+            Engine::Fixed(fixed) => fixed.reset(),
+            Engine::Rubato(rubato) => {
+                rubato.inner.reset();
+                rubato.current_chunk = self.chunk;
             }
         }
+        self.ppm = 0.0;
+    }
+
+    /// Input samples of silence that push the last real input out of the filter.
+    fn flush_input_len(&self) -> usize {
+        (self.latency() / self.nominal_ratio).ceil() as usize + 2 + self.chunk
     }
 }
 
@@ -337,7 +545,7 @@ pub fn resample_offline(
     let target = (input.len() as f64 * f64::from(to.hz()) / f64::from(from.hz())).round() as usize;
     let skip = r.latency().round() as usize;
     // Enough silence to push the last input sample through the filter, plus one chunk.
-    let flush = (r.delay_input.ceil() as usize + 2) + r.chunk;
+    let flush = r.flush_input_len();
     let mut out = vec![0.0f32; r.max_output_len(input.len()) + r.max_output_len(flush)];
     let mut n = r.process(input, &mut out);
     let zeros = vec![0.0f32; flush];
@@ -584,10 +792,14 @@ mod tests {
         }
     }
 
-    /// Output samples rubato holds back until the next input arrives: output j needs input
-    /// up to sample j/ratio + 2 (the sinc's look-ahead beyond its centre is in `latency`).
-    fn held_back(ratio: f64) -> f64 {
-        2.0 * ratio
+    /// Output samples `r` holds back until the next input arrives at `ratio`: none for the
+    /// fixed-ratio engine; rubato's output j needs input up to sample j/ratio + 2 (the
+    /// sinc's look-ahead beyond its centre is in `latency`).
+    fn held_back(r: &StreamResampler, ratio: f64) -> f64 {
+        match r.engine {
+            Engine::Fixed(_) => 0.0,
+            Engine::Rubato(_) => 2.0 * ratio,
+        }
     }
 
     #[test]
@@ -612,7 +824,8 @@ mod tests {
                 // Ten seconds at the steered rate (the filter delay comes out first as
                 // start-up, so it does not reduce the count).
                 let ratio = f64::from(to.hz()) / f64::from(from.hz()) * (1.0 + ppm * 1e-6);
-                let expected = 10.0 * f64::from(to.hz()) * (1.0 + ppm * 1e-6) - held_back(ratio);
+                let expected =
+                    10.0 * f64::from(to.hz()) * (1.0 + ppm * 1e-6) - held_back(&r, ratio);
                 eprintln!("{from} -> {to} {ppm:+} ppm: {total} samples, expected {expected:.1}");
                 assert!(
                     (total as f64 - expected).abs() <= 2.0,
@@ -635,7 +848,7 @@ mod tests {
         // At the clamp the ratio really is 1 % off: 48000 in -> 7920 out.
         let x = vec![0.0f32; 48_000];
         let mut out = vec![0.0f32; r.max_output_len(x.len())];
-        let n = r.process(&x, &mut out) as f64 + held_back(0.99 / 6.0);
+        let n = r.process(&x, &mut out) as f64 + held_back(&r, 0.99 / 6.0);
         assert!((n - 7920.0).abs() < 2.0, "{n}");
     }
 
@@ -785,6 +998,153 @@ mod tests {
         }
         let same = resample_offline(&[0.5, -0.5], BUS, BUS).expect("copy");
         assert_eq!(same, [0.5, -0.5]);
+    }
+
+    /// The caller rates whose ratio to the bus reduces to small integers.
+    const SMALL_RATIO_RATES: [u32; 8] = [
+        8_000, 12_000, 16_000, 24_000, 32_000, 48_000, 96_000, 192_000,
+    ];
+
+    fn fixed(r: &StreamResampler) -> &FixedRatio {
+        match &r.engine {
+            Engine::Fixed(fixed) => fixed,
+            Engine::Rubato(_) => panic!("{} -> {} runs on rubato", r.input_rate, r.output_rate),
+        }
+    }
+
+    #[test]
+    fn small_ratios_use_the_fixed_engine_and_others_rubato() {
+        for hz in SMALL_RATIO_RATES {
+            for (from, to) in [(rate(hz), BUS), (BUS, rate(hz))] {
+                let r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+                let _ = fixed(&r);
+            }
+        }
+        for (from, to, quality) in [
+            (44_100, 48_000, Quality::Voice),
+            (48_000, 44_100, Quality::Voice),
+            (8_000, 48_000, Quality::High),
+        ] {
+            let r = StreamResampler::new(rate(from), rate(to), quality).expect("resampler");
+            assert!(matches!(r.engine, Engine::Rubato(_)), "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn coefficient_tables_are_shared_and_a_resampler_owns_only_its_history() {
+        for hz in SMALL_RATIO_RATES {
+            for (from, to) in [(rate(hz), BUS), (BUS, rate(hz))] {
+                let a = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+                let b = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+                let (a, b) = (fixed(&a), fixed(&b));
+                assert!(std::ptr::eq(a.drift.table(), b.drift.table()));
+                if let (Some(pa), Some(pb)) = (&a.polyphase, &b.polyphase) {
+                    assert!(std::ptr::eq(pa.table(), pb.table()));
+                }
+                let shared =
+                    a.drift.table().bytes() + a.polyphase.as_ref().map_or(0, |p| p.table().bytes());
+                eprintln!(
+                    "{from} -> {to}: {} bytes per resampler, {shared} bytes of shared tables",
+                    a.owned_bytes()
+                );
+                // A call's two resamplers must fit in a fraction of its 64 KiB budget (20 ms
+                // of input at 192 kHz is most of the 192 kHz figure).
+                let budget = if hz <= 48_000 { 12 * 1024 } else { 32 * 1024 };
+                assert!(
+                    a.owned_bytes() <= budget,
+                    "{from} -> {to}: {}",
+                    a.owned_bytes()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn steering_by_1000_ppm_keeps_the_band_edge_clean_for_every_small_ratio_rate() {
+        // One way, either direction, either sign: a tone at 0.85 × the lower Nyquist.
+        for hz in SMALL_RATIO_RATES {
+            for (from, to) in [(rate(hz), BUS), (BUS, rate(hz))] {
+                for ppm in [1000.0, -1000.0] {
+                    let mut r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+                    r.set_ratio_ppm(ppm);
+                    let edge = (0.85 * f64::from(from.hz().min(to.hz())) / 2.0).round();
+                    let y = run(&mut r, &tone(from.samples_in_ms(700), from, edge, LEVEL));
+                    let fit = fit_sine(window(&y, to, to.samples_in_ms(50), 0.5), to).expect("fit");
+                    eprintln!(
+                        "{from} -> {to} at {ppm:+} ppm: {edge} Hz SNR {:.1} dB",
+                        fit.snr_db
+                    );
+                    assert!(
+                        fit.snr_db > 105.0,
+                        "{from} -> {to} {ppm}: {:.1} dB",
+                        fit.snr_db
+                    );
+                    let expected = edge / (1.0 + ppm * 1e-6);
+                    assert!(
+                        (fit.frequency_hz - expected).abs() < 1e-3 * edge * 0.05,
+                        "{from} -> {to} {ppm}: {} Hz",
+                        fit.frequency_hz
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn steering_starts_and_stops_without_a_step() {
+        // A slow tone through 8 -> 48 kHz: steering switched on and off mid-stream changes
+        // the read position's speed, never its place, so no sample jumps.
+        for (from, to) in [(8_000, 48_000), (48_000, 8_000), (48_000, 48_000)] {
+            let (from, to) = (rate(from), rate(to));
+            let mut r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+            let x = tone(from.samples_in_ms(600), from, 50.0, LEVEL);
+            let third = x.len() / 3;
+            let mut y = run(&mut r, &x[..third]);
+            r.set_ratio_ppm(5000.0);
+            y.extend(run(&mut r, &x[third..2 * third]));
+            r.set_ratio_ppm(0.0);
+            y.extend(run(&mut r, &x[2 * third..]));
+            // A 50 Hz tone at -6 dBFS moves at most 2π·50/fs·0.5 per sample.
+            let limit = 1.05 * TAU * 50.0 / f64::from(to.hz()) * LEVEL;
+            let worst = y
+                .windows(2)
+                .skip(to.samples_in_ms(20))
+                .map(|w| f64::from((w[1] - w[0]).abs()))
+                .fold(0.0, f64::max);
+            assert!(worst < limit, "{from} -> {to}: step {worst} > {limit}");
+        }
+    }
+
+    #[test]
+    fn processing_keeps_every_buffer_in_place() {
+        // The crate forbids unsafe code, so no counting allocator: instead, every buffer a
+        // resampler owns must keep its address and size through processing, steering and
+        // reset (a reallocation would move or grow one).
+        fn buffers(r: &StreamResampler) -> Vec<(usize, usize)> {
+            let f = fixed(r);
+            let mut v = vec![f.drift.buffer_identity()];
+            if let Some(p) = &f.polyphase {
+                v.push(p.buffer_identity());
+            }
+            v
+        }
+        for (from, to) in [(8_000, 48_000), (48_000, 8_000), (48_000, 48_000)] {
+            let (from, to) = (rate(from), rate(to));
+            let mut r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+            let before = buffers(&r);
+            let x = tone(from.samples_in_ms(500), from, 440.0, LEVEL);
+            let mut out = vec![0.0f32; r.max_output_len(x.len())];
+            for ppm in [0.0, 10_000.0, -10_000.0, 3.0] {
+                r.set_ratio_ppm(ppm);
+                for size in [1usize, 159, 160, 161, 960, 4000] {
+                    for piece in x.chunks(size).take(20) {
+                        r.process(piece, &mut out);
+                    }
+                }
+            }
+            r.reset();
+            assert_eq!(buffers(&r), before, "{from} -> {to}");
+        }
     }
 
     fn wrap(phi: f64) -> f64 {
