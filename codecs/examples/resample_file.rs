@@ -11,6 +11,8 @@
 //! ```
 
 use std::f64::consts::TAU;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -94,32 +96,63 @@ fn generate(rate: SampleRate, seconds: u32, tone_hz: Option<f64>) -> Vec<f32> {
         .collect()
 }
 
-/// Converts `input` in 20 ms frames into a small scratch buffer, as a call does, and
-/// copies each frame's output out; returns the output and the seconds spent in
-/// [`StreamResampler::process`] alone.
+/// Streams `input_path` through a resampler in 20 ms frames into `output_path` (raw I/O
+/// as sox does it, so whole-process CPU times compare); returns the seconds of audio
+/// and the seconds spent in [`StreamResampler::process`] alone.
 fn convert(
     from: SampleRate,
     to: SampleRate,
-    input: &[f32],
+    input_path: &str,
+    output_path: &str,
     ppm: f64,
-) -> Result<(Vec<f32>, f64), ToolError> {
+) -> Result<(f64, f64), ToolError> {
+    let io = |path: &str| {
+        let path = path.to_owned();
+        move |source| ToolError::Io { path, source }
+    };
+    let mut reader = BufReader::new(File::open(input_path).map_err(io(input_path))?);
+    let mut writer = BufWriter::new(File::create(output_path).map_err(io(output_path))?);
     let mut resampler = StreamResampler::new(from, to, Quality::Voice)?;
     resampler.set_ratio_ppm(ppm);
     let frame = from.samples_in_ms(20);
+    let mut bytes = vec![0u8; frame * 4];
+    let mut samples = vec![0.0f32; frame];
     let mut scratch = vec![0.0f32; resampler.max_output_len(frame)];
-    // Touched up front so page faults are not timed.
-    let mut output = vec![1.0f32; resampler.max_output_len(input.len())];
-    let mut written = 0;
-    let mut busy = 0.0;
-    for piece in input.chunks(frame) {
+    let mut out_bytes = Vec::with_capacity(scratch.len() * 4);
+    let (mut busy, mut total) = (0.0, 0usize);
+    loop {
+        let got = read_full(&mut reader, &mut bytes).map_err(io(input_path))?;
+        let n = got / 4;
+        if n == 0 {
+            break;
+        }
+        for (s, b) in samples.iter_mut().zip(bytes[..got].chunks_exact(4)) {
+            *s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
         let started = Instant::now();
-        let produced = resampler.process(piece, &mut scratch);
+        let produced = resampler.process(&samples[..n], &mut scratch);
         busy += started.elapsed().as_secs_f64();
-        output[written..written + produced].copy_from_slice(&scratch[..produced]);
-        written += produced;
+        out_bytes.clear();
+        for s in &scratch[..produced] {
+            out_bytes.extend_from_slice(&s.to_le_bytes());
+        }
+        writer.write_all(&out_bytes).map_err(io(output_path))?;
+        total += n;
     }
-    output.truncate(written);
-    Ok((output, busy))
+    writer.flush().map_err(io(output_path))?;
+    Ok((total as f64 / f64::from(from.hz()), busy))
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 fn run(args: &[String]) -> Result<(), ToolError> {
@@ -135,15 +168,14 @@ fn run(args: &[String]) -> Result<(), ToolError> {
             let (from, to) = (rate(args.get(1))?, rate(args.get(2))?);
             let (input_path, output_path) = (path(args.get(3))?, path(args.get(4))?);
             let ppm = args.get(5).map(|_| number(args.get(5))).transpose()?;
-            let input = read_f32(input_path)?;
-            let (output, seconds) = convert(from, to, &input, ppm.unwrap_or(0.0))?;
-            let audio_seconds = input.len() as f64 / f64::from(from.hz());
+            let (audio_seconds, seconds) =
+                convert(from, to, input_path, output_path, ppm.unwrap_or(0.0))?;
             println!(
                 "{:.1} us per call-second ({audio_seconds:.0} s of audio in {:.1} ms)",
                 seconds * 1e6 / audio_seconds,
                 seconds * 1e3
             );
-            write_f32(output_path, &output)
+            Ok(())
         }
         Some("snr") => {
             let fs = rate(args.get(1))?;

@@ -1,19 +1,32 @@
 //! Streaming mono sample-rate conversion between a caller's rate and the 48 kHz bus.
 //!
-//! Built on rubato's asynchronous sinc resampler (`rubato::Async`), because its ratio can
-//! be steered while running: each call's uplink and downlink cross a clock boundary
-//! (Asterisk's timer vs the patchbay clock, ARCHITECTURE.md §3), and a slow control loop
-//! on the ring-buffer fill nudges the ratio by a few ppm with [`StreamResampler::set_ratio_ppm`].
+//! Each call's uplink and downlink cross a clock boundary (Asterisk's timer vs the
+//! patchbay clock, ARCHITECTURE.md §3), so a slow control loop on the ring-buffer fill
+//! nudges the conversion ratio by a few ppm with [`StreamResampler::set_ratio_ppm`].
+//! Two engines sit behind one [`StreamResampler`]:
 //!
-//! The filter is specified relative to the lower of the two rates, so one [`Quality`]
+//! - **Fixed ratio** ([`Quality::Voice`] between rates whose ratio reduces to small
+//!   integers: 8, 12, 16, 24, 32, 96 and 192 kHz against 48 kHz, and 48 against 48). A
+//!   polyphase FIR filter (`polyphase`) converts by the exact ratio; its coefficient
+//!   tables are designed once per process and shared by every call, so a resampler owns
+//!   only a few KiB of history. Clock drift is corrected separately on the higher-rate side
+//!   (after the filter going up, before it going down) by a steerable fractional-delay
+//!   read-out (`fractional`) whose kernel is sized to how much of the band the signal
+//!   occupies; at a ratio of exactly 1 that stage is a plain delayed copy, so a call whose
+//!   clocks agree pays for the polyphase filter alone.
+//! - **rubato's asynchronous sinc** (`rubato::Async`) for every other pair (44.1 kHz and
+//!   its multiples) and for [`Quality::High`], whose ratio is steered inside the sinc
+//!   interpolation itself.
+//!
+//! Filters are specified relative to the lower of the two rates, so one [`Quality`]
 //! preset behaves the same for 8 kHz and 44.1 kHz callers; its figures are measured by the
-//! tests at the bottom of this file (SNR, aliasing, imaging, passband, delay).
+//! tests at the bottom of this file (SNR, aliasing, imaging, passband, delay, steering).
 //!
 //! Media-path discipline: everything is allocated in [`StreamResampler::new`];
 //! [`StreamResampler::process`] and [`StreamResampler::set_ratio_ppm`] never allocate.
-//! Input of any length is consumed in full: rubato is handed at most one chunk (20 ms of
-//! input) at a time, and a shorter tail is processed as a shorter chunk (rubato's
-//! `Resizable`), so no samples wait in a FIFO and the delay is the filter's alone.
+//! Input of any length is consumed in full, at most one chunk (20 ms of input) at a time
+//! (rubato processes a shorter tail as a shorter chunk, its `Resizable`), so no samples
+//! wait in a FIFO and the delay is the filters' alone.
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{
@@ -53,14 +66,19 @@ const NEAR_UNITY: f64 = 1.15;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Quality {
-    /// The call path. Passband within 0.3 dB up to 0.85 × Nyquist (3.4 kHz at 8 kHz);
-    /// tones that would fold into 0..0.85 × Nyquist are ≥ 108 dB down (aliases) and
-    /// ≥ 94 dB down (images); at 44.1 kHz, where the only possible aliases land above
-    /// 0.91 × Nyquist, ≥ 77 dB. Round-trip SNR of a 1 kHz tone ≥ 134 dB, ≥ 95 dB one way
-    /// at the band edge with the ratio steered. Delay 2.5 ms each way at 8 kHz.
-    /// About 1 ms of CPU per call-second for an 8 kHz call, both directions.
-    /// 40-tap (at the lower rate) Blackman-Harris sinc, linear interpolation over 128
-    /// sub-phases (80 taps when the rates are within 15 % of each other).
+    /// The call path. Between rates in a small integer ratio (every AudioSocket rate but
+    /// 44.1 kHz): passband within 0.16 dB up to 0.85 × Nyquist (3.4 kHz at 8 kHz); every
+    /// tone that would fold into or image onto the band from 1.15 × Nyquist up is
+    /// ≥ 111.9 dB down; round-trip SNR of a 1 kHz tone ≥ 125 dB (143-155 dB at 8-24 kHz),
+    /// ≥ 110 dB one way at the band edge with the ratio steered ±1000 ppm. Delay 2.57 ms
+    /// each way at 8 kHz, 1.41 ms at 16 kHz, 0.58 ms at 48 kHz. A 40-tap (at the lower
+    /// rate) Kaiser-windowed sinc (β 11.5, cutoff 0.96 × Nyquist) as shared polyphase
+    /// tables, plus an 8- to 56-tap fractional-delay stage for the drift.
+    ///
+    /// 44.1 kHz (rubato): passband within 0.3 dB, aliases ≥ 77 dB down (the only possible
+    /// ones land above 0.91 × Nyquist), round trip ≥ 134 dB, ≥ 95 dB steered; a 40-tap
+    /// Blackman-Harris sinc (80 taps within 15 % of 48 kHz), linear interpolation over
+    /// 128 sub-phases.
     #[default]
     Voice,
     /// Offline conversion of prompts and hold music: passband flat (< 0.01 dB) to
@@ -627,7 +645,7 @@ mod tests {
             let delay = lat_up * f64::from(hz) / 48_000.0 + lat_down;
             let skip = delay.ceil() as usize + fs.samples_in_ms(100);
             let fit = fit_sine(window(&back, fs, skip, 0.5), fs).expect("fit");
-            // Required: 80 dB. Measured 129..153 dB; 100 dB keeps a regression visible.
+            // Required: 80 dB. Measured 125..155 dB; 100 dB keeps a regression visible.
             assert!(
                 fit.snr_db >= 100.0,
                 "{hz} Hz: round-trip SNR {:.1} dB",
@@ -689,7 +707,7 @@ mod tests {
             let min = if (f64::from(hi.hz()) / lo_hz) < NEAR_UNITY {
                 70.0
             } else {
-                100.0
+                110.0
             };
             assert!(
                 db >= min,
@@ -701,7 +719,7 @@ mod tests {
     #[test]
     fn near_nyquist_folding_and_passband_for_every_caller_rate() {
         // The telephone band edge: 0.85 × Nyquist (3.4 kHz at 8 kHz) must pass within
-        // 0.3 dB both ways, and its mirror at 1.15 × Nyquist must not fold onto it.
+        // 0.2 dB both ways, and its mirror at 1.15 × Nyquist must not fold onto it.
         for hz in CALLER_RATES {
             let fs = rate(hz);
             let (hi, lo) = if hz > 48_000 { (fs, BUS) } else { (BUS, fs) };
@@ -725,11 +743,11 @@ mod tests {
                 "{hz:>6}: edge {edge} Hz gain up {gain_up:+.2} down {gain_down:+.2} dB, image -{image:.1} alias -{db:.1} dB"
             );
             assert!(
-                gain_up.abs() < 0.3 && gain_down.abs() < 0.3,
+                gain_up.abs() < 0.2 && gain_down.abs() < 0.2,
                 "{hz}: passband {gain_up} {gain_down}"
             );
             assert!(
-                image > 90.0 && db > 100.0,
+                image > 110.0 && db > 110.0,
                 "{hz}: image {image:.1} alias {db:.1}"
             );
         }
@@ -753,7 +771,7 @@ mod tests {
             let db = level_at(w, hi, 1000.0) - level_at(w, hi, image_hz);
             eprintln!("{lo} -> {hi}: image at {image_hz} Hz -{db:.1} dB");
             assert!(
-                db >= 70.0 + 30.0,
+                db >= 70.0 + 45.0,
                 "{lo} -> {hi}: image only {db:.1} dB down"
             );
         }
@@ -1112,6 +1130,35 @@ mod tests {
                 .map(|w| f64::from((w[1] - w[0]).abs()))
                 .fold(0.0, f64::max);
             assert!(worst < limit, "{from} -> {to}: step {worst} > {limit}");
+        }
+    }
+
+    #[test]
+    fn grouped_and_single_steered_outputs_agree() {
+        // Fed one sample at a time the drift stage computes every output on its own (one
+        // dot product with a horizontal sum); fed whole, four outputs at a time across
+        // SIMD lanes. Only the order of the additions differs.
+        for (from, to) in [(48_000, 48_000), (48_000, 8_000), (16_000, 48_000)] {
+            let (from, to) = (rate(from), rate(to));
+            let x = tone(from.samples_in_ms(200), from, 1234.5, LEVEL);
+            let mut whole = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+            whole.set_ratio_ppm(-777.0);
+            let reference = run(&mut whole, &x);
+            let mut single = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+            single.set_ratio_ppm(-777.0);
+            let mut y = Vec::new();
+            let mut out = vec![0.0f32; single.max_output_len(1)];
+            for sample in x.chunks(1) {
+                let n = single.process(sample, &mut out);
+                y.extend_from_slice(&out[..n]);
+            }
+            assert!(y.len().abs_diff(reference.len()) <= 1, "{from} -> {to}");
+            let worst = y
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-6, "{from} -> {to}: differs by {worst}");
         }
     }
 

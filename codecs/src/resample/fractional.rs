@@ -295,30 +295,64 @@ impl FractionalDelayStage {
         written
     }
 
-    /// The steered read-out with `ACC` accumulators (short kernels fit one SSE register;
+    /// The steered read-out. Four consecutive outputs that read four consecutive input
+    /// windows through one sub-phase (all but about one group in eight at ±1000 ppm) are
+    /// computed together, one output per SIMD lane, which needs no horizontal sums; the
+    /// rest one at a time with `ACC` accumulators (short kernels fit one SSE register,
     /// long ones need two to keep the additions from waiting on each other).
     fn interpolate<const ACC: usize>(&mut self, output: &mut [f32]) -> usize {
+        const GROUP: usize = 4;
         let table = self.table;
         let taps = table.taps;
         let weight_mask = (1u32 << table.weight_bits) - 1;
         let weight_scale = 1.0 / (1u64 << table.weight_bits) as f32;
+        let filled = self.filled;
         // Locals, so the loop does not store the position back on every output.
         let (mut newest, mut fraction, step) = (self.newest, self.fraction, self.step);
+        let advance = |newest: &mut usize, fraction: &mut u32| {
+            let advanced = u64::from(*fraction) + step;
+            *newest += (advanced >> 32) as usize;
+            *fraction = (advanced & (ONE - 1)) as u32;
+        };
         let mut written = 0;
-        for slot in output.iter_mut() {
-            if newest >= self.filled {
-                break;
-            }
+        while written < output.len() && newest < filled {
             let sub_phase = (fraction >> table.weight_bits) as usize;
-            let weight = (fraction & weight_mask) as f32 * weight_scale;
             let at = sub_phase * 2 * taps;
             let (base, slope) = table.rows[at..at + 2 * taps].split_at(taps);
+            if written + GROUP <= output.len() && newest + GROUP <= filled {
+                let mut positions = [(newest, fraction); GROUP];
+                for o in 1..GROUP {
+                    let (mut n, mut f) = positions[o - 1];
+                    advance(&mut n, &mut f);
+                    positions[o] = (n, f);
+                }
+                let consecutive = positions.iter().enumerate().all(|(o, &(n, f))| {
+                    n == newest + o && (f >> table.weight_bits) as usize == sub_phase
+                });
+                if consecutive {
+                    let weights: [f32; GROUP] = std::array::from_fn(|o| {
+                        (positions[o].1 & weight_mask) as f32 * weight_scale
+                    });
+                    let start = newest + 1 - taps;
+                    let samples = &self.buffer[start..start + taps + GROUP - 1];
+                    let mut acc = [0.0f32; GROUP];
+                    for ((b, d), window) in base.iter().zip(slope).zip(samples.windows(GROUP)) {
+                        for o in 0..GROUP {
+                            acc[o] += (b + weights[o] * d) * window[o];
+                        }
+                    }
+                    output[written..written + GROUP].copy_from_slice(&acc);
+                    written += GROUP;
+                    (newest, fraction) = positions[GROUP - 1];
+                    advance(&mut newest, &mut fraction);
+                    continue;
+                }
+            }
+            let weight = (fraction & weight_mask) as f32 * weight_scale;
             let window = &self.buffer[newest + 1 - taps..=newest];
-            *slot = interpolated_dot::<ACC>(base, slope, weight, window);
+            output[written] = interpolated_dot::<ACC>(base, slope, weight, window);
             written += 1;
-            let advanced = u64::from(fraction) + step;
-            newest += (advanced >> 32) as usize;
-            fraction = (advanced & (ONE - 1)) as u32;
+            advance(&mut newest, &mut fraction);
         }
         self.newest = newest;
         self.fraction = fraction;
