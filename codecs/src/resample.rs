@@ -7,9 +7,11 @@
 //!
 //! - **Fixed ratio** ([`Quality::Voice`] between rates whose ratio reduces to small
 //!   integers: 8, 12, 16, 24, 32, 96 and 192 kHz against 48 kHz, and 48 against 48). A
-//!   polyphase FIR filter (`polyphase`) converts by the exact ratio; its coefficient
-//!   tables are designed once per process and shared by every call, so a resampler owns
-//!   only a few KiB of history. Clock drift is corrected separately on the higher-rate side
+//!   polyphase FIR filter (`polyphase`) converts by the exact ratio; for 8 and 12 kHz
+//!   callers it runs at 24 kHz and a short half-band filter (`halfband`) takes the last
+//!   factor of 2, which halves the work of the sharp filter. The coefficient tables are
+//!   designed once per process and shared by every call, so a resampler owns only a few
+//!   KiB of history. Clock drift is corrected separately on the higher-rate side
 //!   (after the filter going up, before it going down) by a steerable fractional-delay
 //!   read-out (`fractional`) whose kernel is sized to how much of the band the signal
 //!   occupies; at a ratio of exactly 1 that stage is a plain delayed copy, so a call whose
@@ -38,9 +40,11 @@ use crate::rate::SampleRate;
 
 mod fir;
 mod fractional;
+mod halfband;
 mod polyphase;
 
 use fractional::FractionalDelayStage;
+use halfband::{HalfbandDown, HalfbandUp};
 use polyphase::PolyphaseStage;
 
 /// Largest ratio correction accepted by [`StreamResampler::set_ratio_ppm`], in ppm (1 %).
@@ -50,6 +54,9 @@ pub const MAX_RATIO_PPM: f64 = 10_000.0;
 /// How far rubato must let the ratio move; a little beyond [`MAX_RATIO_PPM`] so the clamp,
 /// not rubato, is what limits it.
 const MAX_RELATIVE_RATIO: f64 = 1.0 + 1.5 * MAX_RATIO_PPM * 1e-6;
+
+/// The bus rate, next to which the half-band stages run.
+const BUS_HZ: u32 = 48_000;
 
 /// Input chunk handed to rubato at most: 20 ms, the AudioSocket frame (audiosocket.md §5).
 const CHUNK_MS: u32 = 20;
@@ -70,10 +77,11 @@ pub enum Quality {
     /// 44.1 kHz): passband within 0.16 dB up to 0.85 × Nyquist (3.4 kHz at 8 kHz); every
     /// tone that would fold into or image onto the band from 1.15 × Nyquist up is
     /// ≥ 111.9 dB down; round-trip SNR of a 1 kHz tone ≥ 125 dB (143-155 dB at 8-24 kHz),
-    /// ≥ 110 dB one way at the band edge with the ratio steered ±1000 ppm. Delay 2.57 ms
-    /// each way at 8 kHz, 1.41 ms at 16 kHz, 0.58 ms at 48 kHz. A 40-tap (at the lower
-    /// rate) Kaiser-windowed sinc (β 11.5, cutoff 0.96 × Nyquist) as shared polyphase
-    /// tables, plus an 8- to 56-tap fractional-delay stage for the drift.
+    /// ≥ 110 dB one way at the band edge with the ratio steered ±1000 ppm. Delay 2.88 ms
+    /// each way at 8 kHz, 2.25 ms at 12 kHz, 1.41 ms at 16 kHz, 0.58 ms at 48 kHz. A
+    /// 40-tap (at the lower rate) Kaiser-windowed sinc (β 11.5, cutoff 0.96 × Nyquist)
+    /// as shared polyphase tables (with a 31-tap half-band stage next to 48 kHz for 8 and
+    /// 12 kHz), plus an 8- to 56-tap fractional-delay stage for the drift.
     ///
     /// 44.1 kHz (rubato): passband within 0.3 dB, aliases ≥ 77 dB down (the only possible
     /// ones land above 0.91 × Nyquist), round trip ≥ 134 dB, ≥ 95 dB steered; a 40-tap
@@ -169,23 +177,35 @@ pub struct StreamResampler {
 enum Engine {
     /// Rates in a small integer ratio, [`Quality::Voice`]: shared polyphase tables plus a
     /// fractional-delay drift stage.
-    Fixed(FixedRatio),
+    Fixed(Box<FixedRatio>),
     /// Any other pair, or [`Quality::High`]: rubato's asynchronous sinc.
     Rubato(Box<RubatoEngine>),
 }
 
-/// Polyphase conversion by a fixed small-integer ratio with the drift correction on the
-/// higher-rate side: after the polyphase stage when converting up, before it when
-/// converting down (the signal there is the most oversampled, so the shortest kernel
-/// does), alone for equal rates.
+/// Conversion by a fixed small-integer ratio: a polyphase stage for the exact ratio, a
+/// half-band stage between it and 48 kHz when the caller's rate is a sixth or a quarter
+/// of the higher rate (so the sharp filter runs at half the rate), and the drift
+/// correction on the higher-rate side (its signal is the most oversampled there, so the
+/// shortest kernel does). Going up the stages run polyphase, half-band, drift; going
+/// down the reverse. Equal rates have the drift stage alone.
 #[derive(Debug)]
 struct FixedRatio {
     polyphase: Option<PolyphaseStage>,
+    halfband: Option<Halfband>,
     drift: FractionalDelayStage,
     /// Polyphase conversion factor `up / down` (1 without a polyphase stage).
     polyphase_ratio: f64,
-    /// The drift stage runs on the input side (converting down).
+    /// Converting down: the drift stage runs first, on the input.
     drift_first: bool,
+    /// The drift stage's output on its way to the half-band stage (converting down).
+    scratch: Vec<f32>,
+}
+
+/// The half-band stage of a [`FixedRatio`], by direction.
+#[derive(Debug)]
+enum Halfband {
+    Up(HalfbandUp),
+    Down(HalfbandDown),
 }
 
 impl FixedRatio {
@@ -193,67 +213,140 @@ impl FixedRatio {
     fn new(input: SampleRate, output: SampleRate, chunk: usize) -> Option<FixedRatio> {
         let (from, to) = (input.hz(), output.hz());
         let common = gcd(from, to);
-        let (up, down) = ((to / common) as usize, (from / common) as usize);
+        let (mut up, mut down) = ((to / common) as usize, (from / common) as usize);
         let band = fractional::Band::of(from.min(to), from.max(to));
         let delay_table = fractional::table(band);
         if up == down {
             return Some(FixedRatio {
                 polyphase: None,
+                halfband: None,
                 drift: FractionalDelayStage::new(delay_table, chunk),
                 polyphase_ratio: 1.0,
                 drift_first: false,
+                scratch: Vec::new(),
             });
+        }
+        let drift_first = down > up;
+        // A half-band stage takes the factor 2 next to 48 kHz for the low caller rates
+        // (above 48 kHz its 20 ms buffers would cost more memory than it saves CPU).
+        let halfband_table = if from.max(to) != BUS_HZ {
+            None
+        } else if drift_first && up == 1 {
+            halfband::table(down)
+        } else if !drift_first && down == 1 {
+            halfband::table(up)
+        } else {
+            None
+        };
+        if halfband_table.is_some() {
+            if drift_first {
+                down /= 2;
+            } else {
+                up /= 2;
+            }
         }
         let table = polyphase::table(up, down)?;
         let polyphase_ratio = up as f64 / down as f64;
-        let drift_first = down > up;
-        let (polyphase, drift) = if drift_first {
-            let drift_out = FractionalDelayStage::max_output(chunk);
-            (
+        let drift_out = FractionalDelayStage::max_output(chunk);
+        let (polyphase, halfband, drift, scratch) = match (drift_first, halfband_table) {
+            (true, Some(hb)) => {
+                let halved = HalfbandDown::max_output(drift_out);
+                (
+                    PolyphaseStage::new(table, halved),
+                    Some(Halfband::Down(HalfbandDown::new(hb, drift_out))),
+                    FractionalDelayStage::new(delay_table, chunk),
+                    vec![0.0; drift_out],
+                )
+            }
+            (true, None) => (
                 PolyphaseStage::new(table, drift_out),
+                None,
                 FractionalDelayStage::new(delay_table, chunk),
-            )
-        } else {
-            let polyphase = PolyphaseStage::new(table, chunk);
-            let polyphase_out = polyphase.max_output(chunk);
-            (
-                polyphase,
-                FractionalDelayStage::new(delay_table, polyphase_out),
-            )
+                Vec::new(),
+            ),
+            (false, Some(hb)) => {
+                let polyphase = PolyphaseStage::new(table, chunk);
+                let polyphase_out = polyphase.max_output(chunk);
+                let doubled = HalfbandUp::max_output(polyphase_out);
+                (
+                    polyphase,
+                    Some(Halfband::Up(HalfbandUp::new(hb, polyphase_out))),
+                    FractionalDelayStage::new(delay_table, doubled),
+                    Vec::new(),
+                )
+            }
+            (false, None) => {
+                let polyphase = PolyphaseStage::new(table, chunk);
+                let polyphase_out = polyphase.max_output(chunk);
+                (
+                    polyphase,
+                    None,
+                    FractionalDelayStage::new(delay_table, polyphase_out),
+                    Vec::new(),
+                )
+            }
         };
         Some(FixedRatio {
             polyphase: Some(polyphase),
+            halfband,
             drift,
             polyphase_ratio,
             drift_first,
+            scratch,
         })
     }
 
     /// Most outputs from `input` samples (at most one chunk) in one call.
     fn max_output(&self, input: usize) -> usize {
-        match &self.polyphase {
-            None => FractionalDelayStage::max_output(input),
-            Some(p) if self.drift_first => p.max_output(FractionalDelayStage::max_output(input)),
-            Some(p) => FractionalDelayStage::max_output(p.max_output(input)),
+        let Some(polyphase) = &self.polyphase else {
+            return FractionalDelayStage::max_output(input);
+        };
+        match &self.halfband {
+            None if self.drift_first => {
+                polyphase.max_output(FractionalDelayStage::max_output(input))
+            }
+            None => FractionalDelayStage::max_output(polyphase.max_output(input)),
+            Some(Halfband::Down(_)) => polyphase.max_output(HalfbandDown::max_output(
+                FractionalDelayStage::max_output(input),
+            )),
+            Some(Halfband::Up(_)) => FractionalDelayStage::max_output(HalfbandUp::max_output(
+                polyphase.max_output(input),
+            )),
         }
     }
 
     /// Converts at most one chunk of input.
     fn process_chunk(&mut self, input: &[f32], output: &mut [f32]) -> usize {
-        match &mut self.polyphase {
-            None => {
-                self.drift.push(input);
-                self.drift.run(output)
-            }
-            Some(polyphase) if self.drift_first => {
+        let Some(polyphase) = &mut self.polyphase else {
+            self.drift.push(input);
+            return self.drift.run(output);
+        };
+        match &mut self.halfband {
+            None if self.drift_first => {
                 self.drift.push(input);
                 let produced = self.drift.run(polyphase.spare());
                 polyphase.commit(produced);
                 polyphase.run(output)
             }
-            Some(polyphase) => {
+            None => {
                 polyphase.push(input);
                 let produced = polyphase.run(self.drift.spare());
+                self.drift.commit(produced);
+                self.drift.run(output)
+            }
+            Some(Halfband::Down(halfband)) => {
+                self.drift.push(input);
+                let produced = self.drift.run(&mut self.scratch);
+                halfband.push(&self.scratch[..produced]);
+                let produced = halfband.run(polyphase.spare());
+                polyphase.commit(produced);
+                polyphase.run(output)
+            }
+            Some(Halfband::Up(halfband)) => {
+                polyphase.push(input);
+                let produced = polyphase.run(halfband.spare());
+                halfband.commit(produced);
+                let produced = halfband.run(self.drift.spare());
                 self.drift.commit(produced);
                 self.drift.run(output)
             }
@@ -264,10 +357,23 @@ impl FixedRatio {
     fn latency(&self, ppm: f64) -> f64 {
         let steer = 1.0 + ppm * 1e-6;
         let drift = self.drift.delay_input() * steer;
-        match &self.polyphase {
-            None => drift,
-            Some(p) if self.drift_first => drift * self.polyphase_ratio + p.delay_output(),
-            Some(p) => (p.delay_output() + drift) * steer,
+        let Some(polyphase) = &self.polyphase else {
+            return drift;
+        };
+        // In samples of the higher rate (48 kHz side).
+        let halfband = match &self.halfband {
+            Some(Halfband::Up(h)) => h.delay_higher(),
+            Some(Halfband::Down(h)) => h.delay_higher(),
+            None => 0.0,
+        };
+        if self.drift_first {
+            // Drift and half-band delays are at the input rate; the polyphase stage's input
+            // is at half that rate when a half-band stage sits between them.
+            let halving = if self.halfband.is_some() { 0.5 } else { 1.0 };
+            (drift + halfband) * halving * self.polyphase_ratio + polyphase.delay_output()
+        } else {
+            let doubling = if self.halfband.is_some() { 2.0 } else { 1.0 };
+            (polyphase.delay_output() * doubling + halfband + drift) * steer
         }
     }
 
@@ -275,16 +381,28 @@ impl FixedRatio {
         if let Some(p) = &mut self.polyphase {
             p.reset();
         }
+        match &mut self.halfband {
+            Some(Halfband::Up(h)) => h.reset(),
+            Some(Halfband::Down(h)) => h.reset(),
+            None => {}
+        }
         self.drift.reset();
     }
 
     /// Heap bytes this engine owns (its tables are shared).
     #[cfg(test)]
     fn owned_bytes(&self) -> usize {
+        let halfband = match &self.halfband {
+            Some(Halfband::Up(h)) => h.owned_bytes(),
+            Some(Halfband::Down(h)) => h.owned_bytes(),
+            None => 0,
+        };
         self.polyphase
             .as_ref()
             .map_or(0, PolyphaseStage::owned_bytes)
+            + halfband
             + self.drift.owned_bytes()
+            + std::mem::size_of_val(self.scratch.as_slice())
     }
 }
 
@@ -413,7 +531,7 @@ impl StreamResampler {
             Quality::High => None,
         };
         let engine = match fixed {
-            Some(fixed) => Engine::Fixed(fixed),
+            Some(fixed) => Engine::Fixed(Box::new(fixed)),
             None => Engine::Rubato(Box::new(RubatoEngine::new(input, output, quality, chunk)?)),
         };
         Ok(StreamResampler {
@@ -1059,15 +1177,26 @@ mod tests {
                 if let (Some(pa), Some(pb)) = (&a.polyphase, &b.polyphase) {
                     assert!(std::ptr::eq(pa.table(), pb.table()));
                 }
-                let shared =
-                    a.drift.table().bytes() + a.polyphase.as_ref().map_or(0, |p| p.table().bytes());
+                let halfband_table = |f: &FixedRatio| match &f.halfband {
+                    Some(Halfband::Up(h)) => Some(h.table()),
+                    Some(Halfband::Down(h)) => Some(h.table()),
+                    None => None,
+                };
+                if let (Some(ha), Some(hb)) = (halfband_table(a), halfband_table(b)) {
+                    assert!(std::ptr::eq(ha, hb));
+                }
+                // 8 and 12 kHz callers get a half-band stage, the others none.
+                assert_eq!(halfband_table(a).is_some(), hz == 8_000 || hz == 12_000);
+                let shared = a.drift.table().bytes()
+                    + a.polyphase.as_ref().map_or(0, |p| p.table().bytes())
+                    + halfband_table(a).map_or(0, |h| h.bytes());
                 eprintln!(
                     "{from} -> {to}: {} bytes per resampler, {shared} bytes of shared tables",
                     a.owned_bytes()
                 );
                 // A call's two resamplers must fit in a fraction of its 64 KiB budget (20 ms
                 // of input at 192 kHz is most of the 192 kHz figure).
-                let budget = if hz <= 48_000 { 12 * 1024 } else { 32 * 1024 };
+                let budget = if hz <= 48_000 { 16 * 1024 } else { 32 * 1024 };
                 assert!(
                     a.owned_bytes() <= budget,
                     "{from} -> {to}: {}",
@@ -1169,13 +1298,26 @@ mod tests {
         // reset (a reallocation would move or grow one).
         fn buffers(r: &StreamResampler) -> Vec<(usize, usize)> {
             let f = fixed(r);
-            let mut v = vec![f.drift.buffer_identity()];
+            let mut v = vec![
+                f.drift.buffer_identity(),
+                (f.scratch.as_ptr() as usize, f.scratch.len()),
+            ];
             if let Some(p) = &f.polyphase {
                 v.push(p.buffer_identity());
             }
+            match &f.halfband {
+                Some(Halfband::Up(h)) => v.push(h.buffer_identity()),
+                Some(Halfband::Down(h)) => v.push(h.buffer_identity()),
+                None => {}
+            }
             v
         }
-        for (from, to) in [(8_000, 48_000), (48_000, 8_000), (48_000, 48_000)] {
+        for (from, to) in [
+            (8_000, 48_000),
+            (48_000, 8_000),
+            (48_000, 16_000),
+            (48_000, 48_000),
+        ] {
             let (from, to) = (rate(from), rate(to));
             let mut r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
             let before = buffers(&r);

@@ -99,6 +99,25 @@ pub(super) fn interpolated_dot<const N: usize>(
     sum_lanes(acc)
 }
 
+/// Outputs computed side by side by [`sliding_dots`], one per SIMD lane.
+pub(super) const SLIDING: usize = 4;
+
+/// [`SLIDING`] dot products of `coefficients` with windows of `samples` that start one
+/// sample apart (`samples` holds `coefficients.len() + SLIDING - 1` of them): output `o`
+/// is `Σ coefficients[i] · samples[i + o]`. Each output lives in its own lane, so no
+/// horizontal sum is needed; the additions run in coefficient order.
+#[inline]
+pub(super) fn sliding_dots(coefficients: &[f32], samples: &[f32]) -> [f32; SLIDING] {
+    debug_assert_eq!(samples.len(), coefficients.len() + SLIDING - 1);
+    let mut acc = [0.0f32; SLIDING];
+    for (c, window) in coefficients.iter().zip(samples.windows(SLIDING)) {
+        for o in 0..SLIDING {
+            acc[o] += c * window[o];
+        }
+    }
+    acc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +143,17 @@ mod tests {
             .sum();
         assert!((f64::from(interpolated_dot::<8>(&a, &d, w, &b)) - plain).abs() < 1e-5);
         assert!((f64::from(interpolated_dot::<4>(&a, &d, w, &b)) - plain).abs() < 1e-5);
+    }
+
+    #[test]
+    fn sliding_dots_match_single_dots() {
+        let c: Vec<f32> = (0..16).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+        let x: Vec<f32> = (0..19).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+        let lanes = sliding_dots(&c, &x);
+        for (o, lane) in lanes.iter().enumerate() {
+            let single = dot::<4>(&c, &x[o..o + 16]);
+            assert!((lane - single).abs() < 1e-5, "{o}: {lane} vs {single}");
+        }
     }
 
     #[test]
