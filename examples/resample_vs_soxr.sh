@@ -2,11 +2,19 @@
 # Call-path resampling against soxr (docs/BENCHMARKS.md, "Resampling (call path)"):
 # converts the same raw f32 input with sox's `rate -v` (soxr, very high quality) and with
 # telepatch's StreamResampler (codecs/examples/resample_file, 20 ms frames, Quality::Voice),
-# for 8 <-> 48 kHz and 16 <-> 48 kHz. Prints the CPU time per call-second of each (user +
-# system time of the whole process, best of RUNS, both doing the same raw file I/O; for
-# telepatch also the conversion loop alone) and their ratio, then the SNR of a -6 dBFS tone
-# at 0.85 x the caller's Nyquist (3.4 kHz at 8 kHz) through each, and through telepatch
-# steered by +1000 ppm.
+# for 8 <-> 48 kHz and 16 <-> 48 kHz, and prints CPU time (user + system, best of RUNS)
+# per call-second, in microseconds:
+#   soxr      the whole sox process converting (raw input, raw output)
+#   sox I/O   the same process copying instead: half of copying the input plus half of
+#             copying the output (as many samples read and written as the conversion)
+#   soxr net  soxr minus its I/O: the resampling
+#   ours      telepatch's conversion loop alone (the CPU time of its 20 ms process()
+#             calls), and soxr net / ours
+#   +1000ppm  the same loop steered by +1000 ppm (drift correction working), and the ratio
+#   ours all  the whole resample_file process (reading, converting, writing)
+# Then the SNR of a -6 dBFS tone at 0.85 x the caller's Nyquist (3.4 kHz at 8 kHz)
+# through each, and through telepatch steered by +1000 ppm. CPU times, not wall time, so
+# other work on the machine inflates them less (it still shares caches and cores).
 #
 # usage: examples/resample_vs_soxr.sh [SECONDS] [RUNS]     (defaults 600 and 3)
 set -euo pipefail
@@ -36,23 +44,47 @@ cpu_seconds() {
     echo "$best"
 }
 
+# sox arguments copying raw mono f32 IN at RATE Hz to OUT unchanged.
+copy_args() { # RATE IN OUT
+    echo -t raw -r "$1" -e floating-point -b 32 -c 1 -L "$2" \
+        -t raw -e floating-point -b 32 -L "$3"
+}
+
+# Lowest time per call-second of telepatch's conversion loop alone over `runs` runs.
+best_loop() { # FROM TO PPM
+    for _ in $(seq "$runs"); do
+        "$tool" convert "$1" "$2" "$work/in.f32" "$work/ours.f32" "$3" | awk '{ print $1 }'
+    done | sort -n | head -1
+}
+
 # sox arguments converting raw mono f32 IN at FROM Hz to OUT at TO Hz with soxr VHQ.
 soxr_args() { # FROM TO IN OUT
     echo -t raw -r "$1" -e floating-point -b 32 -c 1 -L "$3" \
         -t raw -e floating-point -b 32 -L "$4" rate -v "$2"
 }
 
-printf '%-14s %12s %12s %10s %16s\n' direction "soxr us/s" "ours us/s" "ratio" "ours loop us/s"
+printf '%-14s %9s %9s %9s %9s %7s %9s %7s %9s\n' direction "soxr" "sox I/O" \
+    "soxr net" "ours" ratio "+1000ppm" ratio "ours all"
 for pair in "8000 48000" "48000 8000" "16000 48000" "48000 16000"; do
     read -r from to <<<"$pair"
     "$tool" generate "$from" "$seconds" "$work/in.f32"
     # shellcheck disable=SC2046 # the arguments are words without spaces
     sox_cpu=$(cpu_seconds sox $(soxr_args "$from" "$to" "$work/in.f32" "$work/sox.f32"))
+    # sox's raw I/O alone: half of copying the input plus half of copying the output
+    # (one reads and writes as many samples as the conversion reads, the other as many as
+    # it writes).
+    # shellcheck disable=SC2046
+    copy_in=$(cpu_seconds sox $(copy_args "$from" "$work/in.f32" "$work/copy.f32"))
+    # shellcheck disable=SC2046
+    copy_out=$(cpu_seconds sox $(copy_args "$to" "$work/sox.f32" "$work/copy.f32"))
     our_cpu=$(cpu_seconds "$tool" convert "$from" "$to" "$work/in.f32" "$work/ours.f32")
-    loop=$(awk '{ print $1 }' "$work/stdout")
-    awk -v d="$((from / 1000)) -> $((to / 1000)) kHz" -v s="$sox_cpu" -v o="$our_cpu" \
-        -v n="$seconds" -v l="$loop" \
-        'BEGIN { printf "%-14s %12.0f %12.0f %9.1fx %16.0f\n", d, s * 1e6 / n, o * 1e6 / n, s / o, l }'
+    loop=$(best_loop "$from" "$to" 0)
+    steered=$(best_loop "$from" "$to" 1000)
+    awk -v d="$((from / 1000)) -> $((to / 1000)) kHz" -v s="$sox_cpu" -v ci="$copy_in" \
+        -v co="$copy_out" -v o="$our_cpu" -v n="$seconds" -v l="$loop" -v st="$steered" \
+        'BEGIN { io = (ci + co) / 2; net = (s - io) * 1e6 / n
+                 printf "%-14s %9.0f %9.0f %9.0f %9.0f %6.1fx %9.0f %6.1fx %9.0f\n",
+                 d, s * 1e6 / n, io * 1e6 / n, net, l, net / l, st, net / st, o * 1e6 / n }'
 done
 
 echo

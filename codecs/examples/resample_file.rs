@@ -1,6 +1,7 @@
 //! Converts a raw mono f32 (little-endian) file with the call path's
 //! [`StreamResampler`] in 20 ms frames, the way a call's uplink or downlink does, and
-//! prints the CPU time of the conversion alone per second of audio. Also makes the test
+//! prints the CPU time of the conversion loop alone (this thread's time on a CPU, from
+//! Linux's schedstat) per second of audio. Also makes the test
 //! signals and measures a tone's SNR in a raw file, so `examples/resample_vs_soxr.sh`
 //! can compare the result with soxr on the same input.
 //!
@@ -11,10 +12,7 @@
 //! ```
 
 use std::f64::consts::TAU;
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use codecs::measure::fit_sine;
 use codecs::rate::{SampleRate, UnsupportedRate};
@@ -96,63 +94,43 @@ fn generate(rate: SampleRate, seconds: u32, tone_hz: Option<f64>) -> Vec<f32> {
         .collect()
 }
 
-/// Streams `input_path` through a resampler in 20 ms frames into `output_path` (raw I/O
-/// as sox does it, so whole-process CPU times compare); returns the seconds of audio
-/// and the seconds spent in [`StreamResampler::process`] alone.
+/// Converts `input` in 20 ms frames, each into a small scratch buffer and from there into
+/// the output, the way a call feeds its ring; returns the output and the CPU seconds the
+/// loop took (this thread's time on a CPU, so time spent preempted by other work on the
+/// machine is not counted).
 fn convert(
     from: SampleRate,
     to: SampleRate,
-    input_path: &str,
-    output_path: &str,
+    input: &[f32],
     ppm: f64,
-) -> Result<(f64, f64), ToolError> {
-    let io = |path: &str| {
-        let path = path.to_owned();
-        move |source| ToolError::Io { path, source }
-    };
-    let mut reader = BufReader::new(File::open(input_path).map_err(io(input_path))?);
-    let mut writer = BufWriter::new(File::create(output_path).map_err(io(output_path))?);
+) -> Result<(Vec<f32>, f64), ToolError> {
     let mut resampler = StreamResampler::new(from, to, Quality::Voice)?;
     resampler.set_ratio_ppm(ppm);
     let frame = from.samples_in_ms(20);
-    let mut bytes = vec![0u8; frame * 4];
-    let mut samples = vec![0.0f32; frame];
     let mut scratch = vec![0.0f32; resampler.max_output_len(frame)];
-    let mut out_bytes = Vec::with_capacity(scratch.len() * 4);
-    let (mut busy, mut total) = (0.0, 0usize);
-    loop {
-        let got = read_full(&mut reader, &mut bytes).map_err(io(input_path))?;
-        let n = got / 4;
-        if n == 0 {
-            break;
-        }
-        for (s, b) in samples.iter_mut().zip(bytes[..got].chunks_exact(4)) {
-            *s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        let started = Instant::now();
-        let produced = resampler.process(&samples[..n], &mut scratch);
-        busy += started.elapsed().as_secs_f64();
-        out_bytes.clear();
-        for s in &scratch[..produced] {
-            out_bytes.extend_from_slice(&s.to_le_bytes());
-        }
-        writer.write_all(&out_bytes).map_err(io(output_path))?;
-        total += n;
+    // Touched up front so page faults are not timed.
+    let mut output = vec![1.0f32; resampler.max_output_len(input.len())];
+    let mut written = 0;
+    let started = thread_cpu_seconds()?;
+    for piece in input.chunks(frame) {
+        let produced = resampler.process(piece, &mut scratch);
+        output[written..written + produced].copy_from_slice(&scratch[..produced]);
+        written += produced;
     }
-    writer.flush().map_err(io(output_path))?;
-    Ok((total as f64 / f64::from(from.hz()), busy))
+    let busy = thread_cpu_seconds()? - started;
+    output.truncate(written);
+    Ok((output, busy))
 }
 
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
+/// This thread's CPU time so far (Linux `schedstat`, nanoseconds).
+fn thread_cpu_seconds() -> Result<f64, ToolError> {
+    const PATH: &str = "/proc/thread-self/schedstat";
+    let text = std::fs::read_to_string(PATH).map_err(|source| ToolError::Io {
+        path: PATH.to_owned(),
+        source,
+    })?;
+    let nanos: f64 = number(text.split_whitespace().next().map(str::to_owned).as_ref())?;
+    Ok(nanos * 1e-9)
 }
 
 fn run(args: &[String]) -> Result<(), ToolError> {
@@ -168,8 +146,10 @@ fn run(args: &[String]) -> Result<(), ToolError> {
             let (from, to) = (rate(args.get(1))?, rate(args.get(2))?);
             let (input_path, output_path) = (path(args.get(3))?, path(args.get(4))?);
             let ppm = args.get(5).map(|_| number(args.get(5))).transpose()?;
-            let (audio_seconds, seconds) =
-                convert(from, to, input_path, output_path, ppm.unwrap_or(0.0))?;
+            let input = read_f32(input_path)?;
+            let (output, seconds) = convert(from, to, &input, ppm.unwrap_or(0.0))?;
+            write_f32(output_path, &output)?;
+            let audio_seconds = input.len() as f64 / f64::from(from.hz());
             println!(
                 "{:.1} us per call-second ({audio_seconds:.0} s of audio in {:.1} ms)",
                 seconds * 1e6 / audio_seconds,

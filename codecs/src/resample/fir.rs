@@ -110,7 +110,8 @@ pub(super) const SLIDING: usize = 4;
 pub(super) fn sliding_dots(coefficients: &[f32], samples: &[f32]) -> [f32; SLIDING] {
     debug_assert_eq!(samples.len(), coefficients.len() + SLIDING - 1);
     let mut acc = [0.0f32; SLIDING];
-    for (c, window) in coefficients.iter().zip(samples.windows(SLIDING)) {
+    for (i, c) in coefficients.iter().enumerate() {
+        let window = &samples[i..i + SLIDING];
         for o in 0..SLIDING {
             acc[o] += c * window[o];
         }

@@ -320,31 +320,35 @@ impl FractionalDelayStage {
             let at = sub_phase * 2 * taps;
             let (base, slope) = table.rows[at..at + 2 * taps].split_at(taps);
             if written + GROUP <= output.len() && newest + GROUP <= filled {
-                let mut positions = [(newest, fraction); GROUP];
-                for o in 1..GROUP {
-                    let (mut n, mut f) = positions[o - 1];
-                    advance(&mut n, &mut f);
-                    positions[o] = (n, f);
-                }
-                let consecutive = positions.iter().enumerate().all(|(o, &(n, f))| {
-                    n == newest + o && (f >> table.weight_bits) as usize == sub_phase
-                });
-                if consecutive {
-                    let weights: [f32; GROUP] = std::array::from_fn(|o| {
-                        (positions[o].1 & weight_mask) as f32 * weight_scale
-                    });
+                // Output k of the group sits at fraction + k·step (fixed point): the group
+                // reads consecutive windows if its integer part advances by exactly k, and
+                // one sub-phase if the first and last fractions share it (the fractions
+                // move monotonically).
+                let last = u64::from(fraction) + (GROUP as u64 - 1) * step;
+                let second = u64::from(fraction) + step;
+                let last_fraction = (last & (ONE - 1)) as u32;
+                if second >> 32 == 1
+                    && last >> 32 == GROUP as u64 - 1
+                    && last_fraction >> table.weight_bits == fraction >> table.weight_bits
+                {
+                    let first_weight = (fraction & weight_mask) as f32 * weight_scale;
+                    let weight_step = (step as f64 - ONE as f64) as f32 * weight_scale;
+                    let weights: [f32; GROUP] =
+                        std::array::from_fn(|k| first_weight + k as f32 * weight_step);
                     let start = newest + 1 - taps;
                     let samples = &self.buffer[start..start + taps + GROUP - 1];
                     let mut acc = [0.0f32; GROUP];
-                    for ((b, d), window) in base.iter().zip(slope).zip(samples.windows(GROUP)) {
-                        for o in 0..GROUP {
-                            acc[o] += (b + weights[o] * d) * window[o];
+                    for (i, (b, d)) in base.iter().zip(slope).enumerate() {
+                        let window = &samples[i..i + GROUP];
+                        for k in 0..GROUP {
+                            acc[k] += (b + weights[k] * d) * window[k];
                         }
                     }
                     output[written..written + GROUP].copy_from_slice(&acc);
                     written += GROUP;
-                    (newest, fraction) = positions[GROUP - 1];
-                    advance(&mut newest, &mut fraction);
+                    let next = u64::from(fraction) + GROUP as u64 * step;
+                    newest += (next >> 32) as usize;
+                    fraction = (next & (ONE - 1)) as u32;
                     continue;
                 }
             }
