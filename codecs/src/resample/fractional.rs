@@ -183,6 +183,34 @@ pub(super) fn table(band: Band) -> &'static DelayTable {
     })
 }
 
+/// Outputs of the drift stage computed side by side, one per SIMD lane.
+const GROUP: usize = 4;
+
+/// [`GROUP`] outputs whose windows start one sample apart, all from one sub-phase row
+/// (`base`, `slope`) at their own `weights`: output `k` is
+/// `Σ (base[i] + weights[k] · slope[i]) · samples[i + k]`. `TAPS` is the row length as
+/// a constant (0: any length).
+#[inline]
+fn group_dots<const TAPS: usize>(
+    base: &[f32],
+    slope: &[f32],
+    weights: [f32; GROUP],
+    samples: &[f32],
+) -> [f32; GROUP] {
+    let taps = if TAPS == 0 { base.len() } else { TAPS };
+    let (base, slope) = (&base[..taps], &slope[..taps]);
+    let samples = &samples[..taps + GROUP - 1];
+    let mut acc = [0.0f32; GROUP];
+    for i in 0..taps {
+        let (b, d) = (base[i], slope[i]);
+        let window = &samples[i..i + GROUP];
+        for k in 0..GROUP {
+            acc[k] += (b + weights[k] * d) * window[k];
+        }
+    }
+    acc
+}
+
 /// One steerable stream through a [`DelayTable`].
 #[derive(Debug)]
 pub(super) struct FractionalDelayStage {
@@ -301,7 +329,6 @@ impl FractionalDelayStage {
     /// rest one at a time with `ACC` accumulators (short kernels fit one SSE register,
     /// long ones need two to keep the additions from waiting on each other).
     fn interpolate<const ACC: usize>(&mut self, output: &mut [f32]) -> usize {
-        const GROUP: usize = 4;
         let table = self.table;
         let taps = table.taps;
         let weight_mask = (1u32 << table.weight_bits) - 1;
@@ -337,13 +364,12 @@ impl FractionalDelayStage {
                         std::array::from_fn(|k| first_weight + k as f32 * weight_step);
                     let start = newest + 1 - taps;
                     let samples = &self.buffer[start..start + taps + GROUP - 1];
-                    let mut acc = [0.0f32; GROUP];
-                    for (i, (b, d)) in base.iter().zip(slope).enumerate() {
-                        let window = &samples[i..i + GROUP];
-                        for k in 0..GROUP {
-                            acc[k] += (b + weights[k] * d) * window[k];
-                        }
-                    }
+                    // The common kernel lengths as constants, so the loop unrolls.
+                    let acc = match taps {
+                        8 => group_dots::<8>(base, slope, weights, samples),
+                        16 => group_dots::<16>(base, slope, weights, samples),
+                        _ => group_dots::<0>(base, slope, weights, samples),
+                    };
                     output[written..written + GROUP].copy_from_slice(&acc);
                     written += GROUP;
                     let next = u64::from(fraction) + GROUP as u64 * step;
