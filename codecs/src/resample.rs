@@ -80,8 +80,8 @@ pub enum Quality {
     /// ≥ 110 dB one way at the band edge with the ratio steered ±1000 ppm. Delay 2.88 ms
     /// each way at 8 kHz, 2.25 ms at 12 kHz, 1.41 ms at 16 kHz, 0.58 ms at 48 kHz. A
     /// 40-tap (at the lower rate) Kaiser-windowed sinc (β 11.5, cutoff 0.96 × Nyquist)
-    /// as shared polyphase tables (with a 31-tap half-band stage next to 48 kHz for 8 and
-    /// 12 kHz), plus an 8- to 56-tap fractional-delay stage for the drift.
+    /// as shared polyphase tables (with a 31- or 43-tap half-band stage next to 48 kHz
+    /// for 8 and 12 kHz), plus an 8- to 56-tap fractional-delay stage for the drift.
     ///
     /// 44.1 kHz (rubato): passband within 0.3 dB, aliases ≥ 77 dB down (the only possible
     /// ones land above 0.91 × Nyquist), round trip ≥ 134 dB, ≥ 95 dB steered; a 40-tap
@@ -517,8 +517,8 @@ impl StreamResampler {
     ///
     /// [`Quality::Voice`] between rates in a ratio of small integers (8, 12, 16, 24, 32,
     /// 48, 96, 192 kHz against 48 kHz, and the like) allocates only the stream's history
-    /// (2 to 10 KiB); the filter tables are designed once per process and shared by every
-    /// resampler. Other pairs and [`Quality::High`] allocate rubato's buffers and sinc
+    /// (4 to 14 KiB up to 48 kHz, 31 KiB from 192 kHz); the filter tables are designed
+    /// once per process and shared by every resampler. Other pairs and [`Quality::High`] allocate rubato's buffers and sinc
     /// table (about 20 to 30 KiB, 0.3 to 0.6 ms of CPU).
     pub fn new(
         input: SampleRate,

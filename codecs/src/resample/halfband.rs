@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 
 use super::fir::{LANES, SLIDING, dot, kaiser, sinc, sliding_dots};
 
-/// Rejection of the mirror image, dB.
+/// Design target for the rejection of the mirror image, dB (Kaiser's estimate; the tests
+/// measure 118.7 dB with 31 taps for 8 kHz callers and 123.6 dB with 43 for 12 kHz).
 const STOPBAND_DB: f64 = 125.0;
 
 /// The coefficients of one half-band filter at the higher rate.
