@@ -1,7 +1,8 @@
 //! Cost of the call-path resampler ([`Quality::Voice`]): one call-second converted in
 //! 20 ms frames, the way a call's uplink (caller rate -> 48 kHz) and downlink
 //! (48 kHz -> caller rate) run it, plus building one resampler (per call set-up) and the
-//! offline preset for comparison. Throughput is reported per input sample; the time per
+//! offline preset for comparison, and the call path with its ratio steered by +1000 ppm
+//! (drift correction working). Throughput is reported per input sample; the time per
 //! iteration is the cost of one call-second in one direction.
 
 use std::hint::black_box;
@@ -61,6 +62,29 @@ fn bench_call_second(c: &mut Criterion) {
                 })
             });
         }
+    }
+    // The drift correction working: the same call-second with the ratio steered.
+    for (from, to) in [(8_000, 48_000), (48_000, 8_000)] {
+        let (from, to) = (
+            SampleRate::new(from).expect("rate"),
+            SampleRate::new(to).expect("rate"),
+        );
+        let input = call_second(from);
+        let frame = from.samples_in_ms(20);
+        let mut r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+        r.set_ratio_ppm(1000.0);
+        let mut out = vec![0.0f32; r.max_output_len(frame)];
+        group.throughput(Throughput::Elements(input.len() as u64));
+        let name = format!("Voice+1000ppm/{}k->{}k", from.hz() / 1000, to.hz() / 1000);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut produced = 0;
+                for f in input.chunks(frame) {
+                    produced += r.process(black_box(f), &mut out);
+                }
+                black_box(produced)
+            })
+        });
     }
     group.finish();
 }

@@ -1,19 +1,34 @@
 //! Streaming mono sample-rate conversion between a caller's rate and the 48 kHz bus.
 //!
-//! Built on rubato's asynchronous sinc resampler (`rubato::Async`), because its ratio can
-//! be steered while running: each call's uplink and downlink cross a clock boundary
-//! (Asterisk's timer vs the patchbay clock, ARCHITECTURE.md §3), and a slow control loop
-//! on the ring-buffer fill nudges the ratio by a few ppm with [`StreamResampler::set_ratio_ppm`].
+//! Each call's uplink and downlink cross a clock boundary (Asterisk's timer vs the
+//! patchbay clock, ARCHITECTURE.md §3), so a slow control loop on the ring-buffer fill
+//! nudges the conversion ratio by a few ppm with [`StreamResampler::set_ratio_ppm`].
+//! Two engines sit behind one [`StreamResampler`]:
 //!
-//! The filter is specified relative to the lower of the two rates, so one [`Quality`]
+//! - **Fixed ratio** ([`Quality::Voice`] between rates whose ratio reduces to small
+//!   integers: 8, 12, 16, 24, 32, 96 and 192 kHz against 48 kHz, and 48 against 48). A
+//!   polyphase FIR filter (`polyphase`) converts by the exact ratio; for 8 and 12 kHz
+//!   callers it runs at 24 kHz and a short half-band filter (`halfband`) takes the last
+//!   factor of 2, which halves the work of the sharp filter. The coefficient tables are
+//!   designed once per process and shared by every call, so a resampler owns only a few
+//!   KiB of history. Clock drift is corrected separately on the higher-rate side
+//!   (after the filter going up, before it going down) by a steerable fractional-delay
+//!   read-out (`fractional`) whose kernel is sized to how much of the band the signal
+//!   occupies; at a ratio of exactly 1 that stage is a plain delayed copy, so a call whose
+//!   clocks agree pays for the polyphase filter alone.
+//! - **rubato's asynchronous sinc** (`rubato::Async`) for every other pair (44.1 kHz and
+//!   its multiples) and for [`Quality::High`], whose ratio is steered inside the sinc
+//!   interpolation itself.
+//!
+//! Filters are specified relative to the lower of the two rates, so one [`Quality`]
 //! preset behaves the same for 8 kHz and 44.1 kHz callers; its figures are measured by the
-//! tests at the bottom of this file (SNR, aliasing, imaging, passband, delay).
+//! tests at the bottom of this file (SNR, aliasing, imaging, passband, delay, steering).
 //!
 //! Media-path discipline: everything is allocated in [`StreamResampler::new`];
 //! [`StreamResampler::process`] and [`StreamResampler::set_ratio_ppm`] never allocate.
-//! Input of any length is consumed in full: rubato is handed at most one chunk (20 ms of
-//! input) at a time, and a shorter tail is processed as a shorter chunk (rubato's
-//! `Resizable`), so no samples wait in a FIFO and the delay is the filter's alone.
+//! Input of any length is consumed in full, at most one chunk (20 ms of input) at a time
+//! (rubato processes a shorter tail as a shorter chunk, its `Resizable`), so no samples
+//! wait in a FIFO and the delay is the filters' alone.
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{
@@ -23,6 +38,15 @@ use rubato::{
 
 use crate::rate::SampleRate;
 
+mod fir;
+mod fractional;
+mod halfband;
+mod polyphase;
+
+use fractional::FractionalDelayStage;
+use halfband::{HalfbandDown, HalfbandUp};
+use polyphase::PolyphaseStage;
+
 /// Largest ratio correction accepted by [`StreamResampler::set_ratio_ppm`], in ppm (1 %).
 /// Real clock drift is tens of ppm; the headroom lets a control loop catch up quickly.
 pub const MAX_RATIO_PPM: f64 = 10_000.0;
@@ -30,6 +54,9 @@ pub const MAX_RATIO_PPM: f64 = 10_000.0;
 /// How far rubato must let the ratio move; a little beyond [`MAX_RATIO_PPM`] so the clamp,
 /// not rubato, is what limits it.
 const MAX_RELATIVE_RATIO: f64 = 1.0 + 1.5 * MAX_RATIO_PPM * 1e-6;
+
+/// The bus rate, next to which the half-band stages run.
+const BUS_HZ: u32 = 48_000;
 
 /// Input chunk handed to rubato at most: 20 ms, the AudioSocket frame (audiosocket.md §5).
 const CHUNK_MS: u32 = 20;
@@ -46,14 +73,20 @@ const NEAR_UNITY: f64 = 1.15;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Quality {
-    /// The call path. Passband within 0.3 dB up to 0.85 × Nyquist (3.4 kHz at 8 kHz);
-    /// tones that would fold into 0..0.85 × Nyquist are ≥ 108 dB down (aliases) and
-    /// ≥ 94 dB down (images); at 44.1 kHz, where the only possible aliases land above
-    /// 0.91 × Nyquist, ≥ 77 dB. Round-trip SNR of a 1 kHz tone ≥ 134 dB, ≥ 95 dB one way
-    /// at the band edge with the ratio steered. Delay 2.5 ms each way at 8 kHz.
-    /// About 1 ms of CPU per call-second for an 8 kHz call, both directions.
-    /// 40-tap (at the lower rate) Blackman-Harris sinc, linear interpolation over 128
-    /// sub-phases (80 taps when the rates are within 15 % of each other).
+    /// The call path. Between rates in a small integer ratio (every AudioSocket rate but
+    /// 44.1 kHz): passband within 0.16 dB up to 0.85 × Nyquist (3.4 kHz at 8 kHz); every
+    /// tone that would fold into or image onto the band from 1.15 × Nyquist up is
+    /// ≥ 111.9 dB down; round-trip SNR of a 1 kHz tone ≥ 125 dB (143-155 dB at 8-24 kHz),
+    /// ≥ 110 dB one way at the band edge with the ratio steered ±1000 ppm. Delay 2.88 ms
+    /// each way at 8 kHz, 2.25 ms at 12 kHz, 1.41 ms at 16 kHz, 0.58 ms at 48 kHz. A
+    /// 40-tap (at the lower rate) Kaiser-windowed sinc (β 11.5, cutoff 0.96 × Nyquist)
+    /// as shared polyphase tables (with a 31- or 43-tap half-band stage next to 48 kHz
+    /// for 8 and 12 kHz), plus an 8- to 56-tap fractional-delay stage for the drift.
+    ///
+    /// 44.1 kHz (rubato): passband within 0.3 dB, aliases ≥ 77 dB down (the only possible
+    /// ones land above 0.91 × Nyquist), round trip ≥ 134 dB, ≥ 95 dB steered; a 40-tap
+    /// Blackman-Harris sinc (80 taps within 15 % of 48 kHz), linear interpolation over
+    /// 128 sub-phases.
     #[default]
     Voice,
     /// Offline conversion of prompts and hold music: passband flat (< 0.01 dB) to
@@ -129,30 +162,267 @@ pub enum ResampleError {
 /// A streaming mono resampler with a steerable ratio (see the module docs).
 #[derive(Debug)]
 pub struct StreamResampler {
-    inner: Async<f32>,
+    engine: Engine,
     input_rate: SampleRate,
     output_rate: SampleRate,
     /// Output rate / input rate.
     nominal_ratio: f64,
     ppm: f64,
-    /// Most input samples rubato takes per call.
+    /// Most input samples handed to the engine at once: 20 ms, the AudioSocket frame.
     chunk: usize,
+}
+
+/// How a [`StreamResampler`] converts.
+#[derive(Debug)]
+enum Engine {
+    /// Rates in a small integer ratio, [`Quality::Voice`]: shared polyphase tables plus a
+    /// fractional-delay drift stage.
+    Fixed(Box<FixedRatio>),
+    /// Any other pair, or [`Quality::High`]: rubato's asynchronous sinc.
+    Rubato(Box<RubatoEngine>),
+}
+
+/// Conversion by a fixed small-integer ratio: a polyphase stage for the exact ratio, a
+/// half-band stage between it and 48 kHz when the caller's rate is a sixth or a quarter
+/// of the higher rate (so the sharp filter runs at half the rate), and the drift
+/// correction on the higher-rate side (its signal is the most oversampled there, so the
+/// shortest kernel does). Going up the stages run polyphase, half-band, drift; going
+/// down the reverse. Equal rates have the drift stage alone.
+#[derive(Debug)]
+struct FixedRatio {
+    polyphase: Option<PolyphaseStage>,
+    halfband: Option<Halfband>,
+    drift: FractionalDelayStage,
+    /// Polyphase conversion factor `up / down` (1 without a polyphase stage).
+    polyphase_ratio: f64,
+    /// Converting down: the drift stage runs first, on the input.
+    drift_first: bool,
+    /// The drift stage's output on its way to the half-band stage (converting down).
+    scratch: Vec<f32>,
+}
+
+/// The half-band stage of a [`FixedRatio`], by direction.
+#[derive(Debug)]
+enum Halfband {
+    Up(HalfbandUp),
+    Down(HalfbandDown),
+}
+
+impl FixedRatio {
+    /// The engine for `input -> output`, if their ratio reduces to small integers.
+    fn new(input: SampleRate, output: SampleRate, chunk: usize) -> Option<FixedRatio> {
+        let (from, to) = (input.hz(), output.hz());
+        let common = gcd(from, to);
+        let (mut up, mut down) = ((to / common) as usize, (from / common) as usize);
+        let band = fractional::Band::of(from.min(to), from.max(to));
+        let delay_table = fractional::table(band);
+        if up == down {
+            return Some(FixedRatio {
+                polyphase: None,
+                halfband: None,
+                drift: FractionalDelayStage::new(delay_table, chunk),
+                polyphase_ratio: 1.0,
+                drift_first: false,
+                scratch: Vec::new(),
+            });
+        }
+        let drift_first = down > up;
+        // A half-band stage takes the factor 2 next to 48 kHz for the low caller rates
+        // (above 48 kHz its 20 ms buffers would cost more memory than it saves CPU).
+        let halfband_table = if from.max(to) != BUS_HZ {
+            None
+        } else if drift_first && up == 1 {
+            halfband::table(down)
+        } else if !drift_first && down == 1 {
+            halfband::table(up)
+        } else {
+            None
+        };
+        if halfband_table.is_some() {
+            if drift_first {
+                down /= 2;
+            } else {
+                up /= 2;
+            }
+        }
+        let table = polyphase::table(up, down)?;
+        let polyphase_ratio = up as f64 / down as f64;
+        let drift_out = FractionalDelayStage::max_output(chunk);
+        let (polyphase, halfband, drift, scratch) = match (drift_first, halfband_table) {
+            (true, Some(hb)) => {
+                let halved = HalfbandDown::max_output(drift_out);
+                (
+                    PolyphaseStage::new(table, halved),
+                    Some(Halfband::Down(HalfbandDown::new(hb, drift_out))),
+                    FractionalDelayStage::new(delay_table, chunk),
+                    vec![0.0; drift_out],
+                )
+            }
+            (true, None) => (
+                PolyphaseStage::new(table, drift_out),
+                None,
+                FractionalDelayStage::new(delay_table, chunk),
+                Vec::new(),
+            ),
+            (false, Some(hb)) => {
+                let polyphase = PolyphaseStage::new(table, chunk);
+                let polyphase_out = polyphase.max_output(chunk);
+                let doubled = HalfbandUp::max_output(polyphase_out);
+                (
+                    polyphase,
+                    Some(Halfband::Up(HalfbandUp::new(hb, polyphase_out))),
+                    FractionalDelayStage::new(delay_table, doubled),
+                    Vec::new(),
+                )
+            }
+            (false, None) => {
+                let polyphase = PolyphaseStage::new(table, chunk);
+                let polyphase_out = polyphase.max_output(chunk);
+                (
+                    polyphase,
+                    None,
+                    FractionalDelayStage::new(delay_table, polyphase_out),
+                    Vec::new(),
+                )
+            }
+        };
+        Some(FixedRatio {
+            polyphase: Some(polyphase),
+            halfband,
+            drift,
+            polyphase_ratio,
+            drift_first,
+            scratch,
+        })
+    }
+
+    /// Most outputs from `input` samples (at most one chunk) in one call.
+    fn max_output(&self, input: usize) -> usize {
+        let Some(polyphase) = &self.polyphase else {
+            return FractionalDelayStage::max_output(input);
+        };
+        match &self.halfband {
+            None if self.drift_first => {
+                polyphase.max_output(FractionalDelayStage::max_output(input))
+            }
+            None => FractionalDelayStage::max_output(polyphase.max_output(input)),
+            Some(Halfband::Down(_)) => polyphase.max_output(HalfbandDown::max_output(
+                FractionalDelayStage::max_output(input),
+            )),
+            Some(Halfband::Up(_)) => FractionalDelayStage::max_output(HalfbandUp::max_output(
+                polyphase.max_output(input),
+            )),
+        }
+    }
+
+    /// Converts at most one chunk of input.
+    fn process_chunk(&mut self, input: &[f32], output: &mut [f32]) -> usize {
+        let Some(polyphase) = &mut self.polyphase else {
+            self.drift.push(input);
+            return self.drift.run(output);
+        };
+        match &mut self.halfband {
+            None if self.drift_first => {
+                self.drift.push(input);
+                let produced = self.drift.run(polyphase.spare());
+                polyphase.commit(produced);
+                polyphase.run(output)
+            }
+            None => {
+                polyphase.push(input);
+                let produced = polyphase.run(self.drift.spare());
+                self.drift.commit(produced);
+                self.drift.run(output)
+            }
+            Some(Halfband::Down(halfband)) => {
+                self.drift.push(input);
+                let produced = self.drift.run(&mut self.scratch);
+                halfband.push(&self.scratch[..produced]);
+                let produced = halfband.run(polyphase.spare());
+                polyphase.commit(produced);
+                polyphase.run(output)
+            }
+            Some(Halfband::Up(halfband)) => {
+                polyphase.push(input);
+                let produced = polyphase.run(halfband.spare());
+                halfband.commit(produced);
+                let produced = halfband.run(self.drift.spare());
+                self.drift.commit(produced);
+                self.drift.run(output)
+            }
+        }
+    }
+
+    /// Delay in output samples at a ratio correction of `ppm`.
+    fn latency(&self, ppm: f64) -> f64 {
+        let steer = 1.0 + ppm * 1e-6;
+        let drift = self.drift.delay_input() * steer;
+        let Some(polyphase) = &self.polyphase else {
+            return drift;
+        };
+        // In samples of the higher rate (48 kHz side).
+        let halfband = match &self.halfband {
+            Some(Halfband::Up(h)) => h.delay_higher(),
+            Some(Halfband::Down(h)) => h.delay_higher(),
+            None => 0.0,
+        };
+        if self.drift_first {
+            // Drift and half-band delays are at the input rate; the polyphase stage's input
+            // is at half that rate when a half-band stage sits between them.
+            let halving = if self.halfband.is_some() { 0.5 } else { 1.0 };
+            (drift + halfband) * halving * self.polyphase_ratio + polyphase.delay_output()
+        } else {
+            let doubling = if self.halfband.is_some() { 2.0 } else { 1.0 };
+            (polyphase.delay_output() * doubling + halfband + drift) * steer
+        }
+    }
+
+    fn reset(&mut self) {
+        if let Some(p) = &mut self.polyphase {
+            p.reset();
+        }
+        match &mut self.halfband {
+            Some(Halfband::Up(h)) => h.reset(),
+            Some(Halfband::Down(h)) => h.reset(),
+            None => {}
+        }
+        self.drift.reset();
+    }
+
+    /// Heap bytes this engine owns (its tables are shared).
+    #[cfg(test)]
+    fn owned_bytes(&self) -> usize {
+        let halfband = match &self.halfband {
+            Some(Halfband::Up(h)) => h.owned_bytes(),
+            Some(Halfband::Down(h)) => h.owned_bytes(),
+            None => 0,
+        };
+        self.polyphase
+            .as_ref()
+            .map_or(0, PolyphaseStage::owned_bytes)
+            + halfband
+            + self.drift.owned_bytes()
+            + std::mem::size_of_val(self.scratch.as_slice())
+    }
+}
+
+/// rubato's asynchronous sinc, fed one chunk at a time.
+#[derive(Debug)]
+struct RubatoEngine {
+    inner: Async<f32>,
     /// Chunk size rubato is currently set to (changed only for a short tail).
     current_chunk: usize,
-    /// Filter delay in input samples (see [`StreamResampler::latency`]).
+    /// Filter delay in input samples.
     delay_input: f64,
 }
 
-impl StreamResampler {
-    /// Builds a resampler from `input` to `output` (any pair of supported rates).
-    ///
-    /// Allocates all buffers and the sinc table (about 20 KiB for 8 → 48 kHz and 30 KiB for
-    /// 48 → 8 kHz with [`Quality::Voice`]; 0.3 to 0.6 ms of CPU).
-    pub fn new(
+impl RubatoEngine {
+    fn new(
         input: SampleRate,
         output: SampleRate,
         quality: Quality,
-    ) -> Result<Self, ResampleError> {
+        chunk: usize,
+    ) -> Result<RubatoEngine, ResampleError> {
         let spec = quality.spec();
         let ratio = f64::from(output.hz()) / f64::from(input.hz());
         let (lo, hi) = (input.hz().min(output.hz()), input.hz().max(output.hz()));
@@ -175,7 +445,6 @@ impl StreamResampler {
             .f_cutoff(cutoff)
             .oversampling_factor(oversampling)
             .interpolation(spec.interpolation);
-        let chunk = input.samples_in_ms(CHUNK_MS);
         let inner = Async::<f32>::new_sinc(
             ratio,
             MAX_RELATIVE_RATIO,
@@ -195,15 +464,83 @@ impl StreamResampler {
         // `make_sincs` table order). Against the ideal j/r that is a constant lag of
         // L/2 - 1/r - 1/oversampling input samples.
         let delay_input = sinc_len as f64 / 2.0 - 1.0 / ratio - 1.0 / oversampling as f64;
-        Ok(StreamResampler {
+        Ok(RubatoEngine {
             inner,
-            input_rate: input,
-            output_rate: output,
-            nominal_ratio: ratio,
-            ppm: 0.0,
-            chunk,
             current_chunk: chunk,
             delay_input,
+        })
+    }
+
+    /// Converts at most one chunk of input.
+    fn process_chunk(&mut self, input: &[f32], output: &mut [f32]) -> usize {
+        let n = input.len();
+        self.set_chunk(n);
+        let out_space = output.len();
+        let (Ok(in_buf), Ok(mut out_buf)) = (
+            InterleavedSlice::new(input, 1, n),
+            InterleavedSlice::new_mut(output, 1, out_space),
+        ) else {
+            // A mono adapter fits any slice of its own length: cannot happen.
+            return 0;
+        };
+        // rubato fails only on mis-sized buffers: the input slice is at most the chunk and
+        // the caller guarantees the output room (output_frames_max bounds every chunk).
+        // Should it ever fail, the chunk is dropped rather than the call.
+        match self.inner.process_into_buffer(&in_buf, &mut out_buf, None) {
+            Ok((_, produced)) => produced,
+            Err(e) if cfg!(debug_assertions) => panic!("rubato rejected a chunk: {e}"),
+            Err(_) => 0,
+        }
+    }
+
+    /// Sets rubato's input chunk size, only when it changes.
+    fn set_chunk(&mut self, n: usize) {
+        if n != self.current_chunk {
+            // Cannot fail: 1 <= n <= the chunk size rubato was built with.
+            if self.inner.set_chunk_size(n).is_ok() {
+                self.current_chunk = n;
+            }
+        }
+    }
+}
+
+/// Greatest common divisor.
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+impl StreamResampler {
+    /// Builds a resampler from `input` to `output` (any pair of supported rates).
+    ///
+    /// [`Quality::Voice`] between rates in a ratio of small integers (8, 12, 16, 24, 32,
+    /// 48, 96, 192 kHz against 48 kHz, and the like) allocates only the stream's history
+    /// (4 to 14 KiB up to 48 kHz, 31 KiB from 192 kHz); the filter tables are designed
+    /// once per process and shared by every resampler. Other pairs and [`Quality::High`] allocate rubato's buffers and sinc
+    /// table (about 20 to 30 KiB, 0.3 to 0.6 ms of CPU).
+    pub fn new(
+        input: SampleRate,
+        output: SampleRate,
+        quality: Quality,
+    ) -> Result<Self, ResampleError> {
+        let chunk = input.samples_in_ms(CHUNK_MS);
+        let fixed = match quality {
+            Quality::Voice => FixedRatio::new(input, output, chunk),
+            Quality::High => None,
+        };
+        let engine = match fixed {
+            Some(fixed) => Engine::Fixed(Box::new(fixed)),
+            None => Engine::Rubato(Box::new(RubatoEngine::new(input, output, quality, chunk)?)),
+        };
+        Ok(StreamResampler {
+            engine,
+            input_rate: input,
+            output_rate: output,
+            nominal_ratio: f64::from(output.hz()) / f64::from(input.hz()),
+            ppm: 0.0,
+            chunk,
         })
     }
 
@@ -218,19 +555,25 @@ impl StreamResampler {
     }
 
     /// Size `output` must have for [`process`](Self::process) to accept `input_len` input
-    /// samples, whatever the ratio steering. Slightly generous (one 20 ms chunk's worth of
-    /// slack per started chunk); 0 for 0.
+    /// samples, whatever the ratio steering. Slightly generous (a few samples of slack per
+    /// started 20 ms chunk); 0 for 0.
     pub fn max_output_len(&self, input_len: usize) -> usize {
-        input_len.div_ceil(self.chunk) * self.inner.output_frames_max()
+        let chunks = input_len.div_ceil(self.chunk);
+        match &self.engine {
+            Engine::Fixed(fixed) => chunks * fixed.max_output(self.chunk),
+            Engine::Rubato(rubato) => chunks * rubato.inner.output_frames_max(),
+        }
     }
 
     /// Resamples all of `input` into `output`, returning how many samples were written.
     ///
     /// Consumes every input sample whatever the length (0 included); output appears as
     /// soon as the filter has seen enough input, so the first [`latency`](Self::latency)
-    /// output samples of a stream are the filter's start-up, and about two input samples'
-    /// worth of output waits for the next call (rubato's look-ahead). Splitting the input
-    /// differently gives the same samples (the split may move by one). Never allocates.
+    /// output samples of a stream are the filter's start-up. Between rates in a small
+    /// integer ratio ([`Quality::Voice`]) every output whose input has arrived is written;
+    /// otherwise about two input samples' worth of output waits for the next call
+    /// (rubato's look-ahead). Splitting the input differently gives the same samples (the
+    /// split may move by one). Never allocates.
     ///
     /// # Panics
     /// If `output` is shorter than [`max_output_len`](Self::max_output_len)`(input.len())`,
@@ -243,48 +586,43 @@ impl StreamResampler {
             input.len(),
             self.max_output_len(input.len())
         );
-        let mut consumed = 0;
         let mut written = 0;
-        while consumed < input.len() {
-            let n = (input.len() - consumed).min(self.chunk);
-            self.set_chunk(n);
-            let out_space = output.len() - written;
-            let (Ok(in_buf), Ok(mut out_buf)) = (
-                InterleavedSlice::new(&input[consumed..consumed + n], 1, n),
-                InterleavedSlice::new_mut(&mut output[written..], 1, out_space),
-            ) else {
-                // A mono adapter fits any slice of its own length: cannot happen.
-                break;
+        for piece in input.chunks(self.chunk) {
+            let out = &mut output[written..];
+            written += match &mut self.engine {
+                Engine::Fixed(fixed) => fixed.process_chunk(piece, out),
+                Engine::Rubato(rubato) => rubato.process_chunk(piece, out),
             };
-            // rubato fails only on mis-sized buffers: the input slice is exactly the chunk
-            // and the assert above guarantees the output room (output_frames_max bounds
-            // every chunk). Should it ever fail, the chunk is dropped rather than the call.
-            match self.inner.process_into_buffer(&in_buf, &mut out_buf, None) {
-                Ok((_, produced)) => written += produced,
-                Err(e) if cfg!(debug_assertions) => panic!("rubato rejected a chunk: {e}"),
-                Err(_) => {}
-            }
-            consumed += n;
         }
         written
     }
 
     /// Steers the conversion ratio to `ppm` parts per million above nominal (positive:
-    /// more output per input), clamped to ±[`MAX_RATIO_PPM`]. The change is ramped over
-    /// the next chunk processed. NaN is ignored. Never allocates.
+    /// more output per input), clamped to ±[`MAX_RATIO_PPM`]. Between rates in a small
+    /// integer ratio ([`Quality::Voice`]) the new ratio applies from the next output
+    /// sample; otherwise it is ramped over the next chunk processed. NaN is ignored. Never
+    /// allocates.
     pub fn set_ratio_ppm(&mut self, ppm: f64) {
         if ppm.is_nan() {
             return;
         }
         let ppm = ppm.clamp(-MAX_RATIO_PPM, MAX_RATIO_PPM);
-        // Within MAX_RELATIVE_RATIO by construction of the clamp, so rubato accepts it;
-        // on the impossible error the previous ratio simply stays.
-        if self
-            .inner
-            .set_resample_ratio_relative(1.0 + ppm * 1e-6, true)
-            .is_ok()
-        {
-            self.ppm = ppm;
+        match &mut self.engine {
+            Engine::Fixed(fixed) => {
+                fixed.drift.set_ratio_ppm(ppm);
+                self.ppm = ppm;
+            }
+            Engine::Rubato(rubato) => {
+                // Within MAX_RELATIVE_RATIO by construction of the clamp, so rubato accepts
+                // it; on the impossible error the previous ratio simply stays.
+                if rubato
+                    .inner
+                    .set_resample_ratio_relative(1.0 + ppm * 1e-6, true)
+                    .is_ok()
+                {
+                    self.ppm = ppm;
+                }
+            }
         }
     }
 
@@ -295,28 +633,34 @@ impl StreamResampler {
 
     /// Delay through the resampler in output samples: an input event at input sample `k`
     /// shows up at output sample `k·ratio + latency()` (fractional, at the current ratio).
-    /// This is the filter's group delay; nothing waits in a queue. In wall-clock terms add
-    /// the ~2 input samples [`process`](Self::process) holds back (0.25 ms at 8 kHz).
+    /// This is the filters' group delay; nothing waits in a queue. In wall-clock terms add
+    /// what [`process`](Self::process) holds back: nothing between rates in a small
+    /// integer ratio ([`Quality::Voice`]), otherwise ~2 input samples (0.25 ms at 8 kHz).
     pub fn latency(&self) -> f64 {
-        self.delay_input * self.nominal_ratio * (1.0 + self.ppm * 1e-6)
+        match &self.engine {
+            Engine::Fixed(fixed) => fixed.latency(self.ppm),
+            Engine::Rubato(rubato) => {
+                rubato.delay_input * self.nominal_ratio * (1.0 + self.ppm * 1e-6)
+            }
+        }
     }
 
     /// Clears the filter history and the ratio correction, as if newly built. Never
     /// allocates, so a resampler can be reused for the next call.
     pub fn reset(&mut self) {
-        self.inner.reset();
-        self.ppm = 0.0;
-        self.current_chunk = self.chunk;
-    }
-
-    /// Sets rubato's input chunk size, only when it changes.
-    fn set_chunk(&mut self, n: usize) {
-        if n != self.current_chunk {
-            // Cannot fail: 1 <= n <= the chunk size rubato was built with.
-            if self.inner.set_chunk_size(n).is_ok() {
-                self.current_chunk = n;
+        match &mut self.engine {
+            Engine::Fixed(fixed) => fixed.reset(),
+            Engine::Rubato(rubato) => {
+                rubato.inner.reset();
+                rubato.current_chunk = self.chunk;
             }
         }
+        self.ppm = 0.0;
+    }
+
+    /// Input samples of silence that push the last real input out of the filter.
+    fn flush_input_len(&self) -> usize {
+        (self.latency() / self.nominal_ratio).ceil() as usize + 2 + self.chunk
     }
 }
 
@@ -337,7 +681,7 @@ pub fn resample_offline(
     let target = (input.len() as f64 * f64::from(to.hz()) / f64::from(from.hz())).round() as usize;
     let skip = r.latency().round() as usize;
     // Enough silence to push the last input sample through the filter, plus one chunk.
-    let flush = (r.delay_input.ceil() as usize + 2) + r.chunk;
+    let flush = r.flush_input_len();
     let mut out = vec![0.0f32; r.max_output_len(input.len()) + r.max_output_len(flush)];
     let mut n = r.process(input, &mut out);
     let zeros = vec![0.0f32; flush];
@@ -419,7 +763,7 @@ mod tests {
             let delay = lat_up * f64::from(hz) / 48_000.0 + lat_down;
             let skip = delay.ceil() as usize + fs.samples_in_ms(100);
             let fit = fit_sine(window(&back, fs, skip, 0.5), fs).expect("fit");
-            // Required: 80 dB. Measured 129..153 dB; 100 dB keeps a regression visible.
+            // Required: 80 dB. Measured 125..155 dB; 100 dB keeps a regression visible.
             assert!(
                 fit.snr_db >= 100.0,
                 "{hz} Hz: round-trip SNR {:.1} dB",
@@ -481,7 +825,7 @@ mod tests {
             let min = if (f64::from(hi.hz()) / lo_hz) < NEAR_UNITY {
                 70.0
             } else {
-                100.0
+                110.0
             };
             assert!(
                 db >= min,
@@ -493,7 +837,7 @@ mod tests {
     #[test]
     fn near_nyquist_folding_and_passband_for_every_caller_rate() {
         // The telephone band edge: 0.85 × Nyquist (3.4 kHz at 8 kHz) must pass within
-        // 0.3 dB both ways, and its mirror at 1.15 × Nyquist must not fold onto it.
+        // 0.2 dB both ways, and its mirror at 1.15 × Nyquist must not fold onto it.
         for hz in CALLER_RATES {
             let fs = rate(hz);
             let (hi, lo) = if hz > 48_000 { (fs, BUS) } else { (BUS, fs) };
@@ -517,11 +861,11 @@ mod tests {
                 "{hz:>6}: edge {edge} Hz gain up {gain_up:+.2} down {gain_down:+.2} dB, image -{image:.1} alias -{db:.1} dB"
             );
             assert!(
-                gain_up.abs() < 0.3 && gain_down.abs() < 0.3,
+                gain_up.abs() < 0.2 && gain_down.abs() < 0.2,
                 "{hz}: passband {gain_up} {gain_down}"
             );
             assert!(
-                image > 90.0 && db > 100.0,
+                image > 110.0 && db > 110.0,
                 "{hz}: image {image:.1} alias {db:.1}"
             );
         }
@@ -545,7 +889,7 @@ mod tests {
             let db = level_at(w, hi, 1000.0) - level_at(w, hi, image_hz);
             eprintln!("{lo} -> {hi}: image at {image_hz} Hz -{db:.1} dB");
             assert!(
-                db >= 70.0 + 30.0,
+                db >= 70.0 + 45.0,
                 "{lo} -> {hi}: image only {db:.1} dB down"
             );
         }
@@ -584,10 +928,14 @@ mod tests {
         }
     }
 
-    /// Output samples rubato holds back until the next input arrives: output j needs input
-    /// up to sample j/ratio + 2 (the sinc's look-ahead beyond its centre is in `latency`).
-    fn held_back(ratio: f64) -> f64 {
-        2.0 * ratio
+    /// Output samples `r` holds back until the next input arrives at `ratio`: none for the
+    /// fixed-ratio engine; rubato's output j needs input up to sample j/ratio + 2 (the
+    /// sinc's look-ahead beyond its centre is in `latency`).
+    fn held_back(r: &StreamResampler, ratio: f64) -> f64 {
+        match r.engine {
+            Engine::Fixed(_) => 0.0,
+            Engine::Rubato(_) => 2.0 * ratio,
+        }
     }
 
     #[test]
@@ -612,7 +960,8 @@ mod tests {
                 // Ten seconds at the steered rate (the filter delay comes out first as
                 // start-up, so it does not reduce the count).
                 let ratio = f64::from(to.hz()) / f64::from(from.hz()) * (1.0 + ppm * 1e-6);
-                let expected = 10.0 * f64::from(to.hz()) * (1.0 + ppm * 1e-6) - held_back(ratio);
+                let expected =
+                    10.0 * f64::from(to.hz()) * (1.0 + ppm * 1e-6) - held_back(&r, ratio);
                 eprintln!("{from} -> {to} {ppm:+} ppm: {total} samples, expected {expected:.1}");
                 assert!(
                     (total as f64 - expected).abs() <= 2.0,
@@ -635,7 +984,7 @@ mod tests {
         // At the clamp the ratio really is 1 % off: 48000 in -> 7920 out.
         let x = vec![0.0f32; 48_000];
         let mut out = vec![0.0f32; r.max_output_len(x.len())];
-        let n = r.process(&x, &mut out) as f64 + held_back(0.99 / 6.0);
+        let n = r.process(&x, &mut out) as f64 + held_back(&r, 0.99 / 6.0);
         assert!((n - 7920.0).abs() < 2.0, "{n}");
     }
 
@@ -785,6 +1134,206 @@ mod tests {
         }
         let same = resample_offline(&[0.5, -0.5], BUS, BUS).expect("copy");
         assert_eq!(same, [0.5, -0.5]);
+    }
+
+    /// The caller rates whose ratio to the bus reduces to small integers.
+    const SMALL_RATIO_RATES: [u32; 8] = [
+        8_000, 12_000, 16_000, 24_000, 32_000, 48_000, 96_000, 192_000,
+    ];
+
+    fn fixed(r: &StreamResampler) -> &FixedRatio {
+        match &r.engine {
+            Engine::Fixed(fixed) => fixed,
+            Engine::Rubato(_) => panic!("{} -> {} runs on rubato", r.input_rate, r.output_rate),
+        }
+    }
+
+    #[test]
+    fn small_ratios_use_the_fixed_engine_and_others_rubato() {
+        for hz in SMALL_RATIO_RATES {
+            for (from, to) in [(rate(hz), BUS), (BUS, rate(hz))] {
+                let r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+                let _ = fixed(&r);
+            }
+        }
+        for (from, to, quality) in [
+            (44_100, 48_000, Quality::Voice),
+            (48_000, 44_100, Quality::Voice),
+            (8_000, 48_000, Quality::High),
+        ] {
+            let r = StreamResampler::new(rate(from), rate(to), quality).expect("resampler");
+            assert!(matches!(r.engine, Engine::Rubato(_)), "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn coefficient_tables_are_shared_and_a_resampler_owns_only_its_history() {
+        for hz in SMALL_RATIO_RATES {
+            for (from, to) in [(rate(hz), BUS), (BUS, rate(hz))] {
+                let a = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+                let b = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+                let (a, b) = (fixed(&a), fixed(&b));
+                assert!(std::ptr::eq(a.drift.table(), b.drift.table()));
+                if let (Some(pa), Some(pb)) = (&a.polyphase, &b.polyphase) {
+                    assert!(std::ptr::eq(pa.table(), pb.table()));
+                }
+                let halfband_table = |f: &FixedRatio| match &f.halfband {
+                    Some(Halfband::Up(h)) => Some(h.table()),
+                    Some(Halfband::Down(h)) => Some(h.table()),
+                    None => None,
+                };
+                if let (Some(ha), Some(hb)) = (halfband_table(a), halfband_table(b)) {
+                    assert!(std::ptr::eq(ha, hb));
+                }
+                // 8 and 12 kHz callers get a half-band stage, the others none.
+                assert_eq!(halfband_table(a).is_some(), hz == 8_000 || hz == 12_000);
+                let shared = a.drift.table().bytes()
+                    + a.polyphase.as_ref().map_or(0, |p| p.table().bytes())
+                    + halfband_table(a).map_or(0, |h| h.bytes());
+                eprintln!(
+                    "{from} -> {to}: {} bytes per resampler, {shared} bytes of shared tables",
+                    a.owned_bytes()
+                );
+                // A call's two resamplers must fit in a fraction of its 64 KiB budget (20 ms
+                // of input at 192 kHz is most of the 192 kHz figure).
+                let budget = if hz <= 48_000 { 16 * 1024 } else { 32 * 1024 };
+                assert!(
+                    a.owned_bytes() <= budget,
+                    "{from} -> {to}: {}",
+                    a.owned_bytes()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn steering_by_1000_ppm_keeps_the_band_edge_clean_for_every_small_ratio_rate() {
+        // One way, either direction, either sign: a tone at 0.85 × the lower Nyquist.
+        for hz in SMALL_RATIO_RATES {
+            for (from, to) in [(rate(hz), BUS), (BUS, rate(hz))] {
+                for ppm in [1000.0, -1000.0] {
+                    let mut r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+                    r.set_ratio_ppm(ppm);
+                    let edge = (0.85 * f64::from(from.hz().min(to.hz())) / 2.0).round();
+                    let y = run(&mut r, &tone(from.samples_in_ms(700), from, edge, LEVEL));
+                    let fit = fit_sine(window(&y, to, to.samples_in_ms(50), 0.5), to).expect("fit");
+                    eprintln!(
+                        "{from} -> {to} at {ppm:+} ppm: {edge} Hz SNR {:.1} dB",
+                        fit.snr_db
+                    );
+                    assert!(
+                        fit.snr_db > 105.0,
+                        "{from} -> {to} {ppm}: {:.1} dB",
+                        fit.snr_db
+                    );
+                    let expected = edge / (1.0 + ppm * 1e-6);
+                    assert!(
+                        (fit.frequency_hz - expected).abs() < 1e-3 * edge * 0.05,
+                        "{from} -> {to} {ppm}: {} Hz",
+                        fit.frequency_hz
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn steering_starts_and_stops_without_a_step() {
+        // A slow tone through 8 -> 48 kHz: steering switched on and off mid-stream changes
+        // the read position's speed, never its place, so no sample jumps.
+        for (from, to) in [(8_000, 48_000), (48_000, 8_000), (48_000, 48_000)] {
+            let (from, to) = (rate(from), rate(to));
+            let mut r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+            let x = tone(from.samples_in_ms(600), from, 50.0, LEVEL);
+            let third = x.len() / 3;
+            let mut y = run(&mut r, &x[..third]);
+            r.set_ratio_ppm(5000.0);
+            y.extend(run(&mut r, &x[third..2 * third]));
+            r.set_ratio_ppm(0.0);
+            y.extend(run(&mut r, &x[2 * third..]));
+            // A 50 Hz tone at -6 dBFS moves at most 2π·50/fs·0.5 per sample.
+            let limit = 1.05 * TAU * 50.0 / f64::from(to.hz()) * LEVEL;
+            let worst = y
+                .windows(2)
+                .skip(to.samples_in_ms(20))
+                .map(|w| f64::from((w[1] - w[0]).abs()))
+                .fold(0.0, f64::max);
+            assert!(worst < limit, "{from} -> {to}: step {worst} > {limit}");
+        }
+    }
+
+    #[test]
+    fn grouped_and_single_steered_outputs_agree() {
+        // Fed one sample at a time the drift stage computes every output on its own (one
+        // dot product with a horizontal sum); fed whole, four outputs at a time across
+        // SIMD lanes. Only the order of the additions differs.
+        for (from, to) in [(48_000, 48_000), (48_000, 8_000), (16_000, 48_000)] {
+            let (from, to) = (rate(from), rate(to));
+            let x = tone(from.samples_in_ms(200), from, 1234.5, LEVEL);
+            let mut whole = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+            whole.set_ratio_ppm(-777.0);
+            let reference = run(&mut whole, &x);
+            let mut single = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+            single.set_ratio_ppm(-777.0);
+            let mut y = Vec::new();
+            let mut out = vec![0.0f32; single.max_output_len(1)];
+            for sample in x.chunks(1) {
+                let n = single.process(sample, &mut out);
+                y.extend_from_slice(&out[..n]);
+            }
+            assert!(y.len().abs_diff(reference.len()) <= 1, "{from} -> {to}");
+            let worst = y
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-6, "{from} -> {to}: differs by {worst}");
+        }
+    }
+
+    #[test]
+    fn processing_keeps_every_buffer_in_place() {
+        // The crate forbids unsafe code, so no counting allocator: instead, every buffer a
+        // resampler owns must keep its address and size through processing, steering and
+        // reset (a reallocation would move or grow one).
+        fn buffers(r: &StreamResampler) -> Vec<(usize, usize)> {
+            let f = fixed(r);
+            let mut v = vec![
+                f.drift.buffer_identity(),
+                (f.scratch.as_ptr() as usize, f.scratch.len()),
+            ];
+            if let Some(p) = &f.polyphase {
+                v.push(p.buffer_identity());
+            }
+            match &f.halfband {
+                Some(Halfband::Up(h)) => v.push(h.buffer_identity()),
+                Some(Halfband::Down(h)) => v.push(h.buffer_identity()),
+                None => {}
+            }
+            v
+        }
+        for (from, to) in [
+            (8_000, 48_000),
+            (48_000, 8_000),
+            (48_000, 16_000),
+            (48_000, 48_000),
+        ] {
+            let (from, to) = (rate(from), rate(to));
+            let mut r = StreamResampler::new(from, to, Quality::Voice).expect("resampler");
+            let before = buffers(&r);
+            let x = tone(from.samples_in_ms(500), from, 440.0, LEVEL);
+            let mut out = vec![0.0f32; r.max_output_len(x.len())];
+            for ppm in [0.0, 10_000.0, -10_000.0, 3.0] {
+                r.set_ratio_ppm(ppm);
+                for size in [1usize, 159, 160, 161, 960, 4000] {
+                    for piece in x.chunks(size).take(20) {
+                        r.process(piece, &mut out);
+                    }
+                }
+            }
+            r.reset();
+            assert_eq!(buffers(&r), before, "{from} -> {to}");
+        }
     }
 
     fn wrap(phi: f64) -> f64 {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! engine thread                     encoder thread (one per broadcast)            DNS server
-//! DnsInputNode::consume ─ring─►  48 kHz → 8/12/16 kHz (rubato) → Opus 60 ms →
+//! DnsInputNode::consume ─ring─►  48 kHz → 8/12/16 kHz (StreamResampler) → Opus 60 ms →
 //!  (copies the block, nothing     PackBuilder (`%03d'''<base91>`, 2000-byte packs)
 //!   else)                         → on each closed pack: number from the ledger,
 //!                                   TXT RRs, `sequence` list, new ZoneSnapshot ──► Zone
