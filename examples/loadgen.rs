@@ -119,7 +119,9 @@ impl Outcome {
                 let arrivals = ArrivalStats::of(r);
                 let received = arrivals.frames as u64;
                 if received < (expected_frames as f64 * min_received).floor() as u64 {
-                    Some(format!("received {received} of {expected_frames} reply frames"))
+                    Some(format!(
+                        "received {received} of {expected_frames} reply frames"
+                    ))
                 } else if arrivals.gaps > 0 {
                     Some(format!("{} reply gaps over 40 ms", arrivals.gaps))
                 } else {
@@ -147,7 +149,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let gateway_pid = args.gateway_pid.map(|pid| pid.to_string());
     let cpu_at_start = (
         cpu_seconds("self", ticks),
-        gateway_pid.as_deref().and_then(|pid| cpu_seconds(pid, ticks)),
+        gateway_pid
+            .as_deref()
+            .and_then(|pid| cpu_seconds(pid, ticks)),
     );
     let started = std::time::Instant::now();
     let mut set = JoinSet::new();
@@ -182,7 +186,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let wall = started.elapsed().as_secs_f64();
     let cpu_at_end = (
         cpu_seconds("self", ticks),
-        gateway_pid.as_deref().and_then(|pid| cpu_seconds(pid, ticks)),
+        gateway_pid
+            .as_deref()
+            .and_then(|pid| cpu_seconds(pid, ticks)),
     );
 
     let show_rows = args.per_call || outcomes.len() <= 50;

@@ -19,8 +19,8 @@ use api::control::{ClockMode, ClockSource, ClockState, ClockStatus};
 use codecs::ptp::ClockIdentity;
 use serde::{Deserialize, Serialize};
 
-use crate::ptp::{FollowClock, FollowError, FollowSettings};
 use crate::metric_families::MetricKind;
+use crate::ptp::{FollowClock, FollowError, FollowSettings};
 
 pub use crate::media_clock::MediaClock;
 

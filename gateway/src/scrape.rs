@@ -457,5 +457,4 @@ mod tests {
         let sum: f64 = samples.iter().map(|(v, n)| v * *n as f64).sum();
         assert!((sum - 0.0065).abs() < 1e-15, "{sum}");
     }
-
 }

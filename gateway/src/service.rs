@@ -1564,13 +1564,10 @@ impl Gateway {
                 field: None,
             });
         }
-        let (removed, service) =
-            lock(&self.topology)
-                .uninstall(node)
-                .map_err(|e| match e {
-                    PatchbayError::UnknownNode { .. } => NodeError::NotFound(e.to_string()),
-                    other => NodeError::Unavailable(other.to_string()),
-                })?;
+        let (removed, service) = lock(&self.topology).uninstall(node).map_err(|e| match e {
+            PatchbayError::UnknownNode { .. } => NodeError::NotFound(e.to_string()),
+            other => NodeError::Unavailable(other.to_string()),
+        })?;
         if let Some(service) = service {
             service.stop();
         }
@@ -1953,7 +1950,10 @@ mod tests {
         );
         gateway.join_conference(&c.handle.node, "room").unwrap();
         gateway.end_call(&b.handle, EndReason::Caller);
-        assert!(gateway.node_status(&room).is_some(), "one caller is still in it");
+        assert!(
+            gateway.node_status(&room).is_some(),
+            "one caller is still in it"
+        );
         gateway.end_call(&c.handle, EndReason::Caller);
         assert!(
             gateway.node_status(&room).is_none(),

@@ -19,9 +19,10 @@ fn build_flow(
     config: &NodeConfig,
     resources: &NodeResources,
 ) -> Result<BuiltNode, NodeError> {
-    let flow = resources
-        .aes67
-        .build(node, config, std::sync::Arc::clone(&resources.media_clock))?;
+    let flow =
+        resources
+            .aes67
+            .build(node, config, std::sync::Arc::clone(&resources.media_clock))?;
     Ok(BuiltNode {
         spec: flow.spec,
         engine: flow.node,

@@ -31,9 +31,8 @@ impl NodeKindBuilder for DnsKind {
             .map_err(|(field, why)| NodeError::invalid(field, why))?;
         let inputs = settings.inputs();
         let store = resources.sequence_store.get().cloned();
-        let (engine, service) =
-            crate::dns::broadcast::start(node, settings, &resources.dns, store)
-                .map_err(broadcast_error)?;
+        let (engine, service) = crate::dns::broadcast::start(node, settings, &resources.dns, store)
+            .map_err(broadcast_error)?;
         Ok(BuiltNode {
             spec: NodeSpec {
                 node: node.clone(),

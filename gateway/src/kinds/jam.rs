@@ -24,7 +24,8 @@ impl NodeKindBuilder for JamKind {
         if !matches!(config, NodeConfig::Jam { .. }) {
             return Err(wrong_kind(NodeKind::Jam, config));
         }
-        let built = crate::jam::build_node(node, config, resources.block, resources.events.clone())?;
+        let built =
+            crate::jam::build_node(node, config, resources.block, resources.events.clone())?;
         tracing::info!(node = %node, addr = ?built.service.local_addr(), "jam room ready");
         Ok(BuiltNode {
             spec: built.spec,

@@ -126,10 +126,13 @@ impl KindRegistry {
         config: &NodeConfig,
         resources: &NodeResources,
     ) -> Result<BuiltNode, NodeError> {
-        let builder = self.builders.get(&config.kind()).ok_or_else(|| NodeError::Invalid {
-            field: Some("kind".into()),
-            message: format!("this gateway cannot build {} nodes", config.kind().as_str()),
-        })?;
+        let builder = self
+            .builders
+            .get(&config.kind())
+            .ok_or_else(|| NodeError::Invalid {
+                field: Some("kind".into()),
+                message: format!("this gateway cannot build {} nodes", config.kind().as_str()),
+            })?;
         builder.build(node, config, resources)
     }
 
