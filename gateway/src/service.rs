@@ -261,16 +261,17 @@ impl Topology {
 
     /// Removes `node` with its patches and its service, which is returned to be stopped
     /// outside the lock.
-    fn uninstall(
-        &mut self,
-        node: &NodeRef,
-    ) -> Result<(Vec<PatchEntry>, Option<Arc<dyn NodeService>>), PatchbayError> {
+    fn uninstall(&mut self, node: &NodeRef) -> Result<Uninstalled, PatchbayError> {
         let patches = self.patchbay.remove_node(node)?;
         self.configured.remove(node);
         self.seat_holders.remove(node);
         Ok((patches, self.services.remove(node)))
     }
 }
+
+/// What [`Topology::uninstall`] took out: the node's patches and its service (to be
+/// stopped outside the lock).
+type Uninstalled = (Vec<PatchEntry>, Option<Arc<dyn NodeService>>);
 
 /// Why a node could not be added or an action of a route (or a seat request) could not
 /// be applied to a call.
