@@ -147,7 +147,7 @@ pub struct CallEndedData {
     /// How long it lasted, in ms.
     pub duration_ms: u64,
     /// The call's record, as `GET /v1/cdrs` will show it.
-    pub record: CdrRecord,
+    pub record: Box<CdrRecord>,
 }
 
 #[cfg(test)]

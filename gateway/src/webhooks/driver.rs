@@ -456,7 +456,7 @@ pub fn webhook_payload(event: &Event) -> Option<(Uuid, WebhookPayload)> {
                 ended_by: ended_by.clone(),
                 reason: reason.clone(),
                 duration_ms: *duration_ms,
-                record: (**record).clone(),
+                record: record.clone(),
             }),
         ),
         _ => return None,
