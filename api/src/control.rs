@@ -797,6 +797,8 @@ pub enum Event {
         reason: String,
         /// How long it lasted, in ms.
         duration_ms: u64,
+        /// The call's record, as `GET /v1/cdrs` will show it.
+        record: Box<crate::store::CdrRecord>,
     },
     /// A DTMF digit arrived.
     Dtmf {

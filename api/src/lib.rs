@@ -7,10 +7,12 @@
 //! - [`control`]: the [`control::Control`] trait the gateway implements for the API,
 //!   with the views and events it returns;
 //! - [`http`]: the axum REST API, its OpenAPI document, authentication and metrics;
-//! - [`jam`]: the configuration and mix settings of RTJam jam rooms.
+//! - [`jam`]: the configuration and mix settings of RTJam jam rooms;
+//! - [`webhook`]: the body of the event webhooks the gateway POSTs to an application.
 
 pub mod control;
 pub mod http;
 pub mod jam;
 pub mod model;
 pub mod store;
+pub mod webhook;

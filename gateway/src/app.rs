@@ -45,7 +45,14 @@ pub struct Running {
     http_stop: CancellationToken,
     cdr_stop: CancellationToken,
     cdr_writer: JoinHandle<()>,
+    webhooks: Option<Webhooks>,
     control_plane: ControlPlaneRuntime,
+}
+
+/// The event webhooks' driver task and its token.
+struct Webhooks {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 /// The control plane's own tokio runtime: the HTTP API, the database pool, the CDR
@@ -239,7 +246,23 @@ async fn serve(
     gateway.set_cdr_queue(cdr_queue.clone());
     control_handle.spawn(cdr_refresher(Arc::clone(&gateway), cdr_queue));
 
-    let metrics = Arc::new(crate::scrape::GatewayMetrics::new());
+    // Subscribed before the listener admits any call, so no call's first event is missed.
+    let webhook_stats = Arc::new(crate::webhooks::WebhookStats::default());
+    let webhooks = crate::webhooks::WebhookDriver::new(
+        &gateway.config().webhooks,
+        &gateway.config().gateway.instance(),
+        Arc::clone(&webhook_stats),
+    )?
+    .map(|driver| {
+        let stop = gateway.child_token();
+        let task = control_handle.spawn(driver.run(gateway.subscribe(), stop.clone()));
+        Webhooks { stop, task }
+    });
+    let mut metrics = crate::scrape::GatewayMetrics::new();
+    if webhooks.is_some() {
+        metrics = metrics.with_webhooks(webhook_stats);
+    }
+    let metrics = Arc::new(metrics);
     let control: Arc<dyn Control> = Arc::new(GatewayControl::new(
         Arc::clone(&gateway),
         Arc::clone(&metrics),
@@ -287,6 +310,7 @@ async fn serve(
         http_stop,
         cdr_stop,
         cdr_writer,
+        webhooks,
         control_plane,
     })
 }
@@ -450,7 +474,9 @@ impl Running {
     ///    control plane's tickers stop; joined: the listener, and with it every session
     ///    (each queues its call record);
     /// 2. the HTTP API (event streams end, requests in flight get a grace); joined;
-    /// 3. the call-record writer, which flushes what the sessions queued; joined;
+    /// 3. the call-record writer, which flushes what the sessions queued, and the event
+    ///    webhooks' driver, which makes one last attempt (at most 2 s) at what it holds;
+    ///    joined;
     /// 4. [`Gateway::finish`]: every thread, in its documented order, then the root;
     /// 5. the database pool.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -464,6 +490,17 @@ impl Running {
             tracing::warn!("HTTP API did not stop within 5 s");
         }
         self.cdr_stop.cancel();
+        if let Some(webhooks) = self.webhooks {
+            // The sessions have published their last events; the driver makes one last
+            // attempt of at most its grace, then stops.
+            webhooks.stop.cancel();
+            let limit = crate::webhooks::driver::SHUTDOWN_GRACE + Duration::from_secs(1);
+            let mut task = webhooks.task;
+            if tokio::time::timeout(limit, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!("event webhooks did not stop within {limit:?}");
+            }
+        }
         let _ = self.cdr_writer.await;
         let gateway = Arc::clone(&self.gateway);
         tokio::task::spawn_blocking(move || gateway.finish()).await?;

@@ -445,6 +445,8 @@ pub struct Config {
     pub aes67: crate::aes67::Aes67Config,
     /// The media clock (PTP time for AES67 flows).
     pub clock: crate::clock::ClockConfig,
+    /// Call events POSTed to an application.
+    pub webhooks: crate::webhooks::WebhooksConfig,
 }
 
 /// One problem found while loading or validating the configuration.
@@ -886,6 +888,9 @@ impl Config {
             );
         }
         for (field, message) in self.aes67.problems() {
+            problem(&field, message);
+        }
+        for (field, message) in self.webhooks.problems() {
             problem(&field, message);
         }
         if problems.is_empty() {

@@ -19,6 +19,7 @@
 //! - [`metric_families`]: per-node metric samples, labelled with their node;
 //! - [`config`]: configuration loading and validation;
 //! - [`threads`]: owned, named threads (real-time priority, stop, one join);
+//! - [`webhooks`]: call events POSTed to an application, signed, in order per call;
 //! - [`app`]: start-up and graceful shutdown of the whole service.
 
 pub mod aes67;
@@ -41,6 +42,7 @@ pub mod scrape;
 pub mod service;
 pub mod switchboard;
 pub mod threads;
+pub mod webhooks;
 
 #[cfg(test)]
 mod topology_tests;

@@ -28,6 +28,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder
 use crate::Gateway;
 use crate::engine::stats::{BLOCK_TIME_BUCKETS_US, EngineSnapshot};
 use crate::metric_families::MetricFamilies;
+use crate::webhooks::{WebhookSnapshot, WebhookStats};
 
 /// Name of the engine block-time histogram.
 pub const BLOCK_SECONDS: &str = "telepatch_engine_block_seconds";
@@ -40,6 +41,7 @@ const BUCKETS: usize = BLOCK_TIME_BUCKETS_US.len() + 1;
 pub struct GatewayMetrics {
     recorder: PrometheusRecorder,
     fed: Mutex<BlockTimesFed>,
+    webhooks: Option<std::sync::Arc<WebhookStats>>,
 }
 
 /// Block-time counts and total already recorded into the exporter's histogram.
@@ -77,7 +79,14 @@ impl GatewayMetrics {
         GatewayMetrics {
             recorder,
             fed: Mutex::new(BlockTimesFed::default()),
+            webhooks: None,
         }
+    }
+
+    /// Also publishes the event webhooks' counters and queue depth.
+    pub fn with_webhooks(mut self, stats: std::sync::Arc<WebhookStats>) -> GatewayMetrics {
+        self.webhooks = Some(stats);
+        self
     }
 
     /// Records into the histogram the blocks `engine` counts beyond those fed before.
@@ -109,7 +118,12 @@ impl GatewayMetrics {
 
     /// `/metrics` in Prometheus text format.
     pub fn render(&self, gateway: &Gateway) -> String {
-        metrics::with_local_recorder(&self.recorder, || publish_gateway_metrics(gateway));
+        metrics::with_local_recorder(&self.recorder, || {
+            publish_gateway_metrics(gateway);
+            if let Some(webhooks) = &self.webhooks {
+                publish_webhook_metrics(&webhooks.snapshot());
+            }
+        });
         self.feed_block_times(&gateway.engine_stats().snapshot());
         let mut text = self.recorder.handle().render();
 
@@ -268,6 +282,35 @@ fn describe_gateway_metrics() {
         "Open call records closed as interrupted (their gateway stopped unexpectedly)."
     );
     describe_histogram!(BLOCK_SECONDS, "Time to process one engine block.");
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Event webhook outcomes: delivered (2xx), retried (a failed attempt scheduled again), \
+         dropped (queue full), expired (given up: too old or out of attempts), lagged (missed \
+         from the gateway's event stream)."
+    );
+    describe_gauge!(
+        WEBHOOK_QUEUE_DEPTH,
+        "Event webhook events held for delivery (at most webhooks.queue_limit)."
+    );
+}
+
+/// Outcomes of event webhooks, by `result`.
+pub const WEBHOOK_DELIVERIES: &str = "telepatch_webhook_deliveries_total";
+
+/// Events held by the webhook driver.
+pub const WEBHOOK_QUEUE_DEPTH: &str = "telepatch_webhook_queue_depth";
+
+fn publish_webhook_metrics(webhooks: &WebhookSnapshot) {
+    for (result, value) in [
+        ("delivered", webhooks.delivered),
+        ("retried", webhooks.retried),
+        ("dropped", webhooks.dropped),
+        ("expired", webhooks.expired),
+        ("lagged", webhooks.lagged),
+    ] {
+        metrics::counter!(WEBHOOK_DELIVERIES, "result" => result).absolute(value);
+    }
+    metrics::gauge!(WEBHOOK_QUEUE_DEPTH).set(webhooks.depth as f64);
 }
 
 fn publish_gateway_metrics(gateway: &Gateway) {

@@ -1178,12 +1178,13 @@ impl Gateway {
             "call ended"
         );
         let duration_ms = u64::try_from(handle.duration().as_millis()).unwrap_or(u64::MAX);
-        self.record_cdr(handle, &reason, duration_ms);
+        let record = self.record_cdr(handle, &reason, duration_ms);
         self.emit(Event::CallEnded {
             call: handle.id,
             ended_by: reason.ended_by().to_owned(),
             reason: reason.describe(),
             duration_ms,
+            record: Box::new(record),
         });
     }
 
@@ -1296,10 +1297,14 @@ impl Gateway {
         lock(&self.cdrs).as_ref().map(api::store::CdrQueue::stats)
     }
 
-    /// Completes the call's record (the queue writes it).
-    fn record_cdr(&self, handle: &CallHandle, reason: &EndReason, duration_ms: u64) {
-        let queue = lock(&self.cdrs).clone();
-        let Some(queue) = queue else { return };
+    /// Completes the call's record (the queue writes it) and returns it (for the
+    /// `call_ended` event).
+    fn record_cdr(
+        &self,
+        handle: &CallHandle,
+        reason: &EndReason,
+        duration_ms: u64,
+    ) -> api::store::CdrRecord {
         let patches = lock(&self.call_patch_log)
             .remove(&handle.id)
             .unwrap_or_default();
@@ -1311,9 +1316,13 @@ impl Gateway {
             EndReason::Error { .. } => api::store::EndedBy::Error,
         };
         record.end_reason = reason.describe();
-        if !queue.push(api::store::CdrWrite::Close(record)) {
+        let queue = lock(&self.cdrs).clone();
+        if let Some(queue) = queue
+            && !queue.push(api::store::CdrWrite::Close(record.clone()))
+        {
             tracing::warn!(call = %handle.id, "CDR queue full: this call's record is not completed");
         }
+        record
     }
 
     /// Puts a call just admitted on record (an open record, which says "interrupted"

@@ -78,8 +78,14 @@ impl AppState {
         license(name = "MIT OR Apache-2.0")
     ),
     modifiers(&BearerAuth),
-    // Used only by path and query parameters, which utoipa does not collect.
-    components(schemas(handlers::NodeReference, aes67::FlowReference)),
+    // Used only by path and query parameters, which utoipa does not collect; and the
+    // webhook body, which no /v1 operation returns (it is described under `webhooks`).
+    components(schemas(
+        handlers::NodeReference,
+        aes67::FlowReference,
+        crate::webhook::WebhookEvent,
+        crate::webhook::WebhookEventType
+    )),
     tags(
         (name = "calls", description = "Live calls"),
         (name = "nodes", description = "Patchbay nodes and their ports"),
@@ -163,6 +169,66 @@ fn v1_routes() -> OpenApiRouter<AppState> {
 fn finish_document(openapi: &mut utoipa::openapi::OpenApi) {
     document_common_responses(openapi);
     deny_unknown_variant_fields(openapi);
+    document_webhooks(openapi);
+}
+
+/// Describes the event webhook (`[webhooks] events_url`) under the document's
+/// `webhooks`: the POST the gateway sends, its headers and the body
+/// [`WebhookEvent`](crate::webhook::WebhookEvent).
+fn document_webhooks(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{
+        HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+    };
+    use utoipa::openapi::request_body::RequestBodyBuilder;
+    use utoipa::openapi::{Content, ObjectBuilder, Ref, Required, Response, Type};
+
+    let header = |name: &str, description: &str| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Header)
+            .required(Required::True)
+            .description(Some(description))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String).build()))
+            .build()
+    };
+    let operation = OperationBuilder::new()
+        .operation_id(Some("callEvent"))
+        .summary(Some("A call event, POSTed to [webhooks] events_url"))
+        .description(Some(
+            "One request per event. A call's events are delivered one at a time, in `seq` order; \
+             any status other than 2xx, or no answer within `timeout_ms`, is retried with backoff. \
+             Verify `Telepatch-Signature` before trusting the body (docs/API.md, \"Event webhooks\").",
+        ))
+        .parameter(header(
+            crate::webhook::SIGNATURE_HEADER,
+            "`t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<raw body>\")>`",
+        ))
+        .parameter(header(
+            crate::webhook::EVENT_ID_HEADER,
+            "The event's id, the same on every attempt: the idempotency key",
+        ))
+        .request_body(Some(
+            RequestBodyBuilder::new()
+                .required(Some(Required::True))
+                .content(
+                    "application/json",
+                    Content::new(Some(Ref::from_schema_name("WebhookEvent"))),
+                )
+                .build(),
+        ))
+        .response(
+            "2XX",
+            Response::new("Received: the event is not sent again"),
+        )
+        .response(
+            "default",
+            Response::new("Not received: the event is sent again later"),
+        );
+    let webhooks = openapi.webhooks.get_or_insert_with(Default::default);
+    webhooks.paths.insert(
+        "callEvent".into(),
+        PathItem::new(HttpMethod::Post, operation),
+    );
 }
 
 /// Adds the responses that do not come from a handler but from the layers and extractors
@@ -377,6 +443,32 @@ mod tests {
                 ["schema"]["$ref"],
             "#/components/schemas/Problem"
         );
+    }
+
+    #[test]
+    fn the_webhook_body_is_documented_under_webhooks() {
+        let doc = document();
+        let post = &doc["webhooks"]["callEvent"]["post"];
+        assert_eq!(
+            post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/WebhookEvent"
+        );
+        let headers: Vec<&str> = post["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(headers, ["Telepatch-Signature", "Telepatch-Event-Id"]);
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "WebhookEvent",
+            "WebhookPayload",
+            "CdrRecord",
+            "WebhookEventType",
+        ] {
+            assert!(schemas.get(name).is_some(), "{name} in components.schemas");
+        }
     }
 
     #[test]
