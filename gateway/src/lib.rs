@@ -38,6 +38,7 @@ pub mod ptp;
 pub mod scrape;
 pub mod service;
 pub mod threads;
+pub mod websocket;
 
 #[cfg(test)]
 mod topology_tests;
