@@ -121,7 +121,9 @@ impl BotConnection {
             *seen.lock().unwrap() = protocols;
             Ok::<Response, ErrorResponse>(response)
         };
-        let socket = tokio_tungstenite::accept_hdr_async(tcp, callback).await.ok()?;
+        let socket = tokio_tungstenite::accept_hdr_async(tcp, callback)
+            .await
+            .ok()?;
         let (sink, mut stream) = socket.split();
         let first = match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str(text.as_str()).unwrap(),
@@ -133,8 +135,7 @@ impl BotConnection {
             let (heard, stall) = (Arc::clone(&heard), Arc::clone(&stall));
             tokio::spawn(async move {
                 while !stall.load(Ordering::Relaxed) {
-                    let next =
-                        tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+                    let next = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
                     match next {
                         Err(_) => continue,
                         Ok(None | Some(Err(_))) => break,
@@ -369,7 +370,10 @@ async fn caller_and_bot_hear_each_other_at(rate: u32) {
         fit.frequency_hz
     );
     let level = tone_level_dbfs(tone, caller_rate, 600.0);
-    assert!((level + 12.0).abs() < 1.0, "the caller heard {level:.2} dBFS");
+    assert!(
+        (level + 12.0).abs() < 1.0,
+        "the caller heard {level:.2} dBFS"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,6 +457,11 @@ async fn marks_come_back_after_their_audio_and_kill_audio_stops_the_queue_within
     // The 8 s tone played from when it was sent until the kill, and not one 20 ms frame
     // longer; it started only after it was sent, so this bounds the kill's delay.
     let until_kill = (killed - sent_b).as_secs_f64();
+    eprintln!(
+        "mark after {waited:?}; tones {:.3} s and {:.3} s, killAudio {until_kill:.3} s after the second was sent",
+        seconds(a),
+        seconds(b)
+    );
     assert!(
         seconds(b) <= until_kill + 0.020,
         "the tone played {:.3} s, killAudio came {until_kill:.3} s after it was sent",
@@ -514,9 +523,13 @@ actions = [{{ action = "conference", name = "unrelated" }}]
         if status["frames_received"].as_u64() == Some(sent) {
             break status;
         }
-        assert!(Instant::now() < until, "the flood was not all received: {status}");
+        assert!(
+            Instant::now() < until,
+            "the flood was not all received: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    eprintln!("{node}: {status}");
     assert_eq!(status["state"], "connected", "{status}");
     assert_eq!(status["max_queue_ms"], 10_000, "{status}");
     let queue_ms = status["queue_ms"].as_f64().unwrap();
@@ -527,16 +540,19 @@ actions = [{{ action = "conference", name = "unrelated" }}]
     assert!(queue_ms + dropped_ms >= 45_000.0, "{status}");
     let metrics = common::metrics_text(&gateway).await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("telepatch_websocket_dropped_samples_total")
+        metrics.lines().any(
+            |l| l.starts_with("telepatch_websocket_dropped_samples_total")
                 && l.contains(&node)
-                && !l.ends_with(" 0")),
+                && !l.ends_with(" 0")
+        ),
         "no drops counted in /metrics"
     );
 
     let report = call.await.unwrap().unwrap();
-    let (report_c, report_d) = (call_c.await.unwrap().unwrap(), call_d.await.unwrap().unwrap());
+    let (report_c, report_d) = (
+        call_c.await.unwrap().unwrap(),
+        call_d.await.unwrap().unwrap(),
+    );
     for report in [&report, &report_c, &report_d] {
         assert_eq!(report.end, CallEnd::Completed, "{}", report.uuid);
         let longest = report.inter_arrival().max().unwrap();
@@ -553,7 +569,10 @@ actions = [{{ action = "conference", name = "unrelated" }}]
     let runs = tone_runs(audio, caller_rate);
     assert_eq!(runs.len(), 1, "the bot's tone broke up: {runs:?}");
     let level = tone_level_dbfs(&audio[runs[0].0..runs[0].1], caller_rate, 600.0);
-    assert!((level + 12.0).abs() < 1.0, "the caller heard {level:.2} dBFS");
+    assert!(
+        (level + 12.0).abs() < 1.0,
+        "the caller heard {level:.2} dBFS"
+    );
     // The unrelated callers hear each other in every 100 ms from 1 s to the end.
     for (report, other) in [(&report_c, 800.0), (&report_d, 500.0)] {
         let (audio, caller_rate) = received(report);

@@ -282,7 +282,11 @@ pub enum NodeConfig {
     /// frames of 16-bit little-endian mono PCM). See docs/API.md.
     Websocket {
         /// The bot's `ws://` or `wss://` URL; telepatch connects out to it.
-        #[schema(min_length = 1, max_length = 2048, example = "wss://bot.example.com/calls")]
+        #[schema(
+            min_length = 1,
+            max_length = 2048,
+            example = "wss://bot.example.com/calls"
+        )]
         url: String,
         /// PCM rate both ways, Hz: 8000 (default), 16000, 24000 or 48000.
         #[serde(default = "websocket_default_rate")]
@@ -530,7 +534,9 @@ pub fn check_websocket(
     if !WEBSOCKET_RATES.contains(&sample_rate) {
         return Err((
             "sample_rate",
-            format!("{sample_rate} Hz is not a rate the bot can be sent (8000, 16000, 24000 or 48000)"),
+            format!(
+                "{sample_rate} Hz is not a rate the bot can be sent (8000, 16000, 24000 or 48000)"
+            ),
         ));
     }
     if mix_type != "mono" {
@@ -704,7 +710,13 @@ impl NodeConfig {
                 metadata,
                 max_queue_ms,
                 ..
-            } => check_websocket(url, *sample_rate, mix_type, metadata.as_ref(), *max_queue_ms)?,
+            } => check_websocket(
+                url,
+                *sample_rate,
+                mix_type,
+                metadata.as_ref(),
+                *max_queue_ms,
+            )?,
             NodeConfig::Jam { .. } => {
                 if let Some(fields) = self.jam_fields() {
                     // The name only picks a default client_id; any name checks the same.
@@ -1433,8 +1445,7 @@ mod tests {
     #[test]
     fn websocket_configs_default_to_jambonz_settings_and_name_the_wrong_field() {
         let config: NodeConfig =
-            serde_json::from_str(r#"{"kind":"websocket","url":"ws://127.0.0.1:9/bot"}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"kind":"websocket","url":"ws://127.0.0.1:9/bot"}"#).unwrap();
         assert_eq!(
             config,
             NodeConfig::Websocket {

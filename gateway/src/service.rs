@@ -1012,9 +1012,8 @@ impl Gateway {
                 metadata,
             } => {
                 let bot = NodeRef::new(NodeKind::Websocket, &format!("ws-{}-{index}", handle.id))?;
-                let settings =
-                    WebsocketSettings::for_route(url, *sample_rate, metadata.as_ref())
-                        .map_err(NodeError::from)?;
+                let settings = WebsocketSettings::for_route(url, *sample_rate, metadata.as_ref())
+                    .map_err(NodeError::from)?;
                 let mut attributes = serde_json::Map::new();
                 attributes.insert("callSid".into(), handle.id.to_string().into());
                 attributes.insert("direction".into(), "inbound".into());

@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use api::control::Event;
 use bytes::BytesMut;
 use codecs::resample::{Quality, StreamResampler};
 use futures_util::{Sink, SinkExt, StreamExt};
-use api::control::Event;
 use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -33,10 +33,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::WebsocketSettings;
 use super::node::Shared;
 use super::playout::MarkBook;
 use super::protocol::{self, BotCommand, MarkOutcome};
-use super::WebsocketSettings;
 use crate::engine::BUS_RATE;
 
 /// How long connecting (TCP, TLS and the HTTP upgrade) may take.

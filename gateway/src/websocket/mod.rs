@@ -162,18 +162,17 @@ pub fn build(
         settings.sample_rate,
         settings.max_queue_ms,
     );
-    let io::SessionHandle { session, status } =
-        io::Session::new(
-            settings,
-            first_frame,
-            caller_out,
-            bot_in,
-            Arc::clone(&shared),
-            dtmf,
-        )
-            .map_err(|e| BuildError::Unavailable {
-                message: format!("cannot build the resamplers: {e}"),
-            })?;
+    let io::SessionHandle { session, status } = io::Session::new(
+        settings,
+        first_frame,
+        caller_out,
+        bot_in,
+        Arc::clone(&shared),
+        dtmf,
+    )
+    .map_err(|e| BuildError::Unavailable {
+        message: format!("cannot build the resamplers: {e}"),
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -240,8 +239,7 @@ impl NodeService for WebsocketService {
             io::ConnectionState::Closed { reason } => ("closed", Some(reason)),
         };
         let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        let dropped_ms =
-            c(&self.status.dropped_samples) as f64 * 1000.0 / f64::from(BUS_RATE.hz());
+        let dropped_ms = c(&self.status.dropped_samples) as f64 * 1000.0 / f64::from(BUS_RATE.hz());
         serde_json::json!({
             "url": self.url,
             "sample_rate": self.rate.hz(),

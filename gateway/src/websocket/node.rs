@@ -122,7 +122,12 @@ mod tests {
 
     const BLOCK: usize = 48;
 
-    fn node() -> (WebsocketNode, rtrb::Consumer<f32>, rtrb::Producer<f32>, Arc<Shared>) {
+    fn node() -> (
+        WebsocketNode,
+        rtrb::Consumer<f32>,
+        rtrb::Producer<f32>,
+        Arc<Shared>,
+    ) {
         let (to_bot, bot_reads) = rtrb::RingBuffer::new(10 * BLOCK);
         let (bot_writes, from_bot) = rtrb::RingBuffer::new(1000 * BLOCK);
         let shared = Arc::new(Shared::default());
@@ -138,7 +143,9 @@ mod tests {
         for _ in 0..samples {
             ring.push(value).unwrap();
         }
-        shared.queued_total.fetch_add(samples as u64, Ordering::Relaxed);
+        shared
+            .queued_total
+            .fetch_add(samples as u64, Ordering::Relaxed);
     }
 
     #[test]
@@ -153,9 +160,10 @@ mod tests {
         }
         assert_eq!(shared.taken.load(Ordering::Relaxed), 10 * BLOCK as u64);
         // killAudio: the I/O side discards through what it had queued, then queues more.
-        shared
-            .discard_through
-            .store(shared.queued_total.load(Ordering::Relaxed), Ordering::Release);
+        shared.discard_through.store(
+            shared.queued_total.load(Ordering::Relaxed),
+            Ordering::Release,
+        );
         push(&mut bot_writes, &shared, 0.25, 40 * BLOCK);
         node.produce(&mut out, BLOCK);
         // The old audio is gone at once; the new waits for its prefill, then plays.

@@ -157,11 +157,20 @@ mod tests {
         assert!(!playout.is_playing());
         // 40 ms queued: play a block at a time.
         let take = playout.next_block(40 * BLOCK, BLOCK);
-        assert_eq!(take, Take { samples: BLOCK, underrun: false });
+        assert_eq!(
+            take,
+            Take {
+                samples: BLOCK,
+                underrun: false
+            }
+        );
         // Half a block left: play it, then stop and count the underrun.
         assert_eq!(
             playout.next_block(BLOCK / 2, BLOCK),
-            Take { samples: BLOCK / 2, underrun: true }
+            Take {
+                samples: BLOCK / 2,
+                underrun: true
+            }
         );
         assert!(!playout.is_playing());
         assert_eq!(playout.next_block(0, BLOCK).samples, 0);
@@ -188,7 +197,10 @@ mod tests {
         let played: Vec<_> = book.played(960).collect();
         assert_eq!(
             played,
-            vec![("a".into(), MarkOutcome::Playout), ("b".into(), MarkOutcome::Playout)]
+            vec![
+                ("a".into(), MarkOutcome::Playout),
+                ("b".into(), MarkOutcome::Playout)
+            ]
         );
         assert!(book.is_empty());
     }
@@ -198,11 +210,17 @@ mod tests {
         let mut book = MarkBook::new(2);
         assert!(book.place("a".into(), 10).is_none());
         assert!(book.place("b".into(), 20).is_none());
-        assert_eq!(book.place("c".into(), 30), Some(("c".into(), MarkOutcome::Cleared)));
+        assert_eq!(
+            book.place("c".into(), 30),
+            Some(("c".into(), MarkOutcome::Cleared))
+        );
         let cleared: Vec<_> = book.clear().collect();
         assert_eq!(
             cleared,
-            vec![("a".into(), MarkOutcome::Cleared), ("b".into(), MarkOutcome::Cleared)]
+            vec![
+                ("a".into(), MarkOutcome::Cleared),
+                ("b".into(), MarkOutcome::Cleared)
+            ]
         );
         assert_eq!(book.len(), 0);
     }

@@ -27,7 +27,11 @@ pub const SUBPROTOCOL: &str = "audio.jambonz.org";
 
 /// The first text frame: `attributes` (the call's, e.g. `callSid`), `sampleRate`,
 /// `mixType` (`mono`), and the keys of `metadata` (which never replace the others).
-pub fn first_frame(attributes: &Map<String, Value>, sample_rate: u32, metadata: Option<&Value>) -> String {
+pub fn first_frame(
+    attributes: &Map<String, Value>,
+    sample_rate: u32,
+    metadata: Option<&Value>,
+) -> String {
     let mut frame = Map::new();
     if let Some(Value::Object(extra)) = metadata {
         for (key, value) in extra {
@@ -178,13 +182,22 @@ mod tests {
 
     #[test]
     fn commands_parse_by_their_type() {
-        assert_eq!(parse_command(r#"{"type":"killAudio"}"#), Ok(BotCommand::KillAudio));
+        assert_eq!(
+            parse_command(r#"{"type":"killAudio"}"#),
+            Ok(BotCommand::KillAudio)
+        );
         assert_eq!(
             parse_command(r#"{"type":"mark","data":{"name":"m1"}}"#),
             Ok(BotCommand::Mark { name: "m1".into() })
         );
-        assert_eq!(parse_command(r#"{"type":"clearMarks"}"#), Ok(BotCommand::ClearMarks));
-        assert_eq!(parse_command(r#"{"type":"disconnect"}"#), Ok(BotCommand::Disconnect));
+        assert_eq!(
+            parse_command(r#"{"type":"clearMarks"}"#),
+            Ok(BotCommand::ClearMarks)
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"disconnect"}"#),
+            Ok(BotCommand::Disconnect)
+        );
         assert_eq!(
             parse_command(r#"{"type":"command","command":"redirect"}"#),
             Ok(BotCommand::Other(Some("command".into())))
@@ -193,13 +206,19 @@ mod tests {
             parse_command(r#"{"type":"mark","data":{}}"#),
             Err(CommandError::MarkWithoutName)
         );
-        assert!(matches!(parse_command("nope"), Err(CommandError::NotJson(_))));
+        assert!(matches!(
+            parse_command("nope"),
+            Err(CommandError::NotJson(_))
+        ));
     }
 
     #[test]
     fn mark_events_use_jambonz_field_names() {
         let event: Value = serde_json::from_str(&mark_event("m1", MarkOutcome::Playout)).unwrap();
-        assert_eq!(event, json!({"type": "mark", "data": {"name": "m1", "event": "playout"}}));
+        assert_eq!(
+            event,
+            json!({"type": "mark", "data": {"name": "m1", "event": "playout"}})
+        );
         let event: Value = serde_json::from_str(&mark_event("m2", MarkOutcome::Cleared)).unwrap();
         assert_eq!(event["data"]["event"], "cleared");
     }
