@@ -60,6 +60,8 @@ struct Heard {
     frames: usize,
     /// Text frames after the first, with their arrival.
     texts: Vec<(Instant, Value)>,
+    /// Close frames.
+    closes: usize,
 }
 
 /// One connection from the gateway.
@@ -105,6 +107,8 @@ impl BotConnection {
     async fn accept(tcp: TcpStream) -> Option<BotConnection> {
         let asked = Arc::new(Mutex::new(String::new()));
         let seen = Arc::clone(&asked);
+        // The callback's signature (and its error type) is tungstenite's.
+        #[allow(clippy::result_large_err)]
         let callback = move |request: &Request, mut response: Response| {
             let protocols = request
                 .headers()
@@ -152,6 +156,7 @@ impl BotConnection {
                             let value = serde_json::from_str(text.as_str()).unwrap();
                             heard.lock().unwrap().texts.push((Instant::now(), value));
                         }
+                        Ok(Some(Ok(Message::Close(_)))) => heard.lock().unwrap().closes += 1,
                         Ok(Some(Ok(_))) => {}
                     }
                 }
@@ -587,5 +592,97 @@ actions = [{{ action = "conference", name = "unrelated" }}]
                 report.uuid
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_node_made_through_the_api_streams_and_says_goodbye_when_deleted() {
+    let mut bot = Bot::start().await;
+    let gateway = GatewayProcess::start("");
+    let token = gateway.token("websocket-api", "admin");
+    let client = reqwest::Client::new();
+    let nodes = format!("{}/v1/nodes", gateway.api_url());
+    let create = |config: Value| {
+        client
+            .post(&nodes)
+            .bearer_auth(&token)
+            .json(&json!({"name": "survey", "config": config}))
+            .send()
+    };
+    for (config, field) in [
+        (
+            json!({"kind": "websocket", "url": "http://127.0.0.1/"}),
+            "url",
+        ),
+        (
+            json!({"kind": "websocket", "url": bot.url, "sample_rate": 44100}),
+            "sample_rate",
+        ),
+        (
+            json!({"kind": "websocket", "url": bot.url, "mix_type": "stereo"}),
+            "mix_type",
+        ),
+        (
+            json!({"kind": "websocket", "url": bot.url, "max_queue_ms": 50}),
+            "max_queue_ms",
+        ),
+    ] {
+        let response = create(config).await.unwrap();
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["field"], field, "{body}");
+    }
+    let response = create(
+        json!({"kind": "websocket", "url": bot.url, "sample_rate": 24000,
+        "metadata": {"survey": 7}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["inputs"], json!(["in"]), "{body}");
+    assert_eq!(body["outputs"], json!(["out"]), "{body}");
+
+    let connection = bot.next_connection().await;
+    assert_eq!(
+        connection.first["sampleRate"], 24000,
+        "{}",
+        connection.first
+    );
+    assert_eq!(connection.first["mixType"], "mono", "{}", connection.first);
+    assert_eq!(connection.first["survey"], 7, "{}", connection.first);
+    assert!(connection.first.get("callSid").is_none());
+    // Nothing is patched to `in`: the bot hears silence, 20 ms (480 samples) a frame.
+    let until = Instant::now() + Duration::from_secs(20);
+    while connection.heard.lock().unwrap().frames < 25 {
+        assert!(Instant::now() < until, "no frames");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = node_status(&gateway, &token, "websocket:survey").await;
+    assert_eq!(status["state"], "connected", "{status}");
+    {
+        let heard = connection.heard.lock().unwrap();
+        let per_frame = heard.audio.len() as f64 / heard.frames as f64;
+        assert!(
+            (per_frame - 480.0).abs() < 48.0,
+            "{per_frame} samples a frame"
+        );
+        assert!(heard.audio.iter().all(|s| *s == 0.0));
+    }
+
+    let response = client
+        .delete(format!("{nodes}/websocket:survey"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let until = Instant::now() + Duration::from_secs(10);
+    while connection.heard.lock().unwrap().closes == 0 {
+        assert!(
+            Instant::now() < until,
+            "no close frame after the node was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -262,16 +262,16 @@ impl Topology {
 
     /// Removes `node` with its patches and its service, which is returned to be stopped
     /// outside the lock.
-    fn uninstall(
-        &mut self,
-        node: &NodeRef,
-    ) -> Result<(Vec<PatchEntry>, Option<Arc<dyn NodeService>>), PatchbayError> {
+    fn uninstall(&mut self, node: &NodeRef) -> Result<Uninstalled, PatchbayError> {
         let patches = self.patchbay.remove_node(node)?;
         self.configured.remove(node);
         self.seat_holders.remove(node);
         Ok((patches, self.services.remove(node)))
     }
 }
+
+/// A removed node's patches and its service (to be stopped).
+type Uninstalled = (Vec<PatchEntry>, Option<Arc<dyn NodeService>>);
 
 /// Why a node could not be added or an action of a route (or a seat request) could not
 /// be applied to a call.

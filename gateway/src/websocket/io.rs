@@ -177,7 +177,7 @@ pub struct SessionHandle {
 
 impl Session {
     /// Prepares a session streaming `caller` to the bot and the bot into `bot`.
-    pub fn new(
+    pub fn prepare(
         settings: WebsocketSettings,
         first_frame: String,
         caller: rtrb::Consumer<f32>,

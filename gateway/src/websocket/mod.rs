@@ -162,7 +162,7 @@ pub fn build(
         settings.sample_rate,
         settings.max_queue_ms,
     );
-    let io::SessionHandle { session, status } = io::Session::new(
+    let io::SessionHandle { session, status } = io::Session::prepare(
         settings,
         first_frame,
         caller_out,
