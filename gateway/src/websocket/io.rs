@@ -262,6 +262,7 @@ impl Session {
         let (outgoing, queued) = mpsc::channel(OUTGOING_FRAMES);
         // The channel is empty: the first frame always fits.
         let _ = outgoing.try_send(Message::text(self.first_frame.clone()));
+        self.shared.streaming.store(true, Ordering::Release);
         let status = Arc::clone(&self.status);
         let mut writer = std::pin::pin!(write_frames(sink, queued, status));
         let mut ticker = tokio::time::interval(FRAME);
@@ -301,6 +302,7 @@ impl Session {
                 },
             }
         };
+        self.shared.streaming.store(false, Ordering::Release);
         // Whatever marks are left will never play.
         for (name, outcome) in self.marks.clear() {
             let _ = outgoing.try_send(Message::text(protocol::mark_event(&name, outcome)));

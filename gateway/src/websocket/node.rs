@@ -1,14 +1,15 @@
 //! The engine half of a `websocket` node: the caller's side of two lock-free rings.
 //!
 //! `consume` pushes each block of input `in` into the ring the I/O thread sends to the
-//! bot from (a full ring, when that thread is held up, drops the block and counts it).
+//! bot from, while the thread is connected (a full ring, when that thread is held up,
+//! drops the block and counts it).
 //! `produce` plays the bot's audio from the other ring on output `out` through the
 //! [`Playout`] jitter buffer, and honours `killAudio` by discarding everything the I/O
 //! thread had queued up to the moment the command arrived (`discard_through`).
 //! Nothing here allocates, locks or blocks.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::playout::Playout;
 use crate::engine::Node;
@@ -16,6 +17,9 @@ use crate::engine::Node;
 /// Counters and positions shared by the engine node, the I/O thread and the service.
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// The I/O thread is connected and draining the caller's ring; before and after,
+    /// the caller's audio is not kept (the bot hears the call from when it connects).
+    pub streaming: AtomicBool,
     /// Bus samples the engine has taken from the bot's queue (played or discarded).
     pub taken: AtomicU64,
     /// Bus samples the I/O thread has accepted into the bot's queue.
@@ -99,6 +103,9 @@ impl Node for WebsocketNode {
         let Some(input) = inputs.get(..block) else {
             return;
         };
+        if !self.shared.streaming.load(Ordering::Acquire) {
+            return;
+        }
         match self.to_bot.write_chunk(block) {
             Ok(mut chunk) => {
                 let (first, second) = chunk.as_mut_slices();
@@ -172,9 +179,13 @@ mod tests {
     }
 
     #[test]
-    fn the_callers_audio_reaches_the_ring_and_a_full_ring_drops_blocks() {
+    fn the_callers_audio_reaches_the_ring_while_streaming_and_a_full_ring_drops_blocks() {
         let (mut node, mut bot_reads, _bot_writes, shared) = node();
         let block: Vec<f32> = (0..BLOCK).map(|i| i as f32 / 100.0).collect();
+        // Not connected yet: nothing is kept, nothing counted.
+        node.consume(&block, BLOCK);
+        assert_eq!(bot_reads.slots(), 0);
+        shared.streaming.store(true, Ordering::Release);
         for _ in 0..12 {
             node.consume(&block, BLOCK);
         }
