@@ -306,3 +306,88 @@ impl NodeService for WebsocketService {
         self.thread.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    use api::model::NodeKind;
+
+    use super::*;
+
+    fn settings(url: &str) -> WebsocketSettings {
+        WebsocketSettings::for_route(url, 8_000, None).unwrap()
+    }
+
+    fn wait_closed(service: &WebsocketService) -> Value {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = service.status();
+            if status["state"] == "closed" {
+                return status;
+            }
+            assert!(Instant::now() < until, "still {status}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn settings_come_from_the_node_configuration_and_name_the_wrong_field() {
+        let config: NodeConfig = serde_json::from_value(serde_json::json!({
+            "kind": "websocket", "url": "wss://bot.example.com/a", "sample_rate": 24000,
+            "bidirectional": false, "max_queue_ms": 500
+        }))
+        .unwrap();
+        let parsed = WebsocketSettings::try_from(&config).unwrap();
+        assert_eq!(parsed.sample_rate.hz(), 24_000);
+        assert!(!parsed.bidirectional);
+        assert_eq!(parsed.max_queue_ms, 500);
+        let wrong = WebsocketSettings::for_route("ws://bot/", 22_050, None).unwrap_err();
+        assert!(matches!(wrong, BuildError::Invalid { ref field, .. } if field == "sample_rate"));
+    }
+
+    #[test]
+    fn wss_speaks_tls_and_a_failed_handshake_is_reported() {
+        // A TCP server that is not TLS: the node's first bytes must be a TLS handshake
+        // record (0x16), and the node must report the failure, not panic.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("wss://{}/bot", listener.local_addr().unwrap());
+        let node = NodeRef::new(NodeKind::Websocket, "tls").unwrap();
+        let built = build(&node, settings(&url), &Map::new(), None, None).unwrap();
+        let (mut socket, _) = listener.accept().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut first = [0u8; 3];
+        socket.read_exact(&mut first).unwrap();
+        assert_eq!(first[0], 0x16, "not a TLS handshake record: {first:02x?}");
+        drop(socket);
+        let status = wait_closed(&built.service);
+        assert!(
+            status["reason"]
+                .as_str()
+                .unwrap()
+                .contains("cannot connect"),
+            "{status}"
+        );
+        built.service.stop();
+    }
+
+    #[test]
+    fn stopping_a_node_that_is_still_connecting_ends_its_thread() {
+        // Accepted by the kernel but never answered: the upgrade waits, the stop wins.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}/bot", listener.local_addr().unwrap());
+        let node = NodeRef::new(NodeKind::Websocket, "silent").unwrap();
+        let built = build(&node, settings(&url), &Map::new(), None, None).unwrap();
+        assert_eq!(built.service.status()["state"], "connecting");
+        let started = Instant::now();
+        built.service.stop();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            built.service.status()["reason"],
+            "stopped before connecting"
+        );
+    }
+}
