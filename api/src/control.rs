@@ -276,6 +276,38 @@ pub enum NodeConfig {
         #[serde(default)]
         ttl: DnsTtl,
     },
+    /// A WebSocket media stream to a voice bot (input `in`: audio to the bot; output
+    /// `out`: the bot's audio), speaking jambonz's `listen` protocol with bidirectional
+    /// streaming (subprotocol `audio.jambonz.org`, a first JSON text frame, then binary
+    /// frames of 16-bit little-endian mono PCM). See docs/API.md.
+    Websocket {
+        /// The bot's `ws://` or `wss://` URL; telepatch connects out to it.
+        #[schema(
+            min_length = 1,
+            max_length = 2048,
+            example = "wss://bot.example.com/calls"
+        )]
+        url: String,
+        /// PCM rate both ways, Hz: 8000 (default), 16000, 24000 or 48000.
+        #[serde(default = "websocket_default_rate")]
+        sample_rate: u32,
+        /// `mono`, the only stream telepatch sends (one node carries one voice).
+        #[serde(default = "websocket_mono")]
+        mix_type: String,
+        /// A JSON object whose keys are added to the first text frame.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Object>)]
+        metadata: Option<serde_json::Value>,
+        /// Play the bot's binary frames on `out` (default true); false: the bot only
+        /// listens and its audio is discarded.
+        #[serde(default = "yes_bool")]
+        bidirectional: bool,
+        /// Most audio from the bot held for playing, ms (100-60000, default 10000); what
+        /// arrives beyond is dropped and counted.
+        #[serde(default = "websocket_default_queue_ms")]
+        #[schema(minimum = 100, maximum = 60000)]
+        max_queue_ms: u32,
+    },
     /// An AES67 transmit flow (inputs `ch1..chN`): one RTP packet per packet time to a
     /// multicast group, stamped with the PTP media clock and announced with SAP.
     Aes67Tx {
@@ -460,6 +492,76 @@ fn yes_bool() -> bool {
 }
 
 /// Checks an interface address: a unicast address of this host.
+/// Default PCM rate of a `websocket` node (jambonz's `listen` default).
+pub fn websocket_default_rate() -> u32 {
+    8_000
+}
+
+fn websocket_mono() -> String {
+    "mono".into()
+}
+
+/// Default bound of a `websocket` node's queue of the bot's audio, ms.
+pub const WEBSOCKET_DEFAULT_QUEUE_MS: u32 = 10_000;
+
+fn websocket_default_queue_ms() -> u32 {
+    WEBSOCKET_DEFAULT_QUEUE_MS
+}
+
+/// PCM rates a `websocket` node speaks.
+pub const WEBSOCKET_RATES: [u32; 4] = [8_000, 16_000, 24_000, 48_000];
+
+/// Checks a `websocket` node's (or route action's) settings; returns the offending field
+/// and why.
+pub fn check_websocket(
+    url: &str,
+    sample_rate: u32,
+    mix_type: &str,
+    metadata: Option<&serde_json::Value>,
+    max_queue_ms: u32,
+) -> Result<(), (&'static str, String)> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or(("url", format!("{url:?} must start with ws:// or wss://")))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || url.len() > 2048 || url.chars().any(char::is_whitespace) {
+        return Err((
+            "url",
+            format!("{url:?} must name a host (at most 2048 characters, no spaces)"),
+        ));
+    }
+    if !WEBSOCKET_RATES.contains(&sample_rate) {
+        return Err((
+            "sample_rate",
+            format!(
+                "{sample_rate} Hz is not a rate the bot can be sent (8000, 16000, 24000 or 48000)"
+            ),
+        ));
+    }
+    if mix_type != "mono" {
+        return Err((
+            "mix_type",
+            format!(
+                "{mix_type:?} is not supported: a websocket node streams one voice, `mono` \
+                 (jambonz's `stereo` and `mixed` are for two-party bridges)"
+            ),
+        ));
+    }
+    if let Some(metadata) = metadata
+        && !metadata.is_object()
+    {
+        return Err(("metadata", "must be a JSON object".into()));
+    }
+    if !(100..=60_000).contains(&max_queue_ms) {
+        return Err((
+            "max_queue_ms",
+            format!("{max_queue_ms} is out of range (100..=60000)"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_interface(interface: &Ipv4Addr) -> Result<(), (&'static str, String)> {
     if interface.is_unspecified() || interface.is_multicast() || interface.is_broadcast() {
         return Err((
@@ -501,6 +603,7 @@ impl NodeConfig {
             NodeConfig::Aes67Rx { .. } => NodeKind::Aes67Rx,
             NodeConfig::Dns { .. } => NodeKind::Dns,
             NodeConfig::Jam { .. } => NodeKind::Jam,
+            NodeConfig::Websocket { .. } => NodeKind::Websocket,
         }
     }
 
@@ -600,6 +703,20 @@ impl NodeConfig {
                     return Err(("members", format!("{members} is out of range (2..=256)")));
                 }
             }
+            NodeConfig::Websocket {
+                url,
+                sample_rate,
+                mix_type,
+                metadata,
+                max_queue_ms,
+                ..
+            } => check_websocket(
+                url,
+                *sample_rate,
+                mix_type,
+                metadata.as_ref(),
+                *max_queue_ms,
+            )?,
             NodeConfig::Jam { .. } => {
                 if let Some(fields) = self.jam_fields() {
                     // The name only picks a default client_id; any name checks the same.
@@ -1325,5 +1442,51 @@ mod tests {
             "bitrate_bps"
         );
         assert_eq!(field(&set(|_, _, _, _, _, p| *p = 10)), "pause_after_ms");
+    }
+
+    #[test]
+    fn websocket_configs_default_to_jambonz_settings_and_name_the_wrong_field() {
+        let config: NodeConfig =
+            serde_json::from_str(r#"{"kind":"websocket","url":"ws://127.0.0.1:9/bot"}"#).unwrap();
+        assert_eq!(
+            config,
+            NodeConfig::Websocket {
+                url: "ws://127.0.0.1:9/bot".into(),
+                sample_rate: 8_000,
+                mix_type: "mono".into(),
+                metadata: None,
+                bidirectional: true,
+                max_queue_ms: 10_000,
+            }
+        );
+        config.validate().unwrap();
+        let field = |json: &str| {
+            serde_json::from_str::<NodeConfig>(json)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .0
+        };
+        assert_eq!(field(r#"{"kind":"websocket","url":"http://x/"}"#), "url");
+        assert_eq!(field(r#"{"kind":"websocket","url":"ws:///path"}"#), "url");
+        assert_eq!(
+            field(r#"{"kind":"websocket","url":"ws://x","sample_rate":44100}"#),
+            "sample_rate"
+        );
+        assert_eq!(
+            field(r#"{"kind":"websocket","url":"ws://x","mix_type":"stereo"}"#),
+            "mix_type"
+        );
+        assert_eq!(
+            field(r#"{"kind":"websocket","url":"ws://x","metadata":[1]}"#),
+            "metadata"
+        );
+        assert_eq!(
+            field(r#"{"kind":"websocket","url":"ws://x","max_queue_ms":99}"#),
+            "max_queue_ms"
+        );
+        for rate in WEBSOCKET_RATES {
+            check_websocket("wss://bot.example.com/a", rate, "mono", None, 100).unwrap();
+        }
     }
 }

@@ -45,6 +45,9 @@ pub enum NodeKind {
     Jam,
     /// An AoDNS broadcast (input `in`).
     Dns,
+    /// A WebSocket media stream to a voice bot, jambonz `listen` protocol (input `in`
+    /// to the bot, output `out` from it).
+    Websocket,
 }
 
 impl NodeKind {
@@ -59,6 +62,7 @@ impl NodeKind {
             NodeKind::Aes67Rx => "aes67rx",
             NodeKind::Jam => "jam",
             NodeKind::Dns => "dns",
+            NodeKind::Websocket => "websocket",
         }
     }
 }
@@ -190,6 +194,7 @@ fn parse_kind(text: &str) -> Result<NodeKind, ModelError> {
         "aes67rx" => Ok(NodeKind::Aes67Rx),
         "jam" => Ok(NodeKind::Jam),
         "dns" => Ok(NodeKind::Dns),
+        "websocket" => Ok(NodeKind::Websocket),
         other => Err(ModelError::UnknownKind {
             kind: other.to_owned(),
         }),
@@ -387,6 +392,22 @@ pub enum RouteAction {
         #[serde(default = "zero_db")]
         gain_db: f32,
     },
+    /// Stream the call to a voice bot over a WebSocket (jambonz's `listen` protocol, see
+    /// docs/API.md): a `websocket` node owned by the call is made, the caller's voice goes
+    /// to the bot and the bot's audio to the caller's ear. The first text frame carries
+    /// `callSid` (the call's UUID), `sampleRate`, `mixType` and the keys of `metadata`.
+    Websocket {
+        /// The bot's `ws://` or `wss://` URL.
+        #[schema(example = "wss://bot.example.com/calls")]
+        url: String,
+        /// PCM rate both ways, Hz: 8000 (default), 16000, 24000 or 48000.
+        #[serde(default = "crate::control::websocket_default_rate")]
+        sample_rate: u32,
+        /// A JSON object whose keys are added to the first text frame.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Object>)]
+        metadata: Option<serde_json::Value>,
+    },
 }
 
 /// A rule applied to a call when it connects.
@@ -513,6 +534,20 @@ impl Route {
                 }
                 RouteAction::Jam { room } => {
                     NodeRef::new(NodeKind::Jam, room).map_err(|e| invalid(e.to_string()))?;
+                }
+                RouteAction::Websocket {
+                    url,
+                    sample_rate,
+                    metadata,
+                } => {
+                    crate::control::check_websocket(
+                        url,
+                        *sample_rate,
+                        "mono",
+                        metadata.as_ref(),
+                        crate::control::WEBSOCKET_DEFAULT_QUEUE_MS,
+                    )
+                    .map_err(|(field, why)| invalid(format!("websocket {field}: {why}")))?;
                 }
                 _ => {}
             }
@@ -763,6 +798,18 @@ mod tests {
             name: "no spaces".into(),
         }];
         assert!(bad.validate().is_err());
+        let websocket = |url: &str, sample_rate| RouteAction::Websocket {
+            url: url.into(),
+            sample_rate,
+            metadata: None,
+        };
+        bad.actions = vec![websocket("ws://bot:8080/", 11_025)];
+        let error = bad.validate().unwrap_err().to_string();
+        assert!(error.contains("sample_rate"), "{error}");
+        bad.actions = vec![websocket("https://bot/", 8_000)];
+        assert!(bad.validate().unwrap_err().to_string().contains("url"));
+        bad.actions = vec![websocket("wss://bot.example.com/calls", 16_000)];
+        bad.validate().unwrap();
         bad.actions = vec![RouteAction::Play {
             file: "a.wav".into(),
             looped: true,

@@ -43,6 +43,7 @@ pub mod service;
 pub mod switchboard;
 pub mod threads;
 pub mod webhooks;
+pub mod websocket;
 
 #[cfg(test)]
 mod topology_tests;

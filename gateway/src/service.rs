@@ -33,6 +33,7 @@ use crate::node_service::{NodeError, NodeService};
 use crate::patchbay::{NodeSpec, PatchEntry, PatchRole, Patchbay, PatchbayError};
 use crate::switchboard::{Effect, SeatError, Switchboard, affected_calls};
 use crate::threads::{OwnedThread, Priority};
+use crate::websocket::WebsocketSettings;
 
 pub use crate::config::HOLD_PLAYER;
 pub use crate::kinds::player::ClipSource;
@@ -279,6 +280,9 @@ pub enum ActionError {
         /// Why.
         reason: String,
     },
+    /// A node could not be built.
+    #[error(transparent)]
+    Node(#[from] NodeError),
     /// A node the action needs is gone.
     #[error("{node} has gone")]
     NodeGone {
@@ -1001,6 +1005,45 @@ impl Gateway {
                 self.settle(board);
                 patched?;
                 tracing::info!(%broadcast, domain, "caller on air over DNS");
+            }
+            RouteAction::Websocket {
+                url,
+                sample_rate,
+                metadata,
+            } => {
+                let bot = NodeRef::new(NodeKind::Websocket, &format!("ws-{}-{index}", handle.id))?;
+                let settings = WebsocketSettings::for_route(url, *sample_rate, metadata.as_ref())
+                    .map_err(NodeError::from)?;
+                let mut attributes = serde_json::Map::new();
+                attributes.insert("callSid".into(), handle.id.to_string().into());
+                attributes.insert("direction".into(), "inbound".into());
+                let built = crate::kinds::websocket::websocket_node(
+                    &bot,
+                    settings,
+                    &attributes,
+                    Some(call.clone()),
+                    Some(crate::websocket::DtmfSource {
+                        call: handle.id,
+                        events: self.events.subscribe(),
+                    }),
+                )?;
+                let mut board = lock(&self.switchboard);
+                let patched = board.install(built).and_then(|()| {
+                    [
+                        (call.port("voice"), bot.port("in")),
+                        (bot.port("out"), call.port("ear")),
+                    ]
+                    .into_iter()
+                    .try_for_each(|(source, sink)| {
+                        board
+                            .connect(source, sink, 0.0, PatchRole::Normal, Some(call.clone()))
+                            .map(drop)
+                    })
+                });
+                board.refresh_lobby(std::slice::from_ref(call));
+                self.settle(board);
+                patched?;
+                tracing::info!(%bot, url, "caller streamed to a bot");
             }
         }
         Ok(())

@@ -472,3 +472,70 @@ fn a_call_that_ends_takes_its_nodes_and_patches_and_its_partner_returns_to_the_l
     assert_constant(&ear_b, 0.25, "B is back on hold");
     assert_eq!(b.handle.state(), api::control::CallState::Lobby);
 }
+
+#[test]
+fn a_websocket_route_patches_the_caller_to_a_bot_node_that_goes_with_the_call() {
+    // Nothing listens on the discard port of loopback: the node reports why it closed.
+    let mut rig = Rig::new(|config, _| {
+        config.routes = vec![Route {
+            name: "bot".into(),
+            priority: 0,
+            matcher: RouteMatch::Default,
+            actions: vec![RouteAction::Websocket {
+                url: "ws://127.0.0.1:9/calls".into(),
+                sample_rate: 16_000,
+                metadata: None,
+            }],
+            coding: None,
+        }];
+    });
+    let a = rig.admit("00000000-0000-4000-8000-0000000000aa".parse().unwrap());
+    let bot = NodeRef::new(NodeKind::Websocket, &format!("ws-{}-0", a.handle.id)).unwrap();
+    let (nodes, patches) = rig.gateway.topology_snapshot();
+    let node = nodes
+        .iter()
+        .find(|n| n.node == bot)
+        .expect("the bot's node");
+    assert_eq!(node.owner.as_ref(), Some(&a.handle.node));
+    let pairs: Vec<(String, String)> = patches
+        .iter()
+        .map(|p| (p.source.to_string(), p.sink.to_string()))
+        .collect();
+    for (source, sink) in [
+        (a.handle.node.port("voice"), bot.port("in")),
+        (bot.port("out"), a.handle.node.port("ear")),
+    ] {
+        assert!(
+            pairs.contains(&(source.to_string(), sink.to_string())),
+            "no {source} -> {sink} in {pairs:?}"
+        );
+    }
+    rig.run(3);
+    assert_eq!(a.handle.state(), api::control::CallState::Patched);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let status = rig.gateway.node_status(&bot).expect("a status");
+        if status["state"] == "closed" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < until, "still {status}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{status}"
+    );
+    assert_eq!(status["sample_rate"], 16_000);
+
+    rig.gateway.end_call(&a.handle, EndReason::Caller);
+    let (nodes, patches) = rig.gateway.topology_snapshot();
+    assert!(nodes.iter().all(|n| n.node != bot));
+    assert!(
+        patches
+            .iter()
+            .all(|p| p.source.node() != &bot && p.sink.node() != &bot)
+    );
+}

@@ -1,5 +1,6 @@
 //! The node-kind seam: every kind of node that is not a call (player, recorder,
-//! conference, AES67 transmit and receive flows, jam room, AoDNS broadcast) is one type
+//! conference, AES67 transmit and receive flows, jam room, AoDNS broadcast, WebSocket
+//! stream to a voice bot) is one type
 //! implementing [`NodeKindBuilder`], registered once in [`KindRegistry::standard`].
 //!
 //! A kind builds, from its API configuration, everything a node is: its ports
@@ -24,6 +25,7 @@ pub mod dns;
 pub mod jam;
 pub mod player;
 pub mod recorder;
+pub mod websocket;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -111,6 +113,7 @@ impl KindRegistry {
         registry.register(aes67::Aes67RxKind);
         registry.register(jam::JamKind);
         registry.register(dns::DnsKind);
+        registry.register(websocket::WebsocketKind);
         registry
     }
 
@@ -177,6 +180,7 @@ mod tests {
             NodeKind::Aes67Rx,
             NodeKind::Jam,
             NodeKind::Dns,
+            NodeKind::Websocket,
         ] {
             assert!(registry.knows(kind), "{kind:?} has no builder");
         }
