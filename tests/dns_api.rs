@@ -134,6 +134,45 @@ async fn broadcasts_are_validated_created_rebuilt_and_deleted() {
     assert!(rebuilt.len() <= 3, "{rebuilt:?}");
     assert!(rebuilt.windows(2).all(|w| w[1] == w[0] + 1), "{rebuilt:?}");
 
+    // A change the gateway refuses (the stereo broadcast serves that zone) is a
+    // conflict, and the node keeps running as it was, with its patch.
+    let (status, body) = api
+        .post(
+            "/v1/nodes",
+            serde_json::json!({"name": "desk", "config": {"kind": "conference", "members": 2}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api
+        .post(
+            "/v1/patches",
+            serde_json::json!({"source": "conference:desk.out1", "sink": "dns:music.in"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api
+        .send(
+            reqwest::Method::PUT,
+            "/v1/nodes/dns:music",
+            Some(serde_json::json!({"config": {"kind": "dns", "domain": "stereo.example.com"}})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = api.get("/v1/nodes/dns:music").await;
+    assert_eq!(status, 200, "the refused change lost the node: {body}");
+    assert_eq!(body["config"]["domain"], DOMAIN, "{body}");
+    assert_eq!(body["config"]["window"], 3, "{body}");
+    let (_, patches) = api.get("/v1/patches").await;
+    assert!(
+        patches["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["source"] == "conference:desk.out1" && p["sink"] == "dns:music.in"),
+        "the refused change lost the node's patch: {patches}"
+    );
+    let rebuilt = listed(server, DOMAIN);
+
     // DELETE: the zone is still answered for its grace period (REFUSED or NXDOMAIN
     // would crash the listeners' clients).
     let (status, _) = api

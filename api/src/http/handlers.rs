@@ -303,7 +303,7 @@ pub struct NodeUpdate {
 /// room's tempo, member cap, allow-list, mix or silence policy) apply without a rebuild.
 #[utoipa::path(put, path = "/v1/nodes/{node}", tag = "nodes", params(("node" = NodeReference, Path, description = "`kind:name`")), request_body = NodeUpdate,
     responses((status = 200, body = NodeInfo), (status = 400, body = Problem), (status = 404, body = Problem),
-        (status = 422, body = Problem), (status = 503, body = Problem)),
+        (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn replace_node(
     State(state): State<AppState>,
@@ -329,12 +329,12 @@ pub async fn replace_node(
         .control
         .node(&node)
         .ok_or_else(|| ApiError::not_found(format!("no node {node}")))?;
-    if current.config.is_none() {
+    let Some(old_config) = current.config.clone() else {
         return Err(ApiError::unprocessable(
             format!("{node} is not configurable through the API"),
             None,
         ));
-    }
+    };
     if current.persistent {
         let config = serde_json::to_value(&update.config).map_err(ApiError::internal)?;
         state.store.update_node_config(&node, &config).await?;
@@ -350,17 +350,45 @@ pub async fn replace_node(
         .filter(|p| p.source.node() == &node || p.sink.node() == &node)
         .collect();
     let (target, config, persistent) = (node.clone(), update.config.clone(), current.persistent);
-    let info = blocking(move || -> Result<NodeInfo, crate::control::ControlError> {
+    // The running configuration, to put the node back if the change is refused.
+    let old: Option<NodeConfig> = serde_json::from_value(old_config.clone()).ok();
+    let rebuilt = blocking(move || -> Result<NodeInfo, crate::control::ControlError> {
+        let reconnect = |patches: &[PatchInfo]| {
+            for patch in patches {
+                // Ports that no longer exist (a recorder with fewer channels) lose their
+                // patches.
+                let _ = control.connect(
+                    patch.source.clone(),
+                    patch.sink.clone(),
+                    patch.gain_db,
+                    patch.persistent,
+                );
+            }
+        };
         control.delete_node(&target)?;
-        let info = control.create_node(target.name(), &config, persistent)?;
-        for patch in patches {
-            // Ports that no longer exist (a recorder with fewer channels) lose their patches.
-            let _ = control.connect(patch.source, patch.sink, patch.gain_db, patch.persistent);
+        match control.create_node(target.name(), &config, persistent) {
+            Ok(info) => {
+                reconnect(&patches);
+                Ok(info)
+            }
+            Err(refused) => {
+                // A change the gateway refuses (another broadcast serves that domain,
+                // say) must not lose the node: it comes back as it was.
+                if let Some(old) = &old
+                    && control.create_node(target.name(), old, persistent).is_ok()
+                {
+                    reconnect(&patches);
+                }
+                Err(refused)
+            }
         }
-        Ok(info)
     })
-    .await??;
-    Ok(Json(info))
+    .await?;
+    if rebuilt.is_err() && current.persistent {
+        // The database keeps the configuration that runs.
+        state.store.update_node_config(&node, &old_config).await?;
+    }
+    Ok(Json(rebuilt?))
 }
 
 /// Removes a node and every patch touching it.
